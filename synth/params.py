@@ -1,0 +1,81 @@
+"""The one definition of the spectrogram representation.
+
+Training, export and the engine all read these numbers from here (training) or
+from the preset's ``[audio]`` table (engine), so they can never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class SpectrogramParams:
+    """STFT settings shared by training and the engine.
+
+    Magnitudes are normalised so that a full-scale sine (amplitude 1.0) peaks
+    at 1.0: ``|rfft(frame * window)| * 2 / sum(window)``. The model works on
+    ``ln(magnitude + log_floor)``.
+
+    Why 24 kHz, 1024/128: a 1024-sample window is 42.7 ms (the 2048/256 @ 48 kHz
+    point that FACTS.md measured at -32.8 dB with streaming RTPGHI) with the same
+    redundancy of 8, at half the bins; the engine doubles it to 48 kHz by
+    zero-padding the inverse FFT, so no resampler sits in the 48 kHz path.
+    """
+
+    sample_rate: int = 24000
+    n_fft: int = 1024
+    hop: int = 128
+    window: str = "hann"
+    log_floor: float = 1e-5
+    note_seconds: float = 4.0
+    hold_seconds: float = 3.0
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop
+
+    @property
+    def note_samples(self) -> int:
+        return int(round(self.note_seconds * self.sample_rate))
+
+    @property
+    def frames_per_note(self) -> int:
+        """Frames of a whole note with centred frames (frame j centred at j*hop)."""
+        return 1 + self.note_samples // self.hop
+
+    def frame_time(self, j: float) -> float:
+        """Seconds from the note's start to the centre of frame ``j``."""
+        return j * self.hop / self.sample_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SpectrogramParams":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown audio parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: d[k] for k in d})
+
+    def validate(self) -> None:
+        if self.window != "hann":
+            raise ValueError(f"window {self.window!r} is not supported (only 'hann')")
+        if self.n_fft <= 0 or self.n_fft & (self.n_fft - 1):
+            raise ValueError(f"n_fft must be a power of two, got {self.n_fft}")
+        if self.hop <= 0 or self.n_fft % self.hop:
+            raise ValueError(f"hop {self.hop} must divide n_fft {self.n_fft}")
+        if self.sample_rate < 8000:
+            raise ValueError(f"sample_rate {self.sample_rate} is too low")
+        if not 0 < self.log_floor < 1:
+            raise ValueError(f"log_floor must be in (0, 1), got {self.log_floor}")
+        if not 0 < self.hold_seconds <= self.note_seconds:
+            raise ValueError("hold_seconds must be in (0, note_seconds]")
+
+
+DEFAULT_PARAMS = SpectrogramParams()
