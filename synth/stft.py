@@ -64,7 +64,8 @@ def spectral_convergence_db(reference_mag: NDArray, audio: NDArray, params: Spec
     est = np.abs(stft(audio, params))
     t = min(len(est), len(reference_mag))
     s = reference_mag[:t]
-    return float(20 * np.log10(np.linalg.norm(s - est[:t]) / max(np.linalg.norm(s), 1e-12)))
+    err = max(float(np.linalg.norm(s - est[:t])), 1e-30)  # a perfect match is -600 dB, not -inf
+    return float(20 * np.log10(err / max(float(np.linalg.norm(s)), 1e-12)))
 
 
 def log_spectral_distance_db(reference_mag: NDArray, estimate_mag: NDArray, floor: float = 1e-5) -> float:
