@@ -1,0 +1,1 @@
+"""Export trained runs to preset folders (ONNX + preset.toml)."""

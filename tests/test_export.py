@@ -1,0 +1,89 @@
+"""Export: ONNX parity with PyTorch, preset.toml readable by the engine, every config exports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.onnx import DECODER_INPUTS, ExportError, export_preset, main, random_decoder_inputs
+from synth.params import SpectrogramParams
+from synth.preset import load_preset
+from training.data import make_synthetic_dataset
+from training.features import FeatureCache, build_feature_cache
+from training.train import Trainer, finish, fit, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "training" / "configs").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
+    root = tmp_path_factory.mktemp("syn") / "syn"
+    make_synthetic_dataset(root, n_instruments=2, pitches=(50, 64), velocities=(80, 120))
+    return build_feature_cache(root, SpectrogramParams(), root.parent / "syn_features", frame_stride=2, jobs=1)
+
+
+def _train_run(config: Path, cache: FeatureCache, out: Path) -> Trainer:
+    """Build the config's model as is, but train it only 2 tiny steps."""
+    run = load_config(config)
+    run.model.time_on_max = run.audio.hold_seconds - 0.1
+    run.train.steps, run.train.batch_notes, run.train.frames_per_note = 2, 2, 4
+    run.train.val_notes, run.train.report_notes = 2, 1
+    run.data = {"command": f"python -m training.train --config {config}"}
+    out.mkdir(parents=True)
+    trainer = Trainer(run, cache, out, torch.device("cpu"))
+    fit(trainer, progress=False)
+    finish(trainer)
+    return trainer
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_path: Path) -> None:
+    trainer = _train_run(config, cache, tmp_path / "run")
+    errors = export_preset(tmp_path / "run" / "checkpoint.pt", tmp_path / "preset", name=config.stem)
+    assert errors["decoder"] < 1e-4 and errors["encoder"] < 1e-4
+    preset = load_preset(tmp_path / "preset")
+    assert preset.latent_size == trainer.run.model.latent_size and preset.name == config.stem
+    assert len(preset.snapshots) >= 8 and len({s.program for s in preset.snapshots}) == len(preset.snapshots)
+    assert {s.name for s in preset.snapshots} >= {"keyboard", "organ"}
+    assert preset.time_on_max == pytest.approx(2.9) and preset.release_seconds == pytest.approx(1.0)
+    assert (preset.pitch_min, preset.pitch_max) == (50.0, 64.0)
+    assert "python -m training.train" in (tmp_path / "preset" / "preset.toml").read_text()
+
+
+def test_onnx_matches_pytorch_on_new_batch_sizes(cache: FeatureCache, tmp_path: Path) -> None:
+    trainer = _train_run(CONFIGS[0], cache, tmp_path / "run")
+    assert main([str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "p")]) == 0
+    dec = ort.InferenceSession(str(tmp_path / "p" / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    enc = ort.InferenceSession(str(tmp_path / "p" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    model = trainer.model.eval()
+    for batch in (1, 5, 33):
+        args = random_decoder_inputs(trainer.run, batch, seed=batch)
+        got = dec.run(["log_mag"], {n: a.numpy() for n, a in zip(DECODER_INPUTS, args)})[0]
+        with torch.no_grad():
+            ref = model.decoder(*args).numpy()
+        assert got.shape == (batch, 513) and np.abs(got - ref).max() < 1e-4
+    x = np.asarray(cache.logmag[:2], dtype=np.float32)[:, :123]  # any number of frames
+    mu, logvar = enc.run(["mu", "logvar"], {"log_mag": x})
+    with torch.no_grad():
+        ref_mu, _ = model.encoder(torch.from_numpy(x))
+    assert mu.shape == logvar.shape == (2, trainer.run.model.latent_size)
+    assert np.abs(mu - ref_mu.numpy()).max() < 1e-4
+
+
+def test_fp16_export_loads_and_stays_close(cache: FeatureCache, tmp_path: Path) -> None:
+    _train_run(CONFIGS[0], cache, tmp_path / "run")
+    errors = export_preset(tmp_path / "run" / "checkpoint.pt", tmp_path / "p16", fp16=True)
+    assert errors["decoder"] < 5e-2
+    assert load_preset(tmp_path / "p16").latent_size > 0
+
+
+def test_export_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "p")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"junk")
+    with pytest.raises(ExportError, match="config.toml"):
+        export_preset(tmp_path / "run" / "checkpoint.pt", tmp_path / "p")

@@ -1,0 +1,91 @@
+"""Model unit tests: shapes, the Hann lobe, exact pitch placement, losses, latent ranking."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synth.params import SpectrogramParams
+from training.model import (FrameDecoder, TimbreVAE, VAEConfig, beta_at, frame_times, hann_main_lobe,
+                            rank_latents, vae_loss)
+
+PARAMS = SpectrogramParams()
+
+
+def test_hann_main_lobe_known_values() -> None:
+    w = hann_main_lobe(torch.tensor([[0.0], [0.5]]), torch.arange(-1, 3, dtype=torch.float32))
+    assert torch.allclose(w[0], torch.tensor([0.5, 1.0, 0.5, 0.0]), atol=1e-4)
+    # At half a bin the two nearest bins are equal and the shape is symmetric.
+    assert torch.allclose(w[1, 1], w[1, 2]) and torch.allclose(w[1, 0], w[1, 3])
+    assert 0.8 < float(w[1, 1]) < 0.9
+
+
+def test_shapes_and_variable_length_encoder() -> None:
+    cfg = VAEConfig(latent_size=6, enc_channels=16, dec_hidden=32, n_harmonics=16, n_noise_bands=8)
+    model = TimbreVAE(cfg, PARAMS)
+    for t in (1, 7, 376):
+        mu, logvar = model.encoder(torch.randn(2, t, PARAMS.n_bins))
+        assert mu.shape == logvar.shape == (2, 6)
+    b, s = 3, 5
+    pred, mu, _ = model(torch.randn(b, 40, PARAMS.n_bins), torch.full((b,), 60.0), torch.full((b,), 90.0),
+                        torch.rand(b, s), -torch.ones(b, s), torch.randn(b, 6))
+    assert pred.shape == (b, s, PARAMS.n_bins) and torch.isfinite(pred).all()
+    assert float(pred.min()) >= torch.log(torch.tensor(PARAMS.log_floor)) - 1e-5
+
+
+@pytest.mark.parametrize("pitch", [33.0, 45.5, 60.0, 69.0, 81.25, 96.0])
+def test_peaks_sit_on_harmonics_for_random_z(pitch: float) -> None:
+    torch.manual_seed(int(pitch * 4))
+    dec = FrameDecoder(VAEConfig(latent_size=8, dec_hidden=64), PARAMS).eval()
+    with torch.no_grad():
+        dec.noise.bias.fill_(-30.0)  # isolate the harmonic head
+        n = 16
+        out = dec(torch.randn(n, 8) * 2, torch.full((n,), pitch), torch.full((n,), 100.0),
+                  torch.rand(n) * 2.9, torch.full((n,), -1.0))
+    f0_bin = 440.0 * 2 ** ((pitch - 69) / 12) * PARAMS.n_fft / PARAMS.sample_rate
+    peak = out.argmax(dim=1).float()
+    k = torch.round(peak / f0_bin).clamp(min=1)
+    # The strongest bin is within half a bin of some harmonic k*f0 for every random z.
+    assert ((peak - k * f0_bin).abs() <= 0.5 + 1e-3).all(), (peak, f0_bin)
+
+
+def test_fundamental_only_peaks_at_f0() -> None:
+    dec = FrameDecoder(VAEConfig(n_harmonics=8), PARAMS)
+    amp = torch.zeros(4, 8)
+    amp[:, 0] = 1.0
+    pitches = torch.tensor([40.0, 57.3, 69.0, 90.0])
+    mag = dec.place_harmonics(amp, pitches)
+    f0_bin = 440.0 * 2 ** ((pitches - 69) / 12) * PARAMS.n_fft / PARAMS.sample_rate
+    assert ((mag.argmax(1).float() - f0_bin).abs() <= 0.5).all()
+    assert torch.allclose(mag.max(1).values, torch.ones(4), atol=0.2)  # Hann main lobe peak ~1
+
+
+def test_harmonics_above_nyquist_are_silent() -> None:
+    dec = FrameDecoder(VAEConfig(n_harmonics=128), PARAMS)
+    mag = dec.place_harmonics(torch.ones(1, 128), torch.tensor([100.0]))  # f0 ~ 2637 Hz: 4 harmonics fit
+    assert int((mag > 0.4).sum()) <= 4 * 3
+
+
+def test_frame_times_follow_contract() -> None:
+    t_on, t_off = frame_times(PARAMS, torch.tensor([0, 10, 300, 375]), 2, 2.9)
+    t = torch.tensor([0, 20, 600, 750]) * PARAMS.hop / PARAMS.sample_rate
+    assert torch.allclose(t_on, t.clamp(max=2.9))
+    assert t_off[0] == -1 and t_off[1] == -1
+    assert torch.allclose(t_off[2:], t[2:] - PARAMS.hold_seconds)
+
+
+def test_loss_parts_and_warmup() -> None:
+    x = torch.zeros(2, 3, 10)
+    parts = vae_loss(x + 1.0, x, torch.zeros(2, 4), torch.zeros(2, 4), beta=0.5, grad_weight=1.0)
+    assert float(parts["recon"]) == pytest.approx(1.0) and float(parts["grad"]) == 0.0
+    assert float(parts["kl"]) == 0.0
+    cfg = VAEConfig(beta=0.1, kl_warmup_steps=100)
+    assert beta_at(0, cfg) == 0.0 and beta_at(50, cfg) == pytest.approx(0.05) and beta_at(500, cfg) == 0.1
+
+
+def test_rank_latents_orders_by_kl() -> None:
+    mu = torch.zeros(100, 4)
+    mu[:, 2] = torch.randn(100) * 3  # the most informative
+    mu[:, 0] = torch.randn(100) * 1
+    order, kl = rank_latents(mu, torch.zeros(100, 4))
+    assert order[:2] == [2, 0] and sorted(order) == [0, 1, 2, 3]
+    assert kl[2] > kl[0] > kl[1]

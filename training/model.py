@@ -1,0 +1,240 @@
+"""The timbre β-VAE: a whole-note encoder and a frame-wise harmonic decoder.
+
+Decoder contract "framewise-v1" (see ARCHITECTURE.md): ``(z, pitch, velocity, time_on,
+time_off) -> log_mag (B, F)``. The MLP only predicts amplitudes; a fixed harmonic head puts
+K partials at exact multiples of f0, so every point of the latent space plays in tune.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from synth.params import SpectrogramParams
+
+CONTRACT = "framewise-v1"
+TIME_TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # seconds; exp(-t/tau) features for onset and release
+N_TIME_FEATURES = 2 * len(TIME_TAUS) + 3
+
+
+@dataclass
+class VAEConfig:
+    """Model sizes and loss weights (the ``[model]`` table of a training config)."""
+
+    latent_size: int = 16
+    beta: float = 0.02
+    kl_warmup_steps: int = 1000
+    enc_channels: int = 128
+    enc_layers: int = 3
+    dec_hidden: int = 512
+    dec_layers: int = 3
+    n_harmonics: int = 128
+    n_noise_bands: int = 64
+    grad_weight: float = 0.5
+    residual: bool = True
+    time_on_max: float = 2.9  # filled from params at train time (hold_seconds - 0.1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown [model] option(s): {', '.join(sorted(unknown))}")
+        return cls(**dict(d))
+
+
+class Encoder(nn.Module):
+    """Whole note ``(B, T, F)`` log-mag -> ``mu, logvar (B, L)``; any T >= 1."""
+
+    def __init__(self, cfg: VAEConfig, n_bins: int) -> None:
+        super().__init__()
+        c = cfg.enc_channels
+        # The first conv is the expensive one (513 input channels): stride 4 keeps a step cheap.
+        layers: list[nn.Module] = [nn.Conv1d(n_bins, c, kernel_size=4, stride=4), nn.GELU()]
+        for _ in range(cfg.enc_layers - 1):
+            layers += [nn.Conv1d(c, c, kernel_size=5, stride=2, padding=2), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * c, 2 * cfg.latent_size)
+        self.latent_size = cfg.latent_size
+
+    def forward(self, log_mag: Tensor) -> tuple[Tensor, Tensor]:
+        x = log_mag.transpose(1, 2)  # (B, F, T)
+        # Always pad 3 frames (no shape-dependent branch: ONNX export would freeze it), so the
+        # stride-4 conv gives ceil(T/4) >= 1 frames for any T.
+        x = F.pad(x, (0, 3), mode="replicate")
+        h = self.convs(x)  # (B, C, T')
+        pooled = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=-1)
+        mu, logvar = self.head(pooled).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 6.0)
+
+
+def hann_main_lobe(delta_frac: Tensor, offsets: Tensor) -> Tensor:
+    """Normalised Hann main-lobe magnitude W(m - frac) for integer offsets m.
+
+    ``delta_frac (..., 1)`` in [0, 1), ``offsets (4,)`` -> ``(..., 4)``.
+    W(d) = |sin(pi d) / (pi d (1 - d^2))|; |sin(pi (m - f))| = sin(pi f), and each factor is
+    written as (integer ± f) so it stays exact near the removable singularities (f -> 0).
+    """
+    f = delta_frac.clamp(1e-5, 1.0 - 1e-5)
+    d = offsets - f
+    den = math.pi * (d * (1.0 - offsets + f) * (1.0 + offsets - f)).abs()
+    # sin(pi f) = sin(pi (1 - f)): take the small argument so f -> 1 stays exact too.
+    return torch.sin(math.pi * torch.minimum(f, 1.0 - f)) / den
+
+
+def noise_band_matrix(n_bands: int, n_bins: int, sample_rate: int) -> Tensor:
+    """Linear interpolation from mel-spaced band centres to bins -> ``(n_bands, F)``."""
+    mel = lambda hz: 2595.0 * math.log10(1.0 + hz / 700.0)  # noqa: E731
+    hz = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)  # noqa: E731
+    centres = torch.tensor([hz(m) for m in torch.linspace(0.0, mel(sample_rate / 2), n_bands).tolist()])
+    bins = torch.linspace(0.0, sample_rate / 2, n_bins)
+    idx = torch.searchsorted(centres, bins).clamp(1, n_bands - 1)
+    lo, hi = centres[idx - 1], centres[idx]
+    w_hi = ((bins - lo) / (hi - lo)).clamp(0.0, 1.0)
+    m = torch.zeros(n_bands, n_bins)
+    cols = torch.arange(n_bins)
+    m[idx - 1, cols] += 1.0 - w_hi
+    m[idx, cols] += w_hi
+    return m
+
+
+def time_features(time_on: Tensor, time_off: Tensor, time_on_max: float) -> Tensor:
+    """``(B,)`` times in seconds -> ``(B, N_TIME_FEATURES)``."""
+    t_on = time_on.clamp(0.0, time_on_max)
+    released = (time_off >= 0).to(time_on.dtype)
+    t_off = time_off.clamp(min=0.0)
+    feats = [torch.exp(-t_on / tau) for tau in TIME_TAUS]
+    feats += [released * torch.exp(-t_off / tau) for tau in TIME_TAUS]
+    feats += [released, t_on / time_on_max, t_off]
+    return torch.stack(feats, dim=-1)
+
+
+class FrameDecoder(nn.Module):
+    """framewise-v1: ``z (B, L), pitch, velocity, time_on, time_off (B,)`` -> ``log_mag (B, F)``."""
+
+    def __init__(self, cfg: VAEConfig, params: SpectrogramParams) -> None:
+        super().__init__()
+        self.cfg, self.n_bins = cfg, params.n_bins
+        self.bins_per_hz = params.n_fft / params.sample_rate
+        self.nyquist_hz, self.log_floor = params.sample_rate / 2, params.log_floor
+        h = cfg.dec_hidden
+        self.inp = nn.Linear(cfg.latent_size + 2 + N_TIME_FEATURES, h)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.SiLU()) for _ in range(cfg.dec_layers - 1))
+        self.harm = nn.Linear(h, cfg.n_harmonics)
+        self.noise = nn.Linear(h, cfg.n_noise_bands)
+        # Start quiet: a silent frame is ln(log_floor) ~ -11.5, most of a note is near silence.
+        nn.init.constant_(self.harm.bias, -6.0)
+        nn.init.constant_(self.noise.bias, -9.0)
+        self.register_buffer("harm_k", torch.arange(1, cfg.n_harmonics + 1, dtype=torch.float32))
+        self.register_buffer("offsets", torch.arange(-1, 3, dtype=torch.float32))
+        self.register_buffer("band_matrix", noise_band_matrix(cfg.n_noise_bands, self.n_bins, params.sample_rate))
+
+    def forward(self, z: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor, time_off: Tensor) -> Tensor:
+        cond = torch.cat([z, ((pitch - 64.0) / 24.0)[:, None], (velocity / 127.0)[:, None],
+                          time_features(time_on, time_off, self.cfg.time_on_max)], dim=-1)
+        h = F.silu(self.inp(cond.to(self.inp.weight.dtype)))  # the MLP may run in float16
+        for block in self.blocks:
+            h = h + block(h) if self.cfg.residual else block(h)
+        # Magnitudes are summed and logged in float32 whatever the MLP's precision.
+        harm_amp = torch.exp(self.harm(h).float().clamp(max=5.0))  # (B, K)
+        noise = torch.exp(self.noise(h).float().clamp(max=5.0)) @ self.band_matrix.float()  # (B, F)
+        mag = self.place_harmonics(harm_amp, pitch) + noise
+        return torch.log(mag + self.log_floor)
+
+    def place_harmonics(self, amp: Tensor, pitch: Tensor) -> Tensor:
+        """Scatter K Hann main lobes at k*f0 into bins: ``amp (B, K), pitch (B,)`` -> ``(B, F)``."""
+        # float64 geometry: float32 pow/floor/sin differ by an ulp between runtimes, and a bin
+        # position near 500 has an ulp of 3e-5 bins; in float64 both agree to ~1e-12.
+        f0 = 440.0 * torch.pow(2.0, (pitch.double() - 69.0) / 12.0)
+        freqs = f0[:, None] * self.harm_k.double()  # (B, K)
+        amp = amp * (freqs < self.nyquist_hz).to(amp.dtype)
+        centre = freqs * self.bins_per_hz
+        base = torch.floor(centre)
+        offsets = self.offsets.double()
+        shape = hann_main_lobe((centre - base)[..., None], offsets).to(amp.dtype)  # (B, K, 4)
+        idx = base[..., None] + offsets  # (B, K, 4)
+        valid = (idx >= 0) & (idx < self.n_bins)
+        contrib = amp[..., None] * shape * valid.to(amp.dtype)
+        idx = idx.clamp(0, self.n_bins - 1).long().flatten(1)
+        out = torch.zeros(amp.shape[0], self.n_bins, dtype=amp.dtype, device=amp.device)
+        return out.scatter_add(1, idx, contrib.flatten(1))
+
+
+class TimbreVAE(nn.Module):
+    """Encoder + frame decoder; ``forward`` is the training pass on sampled frames."""
+
+    def __init__(self, cfg: VAEConfig, params: SpectrogramParams) -> None:
+        super().__init__()
+        self.cfg, self.params = cfg, params
+        self.encoder = Encoder(cfg, params.n_bins)
+        self.decoder = FrameDecoder(cfg, params)
+
+    def forward(self, log_mag: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor,
+                time_off: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``log_mag (B, T, F)``, note pitch/velocity ``(B,)``, frame times ``(B, S)``.
+
+        Returns ``pred (B, S, F), mu (B, L), logvar (B, L)``; ``noise (B, L)`` is the
+        reparameterisation noise (None -> use mu, for validation).
+        """
+        mu, logvar = self.encoder(log_mag)
+        z = mu if noise is None else mu + noise * torch.exp(0.5 * logvar)
+        b, s = time_on.shape
+        rep = lambda x: x[:, None].expand(b, s).reshape(-1)  # noqa: E731
+        pred = self.decoder(z.repeat_interleave(s, dim=0), rep(pitch), rep(velocity),
+                            time_on.reshape(-1), time_off.reshape(-1))
+        return pred.view(b, s, -1), mu, logvar
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z|x) || N(0, 1)) per latent dimension -> ``(B, L)``."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def vae_loss(pred: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, beta: float,
+             grad_weight: float) -> dict[str, Tensor]:
+    """L1 log-mag + L1 of the frequency-axis gradient difference + beta * KL.
+
+    ``pred, target (..., F)``. Returns a dict with ``loss, recon, grad, kl``.
+    """
+    recon = (pred - target).abs().mean()
+    grad = (torch.diff(pred, dim=-1) - torch.diff(target, dim=-1)).abs().mean()
+    kl = kl_per_dim(mu, logvar).sum(-1).mean()
+    loss = recon + grad_weight * grad + beta * kl
+    return {"loss": loss, "recon": recon, "grad": grad, "kl": kl}
+
+
+def beta_at(step: int, cfg: VAEConfig) -> float:
+    """Linear KL warm-up from 0 to ``cfg.beta`` over ``kl_warmup_steps``."""
+    if cfg.kl_warmup_steps <= 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, step / cfg.kl_warmup_steps)
+
+
+def rank_latents(mu: Tensor, logvar: Tensor) -> tuple[list[int], list[float]]:
+    """Order latent dims by mean KL over notes ``mu, logvar (N, L)``, most informative first.
+
+    Returns ``(order, mean_kl)`` where ``mean_kl[d]`` is dim d's KL in nats.
+    """
+    kl = kl_per_dim(mu.float(), logvar.float()).mean(0)
+    order = torch.argsort(kl, descending=True, stable=True)
+    return [int(i) for i in order], [float(v) for v in kl]
+
+
+def frame_times(params: SpectrogramParams, frame_idx: Tensor, frame_stride: int,
+                time_on_max: float) -> tuple[Tensor, Tensor]:
+    """Stored frame indices ``(...)`` -> ``time_on, time_off (...)`` in seconds (framewise-v1).
+
+    time_on is clamped to time_on_max as the engine does; time_off = t - hold_seconds once
+    the key is up, else -1.
+    """
+    t = frame_idx.float() * (frame_stride * params.hop / params.sample_rate)
+    time_off = torch.where(t >= params.hold_seconds, t - params.hold_seconds, torch.full_like(t, -1.0))
+    return t.clamp(max=time_on_max), time_off

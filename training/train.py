@@ -1,0 +1,478 @@
+"""Train the timbre VAE on a feature cache.
+
+    python -m training.train --config training/configs/default.toml --data DIR --out runs/NAME \
+        [--resume] [--features DIR] [--steps N] [--device cpu|cuda]
+
+Under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel (gloo on CPU,
+nccl on CUDA); each rank samples its own ``batch_notes`` notes, rank 0 writes every file.
+Run folder: ``checkpoint.pt`` (weights_only-loadable), ``config.toml`` (fully resolved),
+``log.csv``, ``report.png``, ``latent_stats.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tomli_w
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from synth.params import SpectrogramParams
+from training.model import TimbreVAE, VAEConfig, beta_at, frame_times, rank_latents, vae_loss
+
+LOG_FIELDS = ("step", "loss", "recon", "grad", "kl", "beta", "val_loss", "lr", "notes_per_s")
+
+
+class TrainError(Exception):
+    """A bad config, data folder or run folder; the message says which."""
+
+
+@dataclass
+class TrainConfig:
+    """The ``[train]`` table of a config."""
+
+    steps: int = 3000
+    batch_notes: int = 16
+    frames_per_note: int = 32
+    lr: float = 1e-3
+    lr_warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    val_every: int = 250
+    val_notes: int = 64
+    ckpt_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+    frame_stride: int = 2
+    report_notes: int = 3
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; written to ``config.toml`` beside the checkpoint."""
+
+    model: VAEConfig
+    train: TrainConfig
+    audio: SpectrogramParams
+    data: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.model), "train": asdict(self.train),
+                "audio": self.audio.to_dict(), "data": dict(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        unknown = set(d) - {"model", "train", "audio", "data"}
+        if unknown:
+            raise TrainError(f"unknown config table(s): {', '.join(sorted(unknown))}")
+        train_keys = {f.name for f in fields(TrainConfig)}
+        bad = set(d.get("train", {})) - train_keys
+        if bad:
+            raise TrainError(f"unknown [train] option(s): {', '.join(sorted(bad))}")
+        try:
+            audio = SpectrogramParams.from_dict(d.get("audio", {}))
+            audio.validate()
+            model = VAEConfig.from_dict(d.get("model", {}))
+        except (TypeError, ValueError) as exc:
+            raise TrainError(f"bad config: {exc}") from None
+        return cls(model, TrainConfig(**d.get("train", {})), audio, dict(d.get("data", {})))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    try:
+        with open(path, "rb") as f:
+            return RunConfig.from_dict(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TrainError(f"{path}: cannot read config ({exc})") from None
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.lr_warmup_steps:
+        return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+    frac = (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps)
+    cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cos)
+
+
+# ---------------------------------------------------------------------------- data
+
+def load_notes(cache: Any, idx: np.ndarray) -> torch.Tensor:
+    """Whole notes ``(B, T, F)`` float32 from the float16 memmap (sorted reads are faster)."""
+    order = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx),) + tuple(cache.logmag.shape[1:]), dtype=np.float32)
+    out[order] = cache.logmag[idx[order]]
+    return torch.from_numpy(out)
+
+
+def make_batch(cache: Any, notes: np.ndarray, run: RunConfig, gen: torch.Generator,
+               n_notes: int, sample_notes: bool = True) -> dict[str, torch.Tensor]:
+    """Sample ``n_notes`` notes and ``frames_per_note`` frames each (all randomness from ``gen``).
+
+    Returns ``log_mag (B, T, F)``, ``target (B, S, F)``, ``pitch, velocity (B,)``,
+    ``time_on, time_off (B, S)``, ``noise (B, L)``.
+    """
+    tc = run.train
+    pick = notes[torch.randint(len(notes), (n_notes,), generator=gen).numpy()] if sample_notes else notes[:n_notes]
+    log_mag = load_notes(cache, pick)
+    b, t, f = log_mag.shape
+    frames = torch.randint(t, (b, tc.frames_per_note), generator=gen)
+    time_on, time_off = frame_times(run.audio, frames, tc.frame_stride, run.model.time_on_max)
+    target = torch.gather(log_mag, 1, frames[..., None].expand(-1, -1, f))
+    return {"log_mag": log_mag, "target": target, "time_on": time_on, "time_off": time_off,
+            "pitch": torch.from_numpy(np.asarray(cache.pitch[pick], dtype=np.float32)),
+            "velocity": torch.from_numpy(np.asarray(cache.velocity[pick], dtype=np.float32)),
+            "noise": torch.randn(b, run.model.latent_size, generator=gen)}
+
+
+def open_cache(data: str | None, features: str | None, params: SpectrogramParams, frame_stride: int) -> tuple[Any, str]:
+    """Open the feature cache, building it from the NSynth folder ``data`` when missing."""
+    from training.features import FeatureCache, build_feature_cache
+
+    if features is None:
+        if data is None:
+            raise TrainError("give --data (an NSynth-layout folder) or --features (a feature cache)")
+        root = Path(data).resolve()
+        features = str(root.parent / f"{root.name}_features")
+    if (Path(features) / "meta.json").is_file():
+        cache = FeatureCache.open(features)
+        if cache.params != params or cache.frame_stride != frame_stride:
+            raise TrainError(f"{features}: feature cache was built with other audio params or frame_stride")
+        return cache, features
+    if data is None or not Path(data).is_dir():
+        raise TrainError(f"no feature cache in {features} and no data folder {data!r} to build it from")
+    build_feature_cache(data, params, features, frame_stride=frame_stride)
+    return FeatureCache.open(features), features
+
+
+# ---------------------------------------------------------------------------- distributed
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Init the process group when launched by torchrun; returns ``(rank, world, device)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda but CUDA is not available")
+    dev = torch.device(device)
+    if device == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cpu" and world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return rank, world, dev
+
+
+def gather_rng(gen: torch.Generator, world: int) -> list[torch.Tensor]:
+    """Every rank's sampler state (rank 0 saves them all so a resume continues each rank)."""
+    state = gen.get_state()
+    if world == 1:
+        return [state]
+    states = [torch.empty_like(state) for _ in range(world)]
+    dist.all_gather(states, state)
+    return states
+
+
+# ---------------------------------------------------------------------------- the loop
+
+class Trainer:
+    """Model, optimiser, sampler and run folder of one training run."""
+
+    def __init__(self, run: RunConfig, cache: Any, out: Path, device: torch.device,
+                 rank: int = 0, world: int = 1) -> None:
+        self.run, self.cache, self.out = run, cache, out
+        self.device, self.rank, self.world = device, rank, world
+        torch.manual_seed(run.train.seed)  # identical initial weights on every rank
+        self.model = TimbreVAE(run.model, run.audio).to(device)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                    if world > 1 else self.model)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=run.train.lr, weight_decay=0.0)
+        self.gen = torch.Generator().manual_seed(run.train.seed * 1000 + rank)
+        self.train_idx, self.val_idx = (np.asarray(a, dtype=np.int64) for a in
+                                        cache.split(run.train.val_fraction, seed=run.train.seed))
+        if len(self.train_idx) == 0:
+            raise TrainError("the training split is empty (too few notes)")
+        self.step = 0
+        self.rows: list[dict[str, float]] = []
+        self.val_batch = self._fixed_val_batch()
+
+    def _fixed_val_batch(self) -> dict[str, torch.Tensor] | None:
+        notes = self.val_idx[: self.run.train.val_notes]
+        if len(notes) == 0:
+            return None
+        gen = torch.Generator().manual_seed(12345)  # same frames every validation
+        return make_batch(self.cache, notes, self.run, gen, len(notes), sample_notes=False)
+
+    def _forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], sample: bool) -> dict[str, torch.Tensor]:
+        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            pred, mu, logvar = model(b["log_mag"], b["pitch"], b["velocity"], b["time_on"],
+                                     b["time_off"], b["noise"] if sample else None)
+        return vae_loss(pred.float(), b["target"], mu.float(), logvar.float(),
+                        beta_at(self.step, self.run.model), self.run.model.grad_weight)
+
+    def train_step(self) -> dict[str, float]:
+        lr = lr_at(self.step, self.run.train)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        batch = make_batch(self.cache, self.train_idx, self.run, self.gen, self.run.train.batch_notes)
+        self.model.train()
+        parts = self._forward(self.ddp, batch, sample=True)
+        self.opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in parts.items()} | {"lr": lr}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        if self.val_batch is None:
+            return float("nan")
+        self.model.eval()
+        return float(self._forward(self.model, self.val_batch, sample=False)["loss"])
+
+    def state(self) -> dict[str, Any]:
+        """Checkpoint content: tensors, dicts, lists and numbers only (weights_only-loadable)."""
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+                "rng": gather_rng(self.gen, self.world), "torch_rng": torch.get_rng_state(), "log": self.rows}
+
+    def load(self, path: Path) -> None:
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        if len(ckpt["rng"]) != self.world:
+            raise TrainError(f"{path}: saved by {len(ckpt['rng'])} process(es), resumed with {self.world}")
+        self.gen.set_state(ckpt["rng"][self.rank])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.rows = [dict(r) for r in ckpt["log"]]
+
+    def save(self) -> None:
+        state = self.state()  # collective (all ranks gather RNG states)
+        if self.rank == 0:
+            write_text_atomic(tomli_w.dumps(self.run.to_dict()), self.out / "config.toml")
+            save_atomic(state, self.out / "checkpoint.pt")
+            write_log(self.rows, self.out / "log.csv")
+
+
+def write_log(rows: list[dict[str, float]], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
+    os.replace(tmp, path)
+
+
+def fit(trainer: Trainer, progress: bool = True, until: int | None = None) -> None:
+    """Run from ``trainer.step`` to ``train.steps`` (or stop early at ``until``): log, validate, checkpoint."""
+    tc = trainer.run.train
+    end = tc.steps if until is None else min(until, tc.steps)
+    bar = tqdm(total=tc.steps, initial=trainer.step, disable=not progress or trainer.rank != 0,
+               dynamic_ncols=True, desc="train")
+    acc: dict[str, float] = {}
+    n_acc, t0 = 0, time.perf_counter()
+    while trainer.step < end:
+        parts = trainer.train_step()
+        acc = {k: acc.get(k, 0.0) + v for k, v in parts.items()}
+        n_acc += 1
+        bar.update(1)
+        step = trainer.step
+        if step % tc.log_every == 0 or step == tc.steps or step % tc.val_every == 0:
+            dt = time.perf_counter() - t0
+            row = {k: v / n_acc for k, v in acc.items()} | {
+                "step": step, "beta": beta_at(step, trainer.run.model),
+                "notes_per_s": n_acc * tc.batch_notes * trainer.world / max(dt, 1e-9), "val_loss": ""}
+            if step % tc.val_every == 0 or step == tc.steps:
+                row["val_loss"] = trainer.validate()
+            trainer.rows.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_loss']:.3f}" if row["val_loss"] != "" else "-")
+            acc, n_acc, t0 = {}, 0, time.perf_counter()
+        if step % tc.ckpt_every == 0 or step == tc.steps:
+            trainer.save()
+    bar.close()
+
+
+# ---------------------------------------------------------------------------- results
+
+@torch.no_grad()
+def encode_notes(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.device,
+                 batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mu, logvar (N, L)`` for notes ``idx`` (float32, on CPU)."""
+    model.eval()
+    mus, logvars = [], []
+    for i in range(0, len(idx), batch):
+        mu, logvar = model.encoder(load_notes(cache, idx[i:i + batch]).to(device))
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def latent_stats(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """Knob order (mean KL), per-dim mean/std and per-family mean latents over notes ``idx``."""
+    mu, logvar = encode_notes(model, cache, idx, device)
+    order, kl = rank_latents(mu, logvar)
+    fam = np.asarray(cache.family[idx])
+    families = {}
+    for f in sorted(set(int(x) for x in fam)):
+        sel = torch.from_numpy(fam == f)
+        families[str(cache.families[f])] = {"count": int(sel.sum()), "z": mu[sel].mean(0).tolist()}
+    pitch = np.asarray(cache.pitch[idx])
+    return {"knob_order": order, "mean_kl": kl, "mean": mu.mean(0).tolist(),
+            "std": mu.std(0, unbiased=False).clamp(min=1e-3).tolist(), "families": families,
+            "pitch_min": float(pitch.min()), "pitch_max": float(pitch.max()), "n_notes": len(idx)}
+
+
+@torch.no_grad()
+def reconstruct(model: TimbreVAE, cache: Any, note: int, run: RunConfig, device: torch.device) -> np.ndarray:
+    """Decode every stored frame of note ``note`` from its mean latent -> ``(T, F)``."""
+    x = load_notes(cache, np.array([note])).to(device)
+    mu, _ = model.encoder(x)
+    t = x.shape[1]
+    time_on, time_off = frame_times(run.audio, torch.arange(t), run.train.frame_stride, run.model.time_on_max)
+    full = lambda v: torch.full((t,), float(v), device=device)  # noqa: E731
+    pred = model.decoder(mu.expand(t, -1), full(cache.pitch[note]), full(cache.velocity[note]),
+                         time_on.to(device), time_off.to(device))
+    return pred.float().cpu().numpy()
+
+
+def write_report(trainer: Trainer, stats: dict[str, Any], path: Path) -> None:
+    """PNG: loss curves, input vs reconstruction for a few val notes, 2-D latent map."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    notes = (trainer.val_idx if len(trainer.val_idx) else trainer.train_idx)[: trainer.run.train.report_notes]
+    fig, axes = plt.subplots(2, max(2, len(notes)) + 1, figsize=(5 * (len(notes) + 1), 8), squeeze=False)
+    rows = trainer.rows
+    ax = axes[0, 0]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
+    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] != ""]
+    if val:
+        ax.plot(*zip(*val), "o-", label="val")
+    ax.set(title="loss", xlabel="step", yscale="log")
+    ax.legend()
+    for i, note in enumerate(notes):
+        for row, img in ((0, load_notes(trainer.cache, np.array([note]))[0].numpy()),
+                         (1, reconstruct(trainer.model, trainer.cache, int(note), trainer.run, trainer.device))):
+            a = axes[row, i + 1]
+            a.imshow(img.T, origin="lower", aspect="auto", vmin=-11.5, vmax=0.0, cmap="magma")
+            a.set_title(f"note {note} pitch {int(trainer.cache.pitch[note])} {'recon' if row else 'input'}")
+    mu, _ = encode_notes(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
+    d0, d1 = stats["knob_order"][:2] if mu.shape[1] > 1 else (0, 0)
+    fam = np.asarray(trainer.cache.family[trainer.train_idx])
+    ax = axes[1, 0]
+    for f in sorted(set(int(x) for x in fam)):
+        ax.scatter(mu[fam == f, d0], mu[fam == f, d1], s=6, label=str(trainer.cache.families[f]))
+    ax.set(title="latent map (top-2 KL dims)", xlabel=f"z[{d0}]", ylabel=f"z[{d1}]")
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def finish(trainer: Trainer) -> dict[str, Any]:
+    """Rank 0: latent_stats.json and report.png."""
+    stats = latent_stats(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
+    write_text_atomic(json.dumps(stats, indent=1), trainer.out / "latent_stats.json")
+    write_report(trainer, stats, trainer.out / "report.png")
+    return stats
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def resolve_run(args: argparse.Namespace, out: Path) -> RunConfig:
+    """Config from --config, or from the run folder when resuming; --steps overrides."""
+    if args.resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise TrainError(f"{out}: nothing to resume (no checkpoint.pt)")
+        run = load_config(out / "config.toml")
+    elif args.config is None:
+        raise TrainError("give --config (or --resume an existing run)")
+    else:
+        run = load_config(args.config)
+        run.model.time_on_max = run.audio.hold_seconds - 0.1  # the engine clamps time_on here
+    if args.steps is not None:
+        run.train.steps = args.steps
+    data = args.data or run.data.get("data")
+    features = args.features or run.data.get("features")
+    run.data = {"data": str(Path(data).resolve()) if data else "", "features": features or "",
+                "config": str(args.config or run.data.get("config", "")),
+                "command": run.data.get("command") or shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "training.train", *sys.argv[1:]])}
+    return run
+
+
+def train_main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    run = resolve_run(args, out)
+    rank, world, device = setup_distributed(args.device)
+    cache, features = open_cache(run.data["data"] or None, run.data["features"] or None, run.audio, run.train.frame_stride)
+    run.data["features"] = str(Path(features).resolve())
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(run, cache, out, device, rank, world)
+    if args.resume:
+        trainer.load(out / "checkpoint.pt")
+    fit(trainer, progress=not args.quiet)
+    if rank == 0:
+        finish(trainer)
+        print(f"done: {out} (step {trainer.step})")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="training config (TOML)")
+    p.add_argument("--data", help="NSynth-layout data folder")
+    p.add_argument("--features", help="feature cache folder (default: DATA/../<name>_features)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--steps", type=int, help="override [train] steps")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        return train_main(args)
+    except TrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # dataset/feature errors from the data modules carry their own message
+        if type(exc).__name__ in ("DatasetError", "FeatureError", "FeatureCacheError"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
