@@ -1,0 +1,134 @@
+"""Offline rendering for ``run_synth.py --render``: a MIDI file through ``Engine.process`` to a WAV.
+
+The same block-wise ``Engine.process`` as live mode, with events queued at their exact sample
+times; after the file's last event every note still held is released, and rendering goes
+on until every voice is silent (capped at the preset's release time plus two seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from synth.engine import Engine
+from synth.events import CONTROL_CHANGE, CC_ALL_NOTES_OFF, CC_SUSTAIN, MidiEvent
+from synth.midifile import MidiFileError, events_end, read_midi_events
+
+DEFAULT_SAMPLE_RATE = 48000
+WRITE_CHUNK = 48000
+END_SILENCE = 512
+
+
+class RenderError(Exception):
+    """A user-facing render failure (one line)."""
+
+
+def parse_latent(items: list[str] | None) -> list[tuple[int, float, bool]]:
+    """``["3=1.5", "0=abs:-0.2"]`` -> ``[(3, 1.5, False), (0, -0.2, True)]``.
+
+    ``DIM=VALUE`` is in standard deviations from the preset's mean (z = mean + VALUE*std);
+    ``DIM=abs:VALUE`` sets the latent coordinate itself.
+    """
+    out = []
+    for item in items or []:
+        dim_s, sep, val_s = item.partition("=")
+        absolute = val_s.startswith("abs:")
+        try:
+            if not sep:
+                raise ValueError
+            dim = int(dim_s)
+            value = float(val_s[4:] if absolute else val_s)
+        except ValueError:
+            raise RenderError(f"--latent {item!r}: expected DIM=VALUE (std units) or DIM=abs:VALUE") from None
+        if not np.isfinite(value):
+            raise RenderError(f"--latent {item!r}: value must be finite")
+        out.append((dim, value, absolute))
+    return out
+
+
+def _closing_events(end: int) -> list[MidiEvent]:
+    """Pedal up and all-notes-off on every channel, just after the file's last event."""
+    return [MidiEvent(end, CONTROL_CHANGE | ch, cc, 0) for ch in range(16) for cc in (CC_SUSTAIN, CC_ALL_NOTES_OFF)]
+
+
+def _open_output(path: Path, rate: int, subtype: str):  # noqa: ANN202 - soundfile.SoundFile
+    import soundfile as sf
+
+    if path.is_dir():
+        raise RenderError(f"{path}: is a folder, not a file")
+    try:
+        return sf.SoundFile(str(path), "w", samplerate=rate, channels=2, subtype=subtype, format="WAV")
+    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+        raise RenderError(f"{path}: cannot write ({str(exc).strip().splitlines()[0][:120]})") from None
+
+
+def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, progress: bool = False) -> int:  # noqa: ANN001
+    """Render ``events`` through ``engine`` (prepared) into ``writer.write``; returns samples written."""
+    from tqdm import tqdm
+
+    rate = engine.sample_rate
+    end = events_end(events) + 1
+    events = sorted(events + _closing_events(end), key=lambda e: e.sample_time)
+    cap = end + int((engine.preset.release_seconds + 2.0) * rate)
+    buf = np.zeros((WRITE_CHUNK, 2), np.float32)
+    filled = written = 0
+    i = 0
+    bar = tqdm(total=end, unit="smp", unit_scale=True, disable=not progress, file=sys.stderr, leave=False)
+    t = 0
+    quiet = 0  # samples rendered since the engine went idle: end the file on a little true silence
+    while t < cap and (t < end or i < len(events) or quiet < END_SILENCE):
+        while i < len(events) and events[i].sample_time < t + block:
+            e = events[i]
+            if not engine.push(e.sample_time, e.status, e.data1, e.data2):
+                raise RenderError("event queue overflow")
+            i += 1
+        n = min(block, WRITE_CHUNK - filled)
+        engine.process(buf[filled:filled + n])
+        filled += n
+        t += n
+        quiet = quiet + n if engine.idle and t >= end else 0
+        if filled == WRITE_CHUNK:
+            writer.write(buf)
+            written += filled
+            filled = 0
+        bar.update(min(n, max(0, end - bar.n)))
+    if filled:
+        writer.write(buf[:filled])
+        written += filled
+    bar.close()
+    return written
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """The ``--render`` command; returns the exit status (errors -> RenderError etc. upstream)."""
+    from synth.preset import load_preset
+
+    rate = args.samplerate or DEFAULT_SAMPLE_RATE
+    if args.out is None:
+        raise RenderError("--render needs --out OUT.wav")
+    latent = parse_latent(args.latent)
+    preset = load_preset(args.preset)
+    events = read_midi_events(args.render, rate)
+    engine = Engine(preset, polyphony=args.polyphony, bend_range=args.bend_range, channel=args.channel,
+                    device=args.device, threads=args.threads)
+    for dim, value, absolute in latent:
+        try:
+            engine.set_latent(dim, value, absolute)
+        except ValueError as exc:
+            raise RenderError(f"--latent: {exc}") from None
+    engine.prepare(rate, args.block)
+    seconds = events_end(events) / rate
+    progress = sys.stderr.isatty() or seconds > 60.0
+    out_path = Path(args.out)
+    with _open_output(out_path, rate, "FLOAT" if args.float else "PCM_24") as writer:
+        n = render(engine, events, writer, args.block, progress)
+    if not args.quiet:
+        print(f"wrote {out_path} ({n / rate:.2f} s at {rate} Hz, decoder on {engine.providers[0]})", file=sys.stderr)
+    if engine.stats.nan_voices:
+        print(f"warning: {engine.stats.nan_voices} voice(s) muted for NaN/Inf decoder output", file=sys.stderr)
+    return 0
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (RenderError, MidiFileError)

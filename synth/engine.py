@@ -1,0 +1,476 @@
+"""The synthesis engine: MIDI events in, stereo float32 out, the same code offline and live.
+
+Per block (``process``):
+1. Events with ``sample_time`` before the block's end are taken from the queue and applied
+   at once; every voice change keeps the event's exact sample time (see ``synth.voices``),
+   so notes start and fades begin on the exact sample without splitting the block.
+   Continuous controls (bend, knobs) are sampled at each frame's decode, i.e. per 5.3 ms.
+2. Planning: a voice adds frame n to its OLA ring at sample ``onset + n*hop_out`` (its window
+   starts there); frame n needs log-magnitude frame n+1 (one frame of phase look-ahead). Every
+   frame any voice needs in this block is decoded in ONE batched decoder call.
+3. ``StreamingPhase`` turns frame n+1's log-magnitude into frame n's spectrum; the inverse FFT
+   is zero-padded by k = ceil(output_rate / model_rate) (48 kHz from 24 kHz: irfft of 2048,
+   bins above 512 zero, hop 256), windowed and overlap-added into the voice's ring.
+4. The numba mixer sums the rings (fades, start-up normalisation), the limiter writes ``out``.
+
+Grid: frame n of a voice is the model's centred frame j = n + n_fft/(2 hop), decoded at
+``time_on = (n*hop + n_fft/2) / model_rate``, so the note's audio begins at the note-on
+sample itself. Output rates that are not k * model_rate (44.1 kHz) are rendered at k *
+model_rate and converted by ``soxr.ResampleStream`` (that path allocates a small array per
+internal block inside soxr's Python binding: not strictly real-time safe).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from synth import events as ev
+from synth.decoder import FrameDecoder
+from synth.limiter import Limiter
+from synth.preset import Preset
+from synth.stft import hann, magnitude_scale
+from synth.voices import HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
+
+KNOB_RANGE_STD = 3.0
+KNOB_SMOOTH_S = 0.008
+START_NORM_FLOOR = 0.25  # relative to the steady overlap sum: caps the boost of a note's first window
+
+
+@dataclass
+class EngineStats:
+    nan_voices: int = 0
+    dropped_events: int = 0
+    stolen_voices: int = 0
+    active_voices: int = 0
+    blocks: int = 0
+
+    @property
+    def nan_count(self) -> int:
+        return self.nan_voices
+
+
+@njit(nogil=True, cache=True)
+def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, block_end, geo, pitch_offset,
+                 pitch_lo, pitch_hi, z_cur, bz, bp, bv, bon, boff, pvoice, pframe, prank) -> tuple:
+    """Fill the decoder batch with every log-mag frame needed before ``block_end``.
+
+    ``geo`` = hop_out, half_out (output samples), internal rate, model hop seconds, model
+    half-window seconds, time_on_max. Returns (rows, max rank).
+    """
+    hop_out, half_out, sr = int(geo[0]), int(geo[1]), geo[2]
+    hop_s, half_s, t_max = geo[3], geo[4], geo[5]
+    b = 0
+    max_rank = -1
+    for v in range(state.shape[0]):
+        if state[v] == 0 or muted[v]:
+            continue
+        n = next_frame[v]
+        rank = 0
+        while onset[v] + n * hop_out < block_end:
+            first = 0 if n == 0 else n + 1
+            for m in range(first, n + 2):
+                if b >= bp.shape[0]:
+                    return b, max_rank
+                bz[b, :] = z_cur
+                p = key[v] + pitch_offset
+                bp[b] = min(max(p, pitch_lo), pitch_hi)
+                bv[b] = velocity[v]
+                ton = min(m * hop_s + half_s, t_max)
+                centre = onset[v] + m * hop_out + half_out
+                if release_t[v] >= 0 and centre >= release_t[v]:
+                    boff[b] = (centre - release_t[v]) / sr
+                else:
+                    boff[b] = -1.0  # the training contract's value while the key is held
+                bon[b] = ton
+                pvoice[b] = v
+                pframe[b] = m
+                prank[b] = rank
+                max_rank = max(max_rank, rank)
+                rank += 1
+                b += 1
+            n += 1
+        next_frame[v] = n
+    return b, max_rank
+
+
+@njit(nogil=True, cache=True)
+def _guard_rows(blog, rows, pvoice, muted, state, fade_start, fade_step, t0, step, ln_floor) -> int:
+    """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf."""
+    bad = 0
+    for b in range(rows):
+        ok = True
+        for f in range(blog.shape[1]):
+            if not np.isfinite(blog[b, f]):
+                ok = False
+                break
+        if ok:
+            continue
+        blog[b, :] = ln_floor
+        v = pvoice[b]
+        if not muted[v]:
+            muted[v] = True
+            bad += 1
+            if fade_start[v] > t0:
+                fade_start[v] = t0
+            fade_step[v] = max(fade_step[v], step)
+            state[v] = 4
+    return bad
+
+
+@njit(nogil=True, cache=True)
+def _gather_round(rank, rows, prank, pvoice, pframe, blog, sv, sm, slog) -> int:
+    k = 0
+    for b in range(rows):
+        if prank[b] == rank:
+            sv[k] = pvoice[b]
+            sm[k] = pframe[b]
+            slog[k, :] = blog[b]
+            k += 1
+    return k
+
+
+@njit(nogil=True, cache=True)
+def _scatter_round(k, sv, sm, sspec, hop_out, pad, fvoice, fpos, nf) -> int:
+    """Queue the frames this phase round produced (push of frame m yields frame m-1)."""
+    nb = sspec.shape[1]
+    for i in range(k):
+        if sm[i] >= 1:
+            pad[nf, :nb] = sspec[i]
+            fvoice[nf] = sv[i]
+            fpos[nf] = (sm[i] - 1) * hop_out
+            nf += 1
+    return nf
+
+
+@njit(nogil=True, cache=True)
+def _overlap_add(frames, nf, fvoice, fpos, window, ring) -> None:
+    r = ring.shape[1]
+    n = window.shape[0]
+    for j in range(nf):
+        v = fvoice[j]
+        p = fpos[j]
+        for i in range(n):
+            ring[v, (p + i) % r] += frames[j, i] * window[i]
+
+
+class Engine:
+    """Polyphonic renderer around one preset. Call ``prepare`` before ``process``.
+
+    ``channel``: MIDI channel 1..16 to listen to, None for all. ``bend_range`` in semitones.
+    ``latent`` values: see :meth:`set_latent`.
+    """
+
+    def __init__(self, preset: Preset, polyphony: int = 32, bend_range: float = 2.0, channel: int | None = None,
+                 device: str = "auto", threads: int | None = None, master_gain: float = 0.5,
+                 queue_capacity: int = 4096, decoder: FrameDecoder | None = None,
+                 phase_factory: Callable[..., object] | None = None) -> None:
+        if channel is not None and not 1 <= channel <= 16:
+            raise ValueError(f"MIDI channel must be 1..16, got {channel}")
+        self.preset = preset
+        self.polyphony = int(polyphony)
+        self.bend_range = float(bend_range)
+        self.channel = None if channel is None else channel - 1
+        self.master_gain = float(master_gain)
+        self.queue = ev.EventQueue(queue_capacity)
+        self.stats = EngineStats()
+        self._device, self._threads = device, threads
+        self._decoder = decoder
+        self._phase_factory = phase_factory
+        lat = preset.latent_size
+        self.z_target = preset.latent_mean.astype(np.float32).copy()
+        self.z_current = self.z_target.copy()
+        self._z_tmp = np.zeros(lat, np.float32)
+        self._knob_of_cc = np.full(128, -1, np.int64)
+        self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
+        self.sample_rate = 0
+        self.sample_time = 0  # output samples rendered so far
+        self._prepared = False
+
+    # ------------------------------------------------------------------ controls (not real-time)
+    def set_knob_ccs(self, cc_to_knob: dict[int, int]) -> None:
+        """Which CC drives which knob (knob i = latent dim ``knob_order[i]``)."""
+        self._knob_of_cc[:] = -1
+        for cc, knob in cc_to_knob.items():
+            if 0 <= cc < 128 and 0 <= knob < self.preset.latent_size:
+                self._knob_of_cc[cc] = knob
+
+    def set_latent(self, dim: int, value: float, absolute: bool = False) -> None:
+        """Set latent dim ``dim`` now: ``value`` in std units (z = mean + value*std), or absolute."""
+        if not 0 <= dim < self.preset.latent_size:
+            raise ValueError(f"latent dim {dim} outside 0..{self.preset.latent_size - 1}")
+        z = value if absolute else self.preset.latent_mean[dim] + value * self.preset.latent_std[dim]
+        if not math.isfinite(z):
+            raise ValueError(f"latent value {value} is not finite")
+        self.z_target[dim] = z
+        self.z_current[dim] = z
+
+    @property
+    def knob_values(self) -> NDArray[np.float32]:
+        """First 8 knobs (preset knob order) as -1..1 of mean ± 3 std."""
+        dims = self.preset.knob_order[:8]
+        p = self.preset
+        return ((self.z_target[dims] - p.latent_mean[dims]) / (KNOB_RANGE_STD * p.latent_std[dims])).astype(np.float32)
+
+    @property
+    def providers(self) -> list[str]:
+        return self._decoder.providers if self._decoder is not None else []
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, sample_rate: int, max_block: int) -> None:
+        """Allocate everything ``process`` needs for blocks up to ``max_block`` frames."""
+        if sample_rate < 8000 or max_block < 1:
+            raise ValueError(f"bad sample rate {sample_rate} / block {max_block}")
+        p = self.preset.params
+        self.sample_rate = int(sample_rate)
+        self.max_block = int(max_block)
+        self.k = max(1, -(-self.sample_rate // p.sample_rate))
+        self.internal_rate = self.k * p.sample_rate
+        self._resampling = self.internal_rate != self.sample_rate
+        ratio = self.internal_rate / self.sample_rate
+        self._chunk = int(math.ceil(max_block * ratio)) + (8 if self._resampling else 0)
+        self.n_out, self.hop_out = p.n_fft * self.k, p.hop * self.k
+        self.voices = VoiceBank(self.polyphony, self.internal_rate)
+        slots, nb, lat = self.voices.slots, p.n_bins, self.preset.latent_size
+        per_voice = (self._chunk + self.hop_out - 1) // self.hop_out + 2
+        bmax = slots * per_voice
+        if self._decoder is None:
+            self._decoder = FrameDecoder(self.preset, self._device, self._threads, max_batch=bmax)
+        self._decoder.reserve(bmax)
+        factory = self._phase_factory
+        if factory is None:
+            from synth.phase import StreamingPhase as factory  # noqa: N813 - the real one by default
+        self.phase = factory(p, slots)
+        f32 = np.float32
+        self._bz = np.zeros((bmax, lat), f32)
+        self._bp, self._bv, self._bon, self._boff = (np.zeros(bmax, f32) for _ in range(4))
+        self._blog = np.zeros((bmax, nb), f32)
+        self._pvoice, self._pframe, self._prank = np.zeros(bmax, np.int32), np.zeros(bmax, np.int64), np.zeros(bmax, np.int64)
+        self._sv, self._sm = np.zeros(slots, np.int32), np.zeros(slots, np.int64)
+        self._slog, self._sspec = np.zeros((slots, nb), f32), np.zeros((slots, nb), np.complex64)
+        self._pad = np.zeros((bmax, self.n_out // 2 + 1), np.complex64)
+        self._frames = np.zeros((bmax, self.n_out), f32)
+        self._fvoice, self._fpos = np.zeros(bmax, np.int32), np.zeros(bmax, np.int64)
+        self._ring = np.zeros((slots, self.n_out + self._chunk + self.hop_out), f32)
+        self._mix = np.zeros(self._chunk, f32)
+        self._events = np.zeros((self.queue.capacity, 4), np.int64)
+        self._geo = np.array([self.hop_out, self.n_out // 2, self.internal_rate, p.hop / p.sample_rate,
+                              p.n_fft / 2 / p.sample_rate, self.preset.time_on_max], np.float64)
+        self._build_windows()
+        self.limiter = Limiter(self.sample_rate)
+        self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
+        self._release_fade_step = 1.0 / max(1.0, RELEASE_END_FADE_S * self.internal_rate)
+        self._alpha_per_sample = 1.0 / (KNOB_SMOOTH_S * self.internal_rate)
+        self._t_int = 0
+        self._pedal = False
+        self._bend = 0.0
+        self._ln_floor = float(np.log(p.log_floor))
+        self._setup_resampler()
+        self._prepared = True
+
+    def _build_windows(self) -> None:
+        """Synthesis window with the zero-padding gain, and the OLA normalisation."""
+        p = self.preset.params
+        w = hann(self.n_out)
+        # irfft of the k-times zero-padded spectrum gives the 24 kHz windowed frame / k at k x rate;
+        # dividing by the magnitude scale undoes synth.stft's normalisation.
+        self._window = (w * self.k / magnitude_scale(p)).astype(np.float32)
+        w2 = w * w
+        cover = np.zeros(self.n_out)
+        for n in range(self.n_out // self.hop_out):
+            cover[n * self.hop_out:] += w2[: self.n_out - n * self.hop_out]
+        steady = float(np.mean([w2[i::self.hop_out].sum() for i in range(self.hop_out)]))
+        self._steady_norm = 1.0 / steady
+        self._startnorm = (1.0 / np.maximum(cover, START_NORM_FLOOR * steady)).astype(np.float32)
+        first = int(np.argmax(self._window != 0))
+        self._first_nonzero = first
+
+    def _setup_resampler(self) -> None:
+        self._resampler = None
+        self._resampler_delay = 0
+        if not self._resampling:
+            return
+        import soxr
+
+        probe = soxr.ResampleStream(self.internal_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+        x = np.zeros(self.internal_rate // 10, np.float32)
+        x[0] = 1.0
+        y = np.concatenate([probe.resample_chunk(x), probe.resample_chunk(np.zeros(4096, np.float32), last=True)])
+        self._resampler_delay = int(np.argmax(np.abs(y)))  # peak of the impulse response
+        self._resampler = soxr.ResampleStream(self.internal_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+        self._fifo = np.zeros(4 * (self.max_block + self._chunk) + 64, np.float32)
+        self._fifo_n = 0
+        self._out_mono = np.zeros(self.max_block, np.float32)
+
+    @property
+    def latency_samples(self) -> int:
+        """Output samples from a note-on's timestamp to its first non-zero output sample.
+
+        A voice's first window starts at the note-on sample (no pipeline delay: its frames are
+        decoded at the start of the block that contains it); the periodic Hann window is zero at
+        its first sample, so sound starts ``_first_nonzero`` samples in. Resampled rates add the
+        resampler's delay (approximate there).
+        """
+        if not self._prepared:
+            raise RuntimeError("call prepare() first")
+        lat = self._first_nonzero
+        if self._resampling:
+            return int(round(lat * self.sample_rate / self.internal_rate)) + self._resampler_delay
+        return lat
+
+    # ------------------------------------------------------------------ MIDI in
+    def push_event(self, sample_time: int, message: bytes) -> bool:
+        """Queue a raw MIDI message for output sample ``sample_time`` (producer thread)."""
+        ok = self.queue.push_bytes(sample_time, message)
+        self.stats.dropped_events = self.queue.dropped
+        return ok
+
+    def push(self, sample_time: int, status: int, d1: int = 0, d2: int = 0) -> bool:
+        ok = self.queue.push(sample_time, status, d1, d2)
+        self.stats.dropped_events = self.queue.dropped
+        return ok
+
+    def _to_internal(self, t_out: int) -> int:
+        if self._resampling:
+            return t_out * self.internal_rate // self.sample_rate
+        return t_out
+
+    def _apply_events(self, t0: int, t_end_out: int) -> None:
+        n = self.queue.drain_until(t_end_out, self._events)
+        for i in range(n):
+            row = self._events[i]
+            t = max(self._to_internal(int(row[0])), t0)
+            status, d1, d2 = int(row[1]), int(row[2]), int(row[3])
+            ch = status & 0x0F
+            if self.channel is not None and ch != self.channel:
+                continue
+            self._dispatch(t, status & 0xF0, ch, d1, d2)
+
+    def _dispatch(self, t: int, kind: int, ch: int, d1: int, d2: int) -> None:
+        vb = self.voices
+        if kind == ev.NOTE_ON and d2 > 0:
+            for v in range(vb.slots):  # a re-struck key releases its previous voice
+                if vb.key[v] == d1 and vb.channel[v] == ch and (vb.state[v] == HELD or vb.state[v] == SUSTAINED):
+                    vb.release(v, t)
+            v, busy = vb.allocate(t, d1, ch, d2)
+            if busy:
+                self._ring[v].fill(0.0)
+            self.phase.reset(v)
+            self.stats.stolen_voices = vb.stolen
+        elif kind == ev.NOTE_OFF or kind == ev.NOTE_ON:
+            vb.note_off(t, d1, ch, self._pedal)
+        elif kind == ev.CONTROL_CHANGE:
+            self._control(t, d1, d2)
+        elif kind == ev.PROGRAM_CHANGE:
+            snap = self.preset.snapshot_for_program(d1)
+            if snap is not None:
+                self.z_target[:] = snap.z
+        elif kind == ev.PITCH_BEND:
+            self._bend = ((d2 << 7) | d1) - 8192
+            self._bend = self._bend / 8192.0 * self.bend_range
+
+    def _control(self, t: int, cc: int, value: int) -> None:
+        vb = self.voices
+        if cc == ev.CC_SUSTAIN:
+            down = value >= 64
+            if self._pedal and not down:
+                vb.pedal_up(t)
+            self._pedal = down
+        elif cc == ev.CC_ALL_SOUND_OFF:
+            vb.fade_all(t)
+        elif cc == ev.CC_ALL_NOTES_OFF:
+            vb.release_all(t)
+        elif cc == 121:  # reset all controllers
+            self._bend = 0.0
+            if self._pedal:
+                vb.pedal_up(t)
+            self._pedal = False
+        knob = self._knob_of_cc[cc]
+        if knob >= 0:
+            dim = self.preset.knob_order[knob]
+            u = value / 127.0 * 2.0 - 1.0
+            self.z_target[dim] = self.preset.latent_mean[dim] + u * KNOB_RANGE_STD * self.preset.latent_std[dim]
+
+    # ------------------------------------------------------------------ render
+    def _smooth_knobs(self, n: int) -> None:
+        """One-pole glide of the latent towards its target: no zipper noise on knob moves."""
+        alpha = 1.0 - math.exp(-n * self._alpha_per_sample)
+        np.subtract(self.z_target, self.z_current, out=self._z_tmp)
+        self._z_tmp *= alpha
+        self.z_current += self._z_tmp
+
+    def _synthesize_frames(self, t0: int, t_end: int) -> None:
+        vb = self.voices
+        rows, max_rank = _plan_frames(
+            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, t_end, self._geo,
+            self._bend, 0.0, 127.0, self.z_current, self._bz, self._bp, self._bv, self._bon, self._boff,
+            self._pvoice, self._pframe, self._prank)
+        if rows == 0:
+            return
+        self._decoder.decode(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog, rows)
+        bad = _guard_rows(self._blog, rows, self._pvoice, vb.muted, vb.state, vb.fade_start, vb.fade_step,
+                          t0, float(vb.steal_step), self._ln_floor)
+        if bad:
+            self.stats.nan_voices += bad
+        nf = 0
+        for rank in range(max_rank + 1):
+            k = _gather_round(rank, rows, self._prank, self._pvoice, self._pframe, self._blog,
+                              self._sv, self._sm, self._slog)
+            self.phase.push(self._sv[:k], self._slog[:k], self._sspec[:k])
+            nf = _scatter_round(k, self._sv, self._sm, self._sspec, self.hop_out, self._pad, self._fvoice, self._fpos, nf)
+        if nf:
+            np.fft.irfft(self._pad[:nf], n=self.n_out, axis=1, out=self._frames[:nf])
+            _overlap_add(self._frames, nf, self._fvoice, self._fpos, self._window, self._ring)
+
+    def _render_internal(self, n: int, t_end_out: int) -> None:
+        """Render ``n`` internal-rate samples of the mono mix into ``self._mix[:n]``."""
+        t0 = self._t_int
+        self._apply_events(t0, t_end_out)
+        self._smooth_knobs(n)
+        self._synthesize_frames(t0, t0 + n)
+        vb = self.voices
+        self.stats.active_voices = mix_voices(
+            vb.state, vb.onset, vb.release_t, vb.fade_start, vb.fade_step, vb.gain, self._ring, self._startnorm,
+            self._steady_norm, self._release_samples, self._release_fade_step, t0, self._mix[:n])
+        self._t_int = t0 + n
+
+    def process(self, out: NDArray[np.float32]) -> None:
+        """Render ``out (n, C)`` float32 in place (C = 1 or 2). Real-time safe at integer rates."""
+        n = out.shape[0]
+        start = 0
+        while start < n:
+            m = min(self.max_block, n - start)
+            self._process_block(out[start:start + m], m)
+            start += m
+
+    def _process_block(self, out: NDArray, n: int) -> None:
+        if not self._resampling:
+            self._render_internal(n, self.sample_time + n)
+            self.limiter.process(self._mix[:n], out, self.master_gain)
+        else:
+            self._resampled_block(out, n)
+        self.sample_time += n
+        self.stats.blocks += 1
+
+    def _resampled_block(self, out: NDArray, n: int) -> None:
+        fifo = self._fifo
+        while self._fifo_n < n:
+            c = self._chunk
+            t_end_out = ((self._t_int + c) * self.sample_rate) // self.internal_rate
+            self._render_internal(c, t_end_out)
+            y = self._resampler.resample_chunk(self._mix[:c])  # allocates inside soxr's binding
+            fifo[self._fifo_n:self._fifo_n + y.shape[0]] = y
+            self._fifo_n += y.shape[0]
+        self._out_mono[:n] = fifo[:n]
+        fifo[: self._fifo_n - n] = fifo[n:self._fifo_n]
+        self._fifo_n -= n
+        self.limiter.process(self._out_mono[:n], out, self.master_gain)
+
+    @property
+    def idle(self) -> bool:
+        """No voice sounding and nothing queued."""
+        return self.stats.active_voices == 0 and self.voices.active_count() == 0 and len(self.queue) == 0

@@ -1,0 +1,190 @@
+"""Voice bookkeeping: allocation, stealing, release, fades, and the per-sample voice mixer.
+
+Every state change carries the exact sample time of the MIDI event that caused it
+(``onset``, ``release_t``, ``fade_start``), so the engine can apply all events of a block
+at the block's start and still be sample-accurate: the numba mixer below starts a voice at
+``onset`` and begins a fade at ``fade_start`` to the sample.
+
+Slots: ``polyphony`` sounding voices plus spare slots for voices fading out after being
+stolen, so a steal never cuts a voice dead (the 5 ms fade runs in the old slot while the new
+note starts in a free one).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+FREE, HELD, SUSTAINED, RELEASED, FADING = 0, 1, 2, 3, 4
+NEVER = np.iinfo(np.int64).max // 4
+STEAL_FADE_S = 0.005
+RELEASE_END_FADE_S = 0.030
+
+
+class VoiceBank:
+    """Struct-of-arrays voice state for ``slots`` voices (``polyphony`` may sound at once)."""
+
+    def __init__(self, polyphony: int, sample_rate: int) -> None:
+        if polyphony < 1:
+            raise ValueError(f"polyphony must be >= 1, got {polyphony}")
+        self.polyphony = int(polyphony)
+        self.slots = self.polyphony + max(4, self.polyphony // 2)
+        self.sample_rate = int(sample_rate)
+        s = self.slots
+        self.state = np.zeros(s, np.int32)
+        self.key = np.zeros(s, np.int32)
+        self.channel = np.zeros(s, np.int32)
+        self.velocity = np.zeros(s, np.float32)
+        self.onset = np.zeros(s, np.int64)
+        self.release_t = np.full(s, -1, np.int64)
+        self.next_frame = np.zeros(s, np.int64)
+        self.fade_start = np.full(s, NEVER, np.int64)
+        self.fade_step = np.zeros(s, np.float32)
+        self.gain = np.zeros(s, np.float32)
+        self.order = np.zeros(s, np.int64)
+        self.muted = np.zeros(s, np.bool_)
+        self._counter = 0
+        self.steal_step = np.float32(1.0 / max(1.0, STEAL_FADE_S * sample_rate))
+        self.stolen = 0
+
+    def active_count(self) -> int:
+        return int(np.count_nonzero(self.state))
+
+    def sounding_count(self) -> int:
+        """Voices that count against the polyphony limit (not fading out)."""
+        n = 0
+        for st in (HELD, SUSTAINED, RELEASED):
+            n += int(np.count_nonzero(self.state == st))
+        return n
+
+    def fade(self, v: int, t: int, step: float) -> None:
+        """Start (or speed up) a fade to silence of voice ``v`` at sample ``t``."""
+        if self.fade_start[v] > t:
+            self.fade_start[v] = t
+        if step > self.fade_step[v]:
+            self.fade_step[v] = step
+        self.state[v] = FADING
+
+    def _steal_one(self, t: int) -> None:
+        """Free a polyphony place: the earliest-released voice, else the oldest held one."""
+        best, best_key = -1, NEVER
+        for v in range(self.slots):
+            if self.state[v] == RELEASED and self.release_t[v] < best_key:
+                best, best_key = v, int(self.release_t[v])
+        if best < 0:
+            for v in range(self.slots):
+                if self.state[v] in (HELD, SUSTAINED) and self.order[v] < best_key:
+                    best, best_key = v, int(self.order[v])
+        if best >= 0:
+            self.fade(best, t, float(self.steal_step))
+            self.stolen += 1
+
+    def allocate(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
+        """Take a slot for a note starting at sample ``t``; returns (slot, slot_was_busy).
+
+        ``slot_was_busy`` is True when every slot was fading and the quietest one was taken
+        over (its ring must be cleared by the caller).
+        """
+        if self.sounding_count() >= self.polyphony:
+            self._steal_one(t)
+        slot, busy = -1, False
+        for v in range(self.slots):
+            if self.state[v] == FREE:
+                slot = v
+                break
+        if slot < 0:  # every slot fading: take the quietest
+            quietest = np.inf
+            for v in range(self.slots):
+                if self.gain[v] < quietest:
+                    slot, quietest = v, float(self.gain[v])
+            busy = True
+        self._counter += 1
+        self.state[slot] = HELD
+        self.key[slot] = key
+        self.channel[slot] = channel
+        self.velocity[slot] = velocity
+        self.onset[slot] = t
+        self.release_t[slot] = -1
+        self.next_frame[slot] = 0
+        self.fade_start[slot] = NEVER
+        self.fade_step[slot] = 0.0
+        self.gain[slot] = 1.0
+        self.order[slot] = self._counter
+        self.muted[slot] = False
+        return slot, busy
+
+    def release(self, v: int, t: int) -> None:
+        """Key (or pedal) up at sample ``t``: the decoder's time_off starts counting here."""
+        if self.state[v] in (HELD, SUSTAINED):
+            self.state[v] = RELEASED
+            self.release_t[v] = t
+
+    def note_off(self, t: int, key: int, channel: int, pedal_down: bool) -> None:
+        for v in range(self.slots):
+            if self.state[v] == HELD and self.key[v] == key and self.channel[v] == channel:
+                if pedal_down:
+                    self.state[v] = SUSTAINED
+                else:
+                    self.release(v, t)
+
+    def pedal_up(self, t: int) -> None:
+        for v in range(self.slots):
+            if self.state[v] == SUSTAINED:
+                self.release(v, t)
+
+    def release_all(self, t: int) -> None:
+        for v in range(self.slots):
+            self.release(v, t)
+
+    def fade_all(self, t: int) -> None:
+        for v in range(self.slots):
+            if self.state[v] != FREE:
+                self.fade(v, t, float(self.steal_step))
+
+
+@njit(nogil=True, cache=True)
+def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: NDArray, fade_step: NDArray,
+               gain: NDArray, ring: NDArray, startnorm: NDArray, steady_norm: float, release_samples: int,
+               release_fade_step: float, t0: int, out: NDArray) -> int:
+    """Sum every voice's finished samples for ``[t0, t0 + len(out))`` into ``out (n,)``.
+
+    Reads (and clears) each voice's OLA ring ``ring (S, R)`` at ``(t - onset) % R``, applies
+    the start-up normalisation (few overlapping frames at a note's start), the release-end
+    fade and the fade gain. A voice whose gain reaches 0 is freed and its ring cleared.
+    Returns the number of voices still active.
+    """
+    n = out.shape[0]
+    r = ring.shape[1]
+    nstart = startnorm.shape[0]
+    for i in range(n):
+        out[i] = 0.0
+    active = 0
+    for v in range(state.shape[0]):
+        if state[v] == 0:
+            continue
+        g = gain[v]
+        for i in range(n):
+            t = t0 + i
+            s = t - onset[v]
+            if s < 0:
+                continue
+            if state[v] == 3 and t >= release_t[v] + release_samples and fade_start[v] > t:
+                fade_start[v] = t
+                fade_step[v] = release_fade_step
+                state[v] = 4
+            idx = s % r
+            y = ring[v, idx]
+            ring[v, idx] = 0.0
+            y *= startnorm[s] if s < nstart else steady_norm
+            if t >= fade_start[v]:
+                g -= fade_step[v]
+                if g <= 0.0:
+                    g = 0.0
+                    state[v] = 0
+                    ring[v, :] = 0.0
+                    break
+            out[i] += g * y
+        gain[v] = g
+        if state[v] != 0:
+            active += 1
+    return active

@@ -1,0 +1,144 @@
+"""Build a small but honest preset folder without torch (onnx.helper graphs).
+
+The decoder follows the "framewise-v1" contract: ``z (B, L)``, ``pitch``, ``velocity``,
+``time_on``, ``time_off`` (all ``(B,)``) -> ``log_mag (B, F)``. It places ``HARMONICS``
+Hann main lobes (|sin(pi d) / (pi d (1 - d^2))|, |d| < 2 bins) at exact multiples of
+f0 = 440 * 2^((pitch - 69) / 12), so a rendered note is in tune by construction; the
+amplitude follows velocity, a slow decay in ``time_on`` and a fast one after note-off,
+and ``z`` tilts the harmonic amplitudes (timbre). ``nan_above_pitch`` makes the decoder
+return NaN for pitches above it (to test the engine's NaN guard).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tomli_w
+from onnx import TensorProto, helper, numpy_helper
+
+from synth.params import SpectrogramParams
+
+HARMONICS = 6
+LATENT = 8
+OPSET = 17
+# Keeps d away from the removable singularities of the Hann kernel at d = 0, +-1.
+LOBE_NUDGE = 3.1e-4
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def _decoder_nodes(params: SpectrogramParams, latent: int, nan_above_pitch: float | None) -> list[onnx.NodeProto]:
+    f = params.n_bins
+    bin_hz = params.sample_rate / params.n_fft
+    rng = np.random.default_rng(7)
+    f32 = np.float32
+    consts = [
+        _const("c69", f32(69.0)), _const("c12", f32(12.0)), _const("c2", f32(2.0)), _const("c440", f32(440.0)),
+        _const("harm", np.arange(1, HARMONICS + 1, dtype=f32)[None, :]),
+        _const("inv_h", (0.35 / np.arange(1, HARMONICS + 1, dtype=f32))[None, :]),
+        _const("bin_hz", f32(bin_hz)),
+        _const("bins", np.arange(f, dtype=f32)[None, None, :]),
+        _const("nudge", f32(LOBE_NUDGE)), _const("pi", f32(np.pi)), _const("one", f32(1.0)),
+        _const("two", f32(2.0)), _const("zero_f", f32(0.0)),
+        _const("wz", (0.3 * rng.standard_normal((latent, HARMONICS))).astype(f32)),
+        _const("inv127", f32(1.0 / 127.0)), _const("decay_on", f32(-0.4)), _const("decay_off", f32(-12.0)),
+        _const("floor", f32(params.log_floor)), _const("ax1", np.array([1], np.int64)),
+        _const("ax2", np.array([2], np.int64)),
+    ]
+    n = helper.make_node
+    nodes = consts + [
+        n("Sub", ["pitch", "c69"], ["p69"]), n("Div", ["p69", "c12"], ["oct"]), n("Pow", ["c2", "oct"], ["ratio"]),
+        n("Mul", ["ratio", "c440"], ["f0"]), n("Unsqueeze", ["f0", "ax1"], ["f0c"]),
+        n("Mul", ["f0c", "harm"], ["fh"]), n("Div", ["fh", "bin_hz"], ["centre"]),
+        n("Unsqueeze", ["centre", "ax2"], ["centre3"]), n("Sub", ["bins", "centre3"], ["d0"]),
+        n("Add", ["d0", "nudge"], ["d"]), n("Mul", ["d", "pi"], ["pid"]), n("Sin", ["pid"], ["spid"]),
+        n("Mul", ["d", "d"], ["d2"]), n("Sub", ["one", "d2"], ["omd2"]), n("Mul", ["pid", "omd2"], ["den"]),
+        n("Div", ["spid", "den"], ["kern"]), n("Abs", ["kern"], ["akern"]), n("Abs", ["d"], ["ad"]),
+        n("Less", ["ad", "two"], ["inlobe"]), n("Where", ["inlobe", "akern", "zero_f"], ["lobe"]),
+        # amplitudes (B, K): velocity * 1/h * exp(z @ wz) * envelope
+        n("MatMul", ["z", "wz"], ["tilt"]), n("Exp", ["tilt"], ["etilt"]), n("Mul", ["etilt", "inv_h"], ["a0"]),
+        n("Mul", ["velocity", "inv127"], ["vel01"]), n("Mul", ["time_on", "decay_on"], ["lon"]),
+        n("Relu", ["time_off"], ["toff"]), n("Mul", ["toff", "decay_off"], ["loff"]),
+        n("Add", ["lon", "loff"], ["lenv"]), n("Exp", ["lenv"], ["env"]), n("Mul", ["env", "vel01"], ["g"]),
+        n("Unsqueeze", ["g", "ax1"], ["gc"]), n("Mul", ["a0", "gc"], ["amp"]),
+        n("Unsqueeze", ["amp", "ax2"], ["amp3"]), n("Mul", ["amp3", "lobe"], ["parts"]),
+        n("ReduceSum", ["parts", "ax1"], ["mag"], keepdims=0), n("Add", ["mag", "floor"], ["magf"]),
+    ]
+    if nan_above_pitch is None:
+        nodes.append(n("Log", ["magf"], ["log_mag"]))
+    else:
+        nodes += [
+            n("Log", ["magf"], ["lm"]), _const("thr", f32(nan_above_pitch)), _const("nan", f32(np.nan)),
+            n("Greater", ["pitch", "thr"], ["bad"]), n("Unsqueeze", ["bad", "ax1"], ["badc"]),
+            n("Where", ["badc", "nan", "lm"], ["log_mag"]),
+        ]
+    return nodes
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def make_decoder(path: Path, params: SpectrogramParams, latent: int = LATENT, nan_above_pitch: float | None = None) -> None:
+    """Write a framewise-v1 decoder ONNX graph to ``path``."""
+    vec = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B"])  # noqa: E731
+    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", latent]),
+              vec("pitch"), vec("velocity"), vec("time_on"), vec("time_off")]
+    out = [helper.make_tensor_value_info("log_mag", TensorProto.FLOAT, ["B", params.n_bins])]
+    graph = helper.make_graph(_decoder_nodes(params, latent, nan_above_pitch), "fake_decoder", inputs, out)
+    _save(graph, path)
+
+
+def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT) -> None:
+    """Write a trivial encoder: mean over time, a fixed projection; logvar = 0."""
+    f = params.n_bins
+    proj = (np.random.default_rng(3).standard_normal((f, latent)) / f).astype(np.float32)
+    nodes = [
+        _const("proj", proj), _const("zero", np.float32(0.0)),
+        helper.make_node("ReduceMean", ["log_mag"], ["m"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["m", "proj"], ["mu"]),
+        helper.make_node("Mul", ["mu", "zero"], ["logvar"]),
+    ]
+    inp = [helper.make_tensor_value_info("log_mag", TensorProto.FLOAT, ["B", "T", f])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", latent]) for n in ("mu", "logvar")]
+    _save(helper.make_graph(nodes, "fake_encoder", inp, outs), path)
+
+
+def make_fake_preset(
+    root: str | Path,
+    params: SpectrogramParams | None = None,
+    latent: int = LATENT,
+    nan_above_pitch: float | None = None,
+    time_on_max: float = 2.5,
+    release_seconds: float = 0.5,
+) -> Path:
+    """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``."""
+    params = params or SpectrogramParams()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    make_decoder(root / "decoder.onnx", params, latent, nan_above_pitch)
+    make_encoder(root / "encoder.onnx", params, latent)
+    rng = np.random.default_rng(11)
+    doc = {
+        "preset": {"name": "fake", "format_version": 1, "description": "test preset built by tests/fake_preset.py",
+                   "reproduce": "python -c 'from tests.fake_preset import make_fake_preset; make_fake_preset(DIR)'"},
+        "audio": params.to_dict(),
+        "latent": {"size": latent, "mean": [0.0] * latent, "std": [1.0] * latent,
+                   "knob_order": list(range(latent))[::-1]},
+        "pitch": {"min": 21, "max": 108},
+        "decoder": {"file": "decoder.onnx", "contract": "framewise-v1", "time_on_max": time_on_max,
+                    "release_seconds": release_seconds},
+        "encoder": {"file": "encoder.onnx", "frame_stride": 2},
+        "snapshots": [
+            {"name": f"snap{i}", "program": p, "z": [float(x) for x in rng.uniform(-2, 2, latent)]}
+            for i, p in enumerate((0, 5, 9))
+        ],
+    }
+    (root / "preset.toml").write_bytes(tomli_w.dumps(doc).encode())
+    return root
