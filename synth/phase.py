@@ -78,27 +78,44 @@ def _heap_pop(keys: NDArray, vals: NDArray, size: int) -> int:
 
 # ---------------------------------------------------------------- phase derivatives
 @njit(nogil=True, cache=True)
-def _time_derivative(s: NDArray, coef_t: float, bin_adv: float, dt: NDArray) -> None:
-    """Phase advance per hop for every bin of one frame ``s (F,)`` into ``dt (F,)``.
+def _derivatives(s_before: NDArray, s_cur: NDArray, s_after: NDArray, steps: float, f0_hz: float,
+                 coefs: NDArray, dt: NDArray, df: NDArray, harm: NDArray) -> float:
+    """Phase advance per hop ``dt (F,)`` and phase change per bin ``df (F,)`` of frame ``s_cur``.
 
-    ``coef_t = hop * n_fft / lam``, ``bin_adv = 2 pi hop / n_fft``.
+    ``df`` comes from the time difference ``(s_after - s_before) / steps`` (2: centred, 1:
+    backward). ``dt`` is the log-magnitude gradient estimate, except inside the main lobe of
+    harmonic k of a known ``f0_hz > 0`` (nearest harmonic, below Nyquist), where it is exactly
+    2 pi k f0 hop / sr: below ~key 45 neighbouring lobes overlap and the gradient is biased by up
+    to a semitone. ``harm (F,)`` gets k for those bins, 0 elsewhere. Returns max(s_before, s_cur) (the heap threshold's reference); one pass.
     """
-    f = s.shape[0]
+    coef_t, bin_adv, scale = coefs[0], coefs[1], -coefs[2] / steps
+    f = s_cur.shape[0]
+    f0_bins = f0_hz * coefs[6]  # harmonic spacing in bins
+    inv_f0 = 1.0 / f0_bins if f0_bins > 0.0 else 0.0
+    width = coefs[7]
+    top = max(s_before[0], s_cur[0], s_before[f - 1], s_cur[f - 1])
+    gate = coefs[8] * bin_adv
     dt[0] = 0.0  # the spectrum is symmetric about DC and Nyquist: zero derivative there
     dt[f - 1] = bin_adv * (f - 1)
+    harm[0] = 0
+    harm[f - 1] = 0
+    df[0] = scale * (s_after[0] - s_before[0])
+    df[f - 1] = scale * (s_after[f - 1] - s_before[f - 1])
     for m in range(1, f - 1):
-        dt[m] = coef_t * 0.5 * (s[m + 1] - s[m - 1]) + bin_adv * m
-
-
-@njit(nogil=True, cache=True)
-def _freq_derivative(s_before: NDArray, s_after: NDArray, steps: float, coef_f: float, df: NDArray) -> None:
-    """Phase change per bin, ``df (F,)``, from the time difference ``(s_after - s_before) / steps``.
-
-    ``coef_f = lam / (n_fft * hop)``; ``steps`` is 2 for the centred difference, 1 for backward.
-    """
-    scale = -coef_f / steps
-    for m in range(s_before.shape[0]):
+        top = max(top, s_before[m], s_cur[m])
         df[m] = scale * (s_after[m] - s_before[m])
+        grad = coef_t * 0.5 * (s_cur[m + 1] - s_cur[m - 1]) + bin_adv * m
+        dt[m] = grad
+        harm[m] = 0
+        if inv_f0 > 0.0:
+            k = max(np.floor(m * inv_f0 + 0.5), 1.0)
+            centre = k * f0_bins
+            # the gate keeps non-harmonic content (a chirp crossing a lobe, inharmonic partials)
+            # on its own gradient estimate
+            if centre < f - 1 and abs(m - centre) <= width and abs(grad - bin_adv * centre) <= gate:
+                dt[m] = bin_adv * centre
+                harm[m] = int(k)
+    return top
 
 
 @njit(nogil=True, cache=True)
@@ -108,33 +125,55 @@ def _snap_real(ph: float) -> float:
     return np.pi * np.round(ph / np.pi)
 
 
+@njit(nogil=True, cache=True)
+def _heapify(keys: NDArray, vals: NDArray, size: int) -> None:
+    """Floyd's O(n) bottom-up construction of the max-heap in ``keys/vals[:size]``."""
+    for start in range((size >> 1) - 1, -1, -1):
+        key = keys[start]
+        val = vals[start]
+        i = start
+        while True:
+            child = 2 * i + 1
+            if child >= size:
+                break
+            if child + 1 < size and keys[child + 1] > keys[child]:
+                child += 1
+            if keys[child] <= key:
+                break
+            keys[i] = keys[child]
+            vals[i] = vals[child]
+            i = child
+        keys[i] = key
+        vals[i] = val
+
+
 # ---------------------------------------------------------------- one frame of heap integration
 @njit(nogil=True, cache=True)
 def _integrate_frame(s_prev: NDArray, s_cur: NDArray, ph_prev: NDArray, dt_prev: NDArray,
-                     dt_cur: NDArray, df_cur: NDArray, tol_ln: float, ph_cur: NDArray,
-                     done: NDArray, hkeys: NDArray, hvals: NDArray) -> None:
-    """RTPGHI for frame n given frame n-1's phase: writes ``ph_cur (F,)``.
+                     dt_cur: NDArray, df_cur: NDArray, harm: NDArray, thresh: float,
+                     ph_cur: NDArray, done: NDArray, hkeys: NDArray, hvals: NDArray) -> None:
+    """RTPGHI for frame n given frame n-1's phase: writes ``ph_cur (F,)`` (not wrapped).
 
     Heap entries: value ``m`` = "carry bin m from frame n-1 along time", value ``m + F`` =
     "spread from bin m of frame n along frequency". Bins of frame n that are significant but whose
     frame n-1 bin was not start new islands; they are queued with a key far below every real
     magnitude, ordered by their own magnitude, so each island grows fully before the next starts.
+    Bins below ``thresh`` never enter the heap: they get the phase-vocoder advance directly.
+    Phase never spreads along frequency between bins of different harmonics (``harm``): each
+    harmonic's lobe keeps advancing at its own k*f0 even where lobes overlap.
     """
     f = s_cur.shape[0]
-    top = -1e300
-    for m in range(f):
-        top = max(top, s_cur[m], s_prev[m])
-    thresh = top + tol_ln
     size = 0
     for m in range(f):
-        adv = ph_prev[m] + 0.5 * (dt_prev[m] + dt_cur[m])
         if s_cur[m] < thresh:
-            ph_cur[m] = adv  # phase-vocoder advance: deterministic filler for negligible bins
+            ph_cur[m] = ph_prev[m] + 0.5 * (dt_prev[m] + dt_cur[m])
             done[m] = True
             continue
         done[m] = False
-        key = s_prev[m] if s_prev[m] >= thresh else s_cur[m] - 1e6
-        size = _heap_push(hkeys, hvals, size, key, m)
+        hkeys[size] = s_prev[m] if s_prev[m] >= thresh else s_cur[m] - 1e6
+        hvals[size] = m
+        size += 1
+    _heapify(hkeys, hvals, size)  # O(F) instead of F pushes
     while size > 0:
         v = hvals[0]
         size = _heap_pop(hkeys, hvals, size)
@@ -148,38 +187,48 @@ def _integrate_frame(s_prev: NDArray, s_cur: NDArray, ph_prev: NDArray, dt_prev:
             continue
         m = v - f
         for nb in (m - 1, m + 1):
-            if 0 <= nb < f and not done[nb]:
+            if 0 <= nb < f and not done[nb] and not (harm[m] and harm[nb] and harm[m] != harm[nb]):
                 ph_cur[nb] = ph_cur[m] + (nb - m) * 0.5 * (df_cur[m] + df_cur[nb])
                 if nb == 0 or nb == f - 1:
                     ph_cur[nb] = _snap_real(ph_cur[nb])
                 done[nb] = True
                 size = _heap_push(hkeys, hvals, size, s_cur[nb], nb + f)
-    for m in range(f):  # keep the state small so float precision never degrades
-        ph_cur[m] -= _TWO_PI * np.floor(ph_cur[m] / _TWO_PI)
 
 
 @njit(nogil=True, cache=True)
-def _write_spectrum(s: NDArray, ph: NDArray, log_floor: float, out: NDArray) -> None:
-    """``out (F,) = mag * exp(i (phase + pi m))``: the (-1)^m moves the reference to frame start."""
-    for m in range(s.shape[0]):
-        mag = max(np.exp(s[m]) - log_floor, 0.0)
-        p = ph[m] + np.pi * (m & 1)
+def _finish_frame(s_prev: NDArray, s_cur: NDArray, x: NDArray, ph_prev: NDArray, ph_cur: NDArray,
+                  dt_prev: NDArray, dt_cur: NDArray, log_floor: float, lookahead: bool,
+                  out: NDArray) -> None:
+    """One pass: ``out (F,) = mag * exp(i (phase + pi m))`` (the (-1)^m moves the reference to the
+    frame start) and the state shift to the next frame, phase wrapped so precision never degrades."""
+    for m in range(s_cur.shape[0]):
+        p = ph_cur[m]
+        p -= _TWO_PI * np.floor(p / _TWO_PI)
+        mag = max(np.exp(s_cur[m]) - log_floor, 0.0)
+        if m & 1:
+            mag = -mag
         out[m] = complex(mag * np.cos(p), mag * np.sin(p))
+        ph_prev[m] = p
+        dt_prev[m] = dt_cur[m]
+        s_prev[m] = s_cur[m]
+        if lookahead:
+            s_cur[m] = x[m]
 
 
 # ---------------------------------------------------------------- the batched streaming step
 @njit(nogil=True, cache=True)
-def _push_batch(voices: NDArray, x_all: NDArray, out: NDArray, state: NDArray, count: NDArray,
-                work: NDArray, done: NDArray, hkeys: NDArray, hvals: NDArray, coefs: NDArray,
-                lookahead: bool) -> None:
+def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, state: NDArray,
+                count: NDArray, work: NDArray, harm: NDArray, done: NDArray, hkeys: NDArray,
+                hvals: NDArray, coefs: NDArray, lookahead: bool) -> None:
     """One streaming step for every listed voice; all memory comes from the caller.
 
     ``state (4, V, F)`` = s of frame n-1, s of frame n (look-ahead only), phase of n-1, advance of
     n-1; ``work (3, F)`` = advance, group delay and phase of the frame being written;
-    ``coefs`` = coef_t, bin_adv, coef_f, tol_ln, ln(log_floor), log_floor.
+    ``f0_all (V,)`` = f0 in Hz of the frame being written (0: unknown);
+    ``harm (F,)`` = harmonic number of each bin (work); ``coefs`` = coef_t, bin_adv, coef_f,
+    tol_ln, ln(log_floor), log_floor, bins per Hz, harmonic lobe half-width and hint gate in bins.
     """
-    coef_t, bin_adv, coef_f, tol_ln, ln_floor, log_floor = (coefs[0], coefs[1], coefs[2],
-                                                            coefs[3], coefs[4], coefs[5])
+    tol_ln, ln_floor, log_floor = coefs[3], coefs[4], coefs[5]
     dt_cur, df_cur, ph_cur = work[0], work[1], work[2]
     for i in range(voices.shape[0]):
         v = voices[i]
@@ -193,21 +242,18 @@ def _push_batch(voices: NDArray, x_all: NDArray, out: NDArray, state: NDArray, c
                 out[i, :] = 0.0
                 count[v] = 1
                 continue
+        f0 = max(float(f0_all[i]), 0.0)
         if lookahead:  # frame n is stored; x is n+1: centred time difference
-            _freq_derivative(s_prev, x, 2.0, coef_f, df_cur)
+            top = _derivatives(s_prev, s_cur, x, 2.0, f0, coefs, dt_cur, df_cur, harm)
         else:  # x is frame n itself: backward time difference
             s_cur[:] = x
-            _freq_derivative(s_prev, s_cur, 1.0, coef_f, df_cur)
-        _time_derivative(s_cur, coef_t, bin_adv, dt_cur)
+            top = _derivatives(s_prev, s_cur, s_cur, 1.0, f0, coefs, dt_cur, df_cur, harm)
         if count[v] == (1 if lookahead else 0):
             dt_prev[:] = dt_cur
-        _integrate_frame(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df_cur, tol_ln, ph_cur,
-                         done, hkeys, hvals)
-        _write_spectrum(s_cur, ph_cur, log_floor, out[i])
-        s_prev[:] = s_cur
-        s_cur[:] = x
-        ph_prev[:] = ph_cur
-        dt_prev[:] = dt_cur
+        _integrate_frame(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df_cur, harm, top + tol_ln,
+                         ph_cur, done, hkeys, hvals)
+        _finish_frame(s_prev, s_cur, x, ph_prev, ph_cur, dt_prev, dt_cur, log_floor, lookahead,
+                      out[i])
         count[v] += 1
 
 
@@ -219,12 +265,14 @@ class StreamingPhase:
     """
 
     def __init__(self, params: SpectrogramParams, max_voices: int, tolerance_db: float = -60.0,
-                 lookahead: bool = True) -> None:
+                 lookahead: bool = True, harmonic_width: float = 2.0, hint_gate: float = 1.0) -> None:
         params.validate()
         if max_voices < 1:
             raise PhaseError(f"max_voices must be at least 1, got {max_voices}")
         if not tolerance_db < 0:
             raise PhaseError(f"tolerance_db must be negative, got {tolerance_db}")
+        if not 0.0 <= harmonic_width <= 4.0:
+            raise PhaseError(f"harmonic_width must be in 0..4 bins, got {harmonic_width}")
         n, h, f = params.n_fft, params.hop, params.n_bins
         lam = HANN_LAMBDA * n * n
         self.params = params
@@ -233,13 +281,16 @@ class StreamingPhase:
         self.lookahead = bool(lookahead)
         self._coefs = np.array([h * n / lam, _TWO_PI * h / n, lam / (n * h),
                                 tolerance_db / 20.0 * np.log(10.0), np.log(params.log_floor),
-                                params.log_floor], dtype=np.float64)
+                                params.log_floor, n / params.sample_rate, harmonic_width, hint_gate],
+                               dtype=np.float64)
         self._state = np.zeros((4, self.max_voices, f), dtype=np.float64)
         self._count = np.zeros(self.max_voices, dtype=np.int64)
         self._work = np.zeros((3, f), dtype=np.float64)
         self._done = np.zeros(f, dtype=np.bool_)
+        self._harm = np.zeros(f, dtype=np.int32)
         self._hkeys = np.zeros(2 * f + 2, dtype=np.float64)  # each bin enters at most twice
         self._hvals = np.zeros(2 * f + 2, dtype=np.int64)
+        self._no_f0 = np.zeros(self.max_voices, dtype=np.float32)  # "no hint" without allocating
 
     def reset(self, voice: int) -> None:
         """New note on this voice slot: forget its history."""
@@ -248,28 +299,40 @@ class StreamingPhase:
         self._count[voice] = 0
 
     def push(self, voices: NDArray[np.int32], log_mag_next: NDArray[np.float32],
-             out: NDArray[np.complex64]) -> None:
+             out: NDArray[np.complex64], f0_hz: NDArray[np.float32] | None = None) -> None:
         """Row i of ``log_mag_next (V, F)`` is frame n+1 of voice ``voices[i]``; row i of
         ``out (V, F)`` receives that voice's frame n as ``mag * exp(i phase)`` (scale of
         ``synth.stft``). The first push after ``reset`` writes zeros (no frame n yet). List each voice
-        at most once per push (a repeated voice would advance twice)."""
+        at most once per push (a repeated voice would advance twice).
+
+        ``f0_hz (V,)`` float32, optional: fundamental in Hz of each voice for frame n (the frame
+        written, pitch bend included); 0 or None means unknown. Where given, bins in the main lobe
+        of a harmonic k*f0 below Nyquist advance at exactly k*f0 (harmonic magnitudes give biased
+        gradients for low notes)."""
         k = voices.shape[0]
         if log_mag_next.shape != (k, self.n_bins) or out.shape != (k, self.n_bins):
             raise PhaseError(f"need log_mag_next and out of shape ({k}, {self.n_bins}), got "
                              f"{log_mag_next.shape} and {out.shape}")
         if voices.dtype != np.int32 or log_mag_next.dtype != np.float32 or out.dtype != np.complex64:
             raise PhaseError("need voices int32, log_mag_next float32, out complex64")
+        if f0_hz is None:
+            f0_hz = self._no_f0[:k]
+        elif f0_hz.shape != (k,) or f0_hz.dtype != np.float32:
+            raise PhaseError(f"need f0_hz float32 of shape ({k},), got {f0_hz.dtype} {f0_hz.shape}")
         if k and (voices.min() < 0 or voices.max() >= self.max_voices):
             raise PhaseError(f"voice index out of range 0..{self.max_voices - 1}")
-        _push_batch(voices, log_mag_next, out, self._state, self._count, self._work, self._done,
-                    self._hkeys, self._hvals, self._coefs, self.lookahead)
+        _push_batch(voices, log_mag_next, f0_hz, out, self._state, self._count, self._work,
+                    self._harm, self._done, self._hkeys, self._hvals, self._coefs, self.lookahead)
 
 
 def streaming_spectrum(log_mag: NDArray, params: SpectrogramParams = DEFAULT_PARAMS,
-                       **options: object) -> NDArray[np.complex64]:
-    """Run :class:`StreamingPhase` (one voice) over a whole note ``(T, F)`` -> ``(T, F)`` complex."""
+                       f0_hz: float | NDArray | None = None, **options: object) -> NDArray[np.complex64]:
+    """Run :class:`StreamingPhase` (one voice) over a whole note ``(T, F)`` -> ``(T, F)`` complex.
+
+    ``f0_hz``: the pitch hint, one value for the note or one per frame ``(T,)``; None: no hint."""
     x = np.ascontiguousarray(log_mag, dtype=np.float32)
     t, f = x.shape
+    hint = None if f0_hz is None else np.broadcast_to(np.asarray(f0_hz, np.float32), (t,))
     ph = StreamingPhase(params, 1, **options)  # type: ignore[arg-type]
     voices = np.zeros(1, dtype=np.int32)
     spec = np.zeros((t, f), dtype=np.complex64)
@@ -277,18 +340,21 @@ def streaming_spectrum(log_mag: NDArray, params: SpectrogramParams = DEFAULT_PAR
     delay = 1 if ph.lookahead else 0
     for j in range(t + delay):
         src = x[j:j + 1] if j < t else silence
-        if j - delay >= 0:
-            ph.push(voices, src, spec[j - delay:j - delay + 1])
+        n = j - delay  # the frame this push writes
+        f0 = None if hint is None else np.ascontiguousarray(hint[max(n, 0):max(n, 0) + 1])
+        if n >= 0:
+            ph.push(voices, src, spec[n:n + 1], f0)
         else:
-            ph.push(voices, src, np.zeros((1, f), dtype=np.complex64))
+            ph.push(voices, src, np.zeros((1, f), dtype=np.complex64), f0)
     return spec
 
 
 def reconstruct(log_mag: NDArray, params: SpectrogramParams = DEFAULT_PARAMS,
-                **options: object) -> NDArray[np.float64]:
+                f0_hz: float | NDArray | None = None, **options: object) -> NDArray[np.float64]:
     """Reference helper: streaming phase over a whole note ``(T, F)`` then ``synth.stft.istft``
-    -> audio ``((T - 1) * hop,)``. ``options`` go to :class:`StreamingPhase`."""
-    return istft(streaming_spectrum(log_mag, params, **options), params)
+    -> audio ``((T - 1) * hop,)``. ``f0_hz`` as in :func:`streaming_spectrum`; ``options`` go to
+    :class:`StreamingPhase`."""
+    return istft(streaming_spectrum(log_mag, params, f0_hz, **options), params)
 
 
 # ---------------------------------------------------------------- offline PGHI (reference)

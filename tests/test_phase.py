@@ -132,7 +132,7 @@ def test_push_does_not_allocate():
     finally:
         if not enabled:
             _nrt_python.memsys_disable_stats()
-    assert one == many and one <= 10
+    assert one == many and one <= 12  # one per array argument of the njit step
     sp = StreamingPhase(PARAMS, 4)
     ids = np.arange(4, dtype=np.int32)
     frames = np.random.default_rng(2).normal(-6.0, 3.0, (4, PARAMS.n_bins)).astype(np.float32)
@@ -159,3 +159,92 @@ def test_bad_arguments_raise_clear_errors():
         sp.push(np.array([0], np.int32), ok.astype(np.float64), out)
     with pytest.raises(PhaseError, match="out of range"):
         sp.reset(5)
+
+
+# ---------------------------------------------------------------- pitch hint (harmonic magnitudes)
+def _key_hz(key: float) -> float:
+    return 440.0 * 2.0 ** ((key - 69.0) / 12.0)
+
+
+def _model_style_log_mag(f0: np.ndarray, frames: int) -> np.ndarray:
+    """Magnitudes like training.model.FrameDecoder.place_harmonics: partials k*f0 with amplitude
+    0.3/k, each a Hann main lobe scattered into 4 bins (no sidelobes), over a -80 dB noise floor.
+    ``f0 (T,)`` Hz -> log-magnitude ``(T, F)``."""
+    n_bins, bins_per_hz = PARAMS.n_bins, PARAMS.n_fft / PARAMS.sample_rate
+    mag = np.full((frames, n_bins), 1e-4)
+    offsets = np.arange(-1, 3)
+    for j in range(frames):
+        k = np.arange(1, int(PARAMS.sample_rate / 2 / f0[j]) + 1)
+        k = k[k * f0[j] < PARAMS.sample_rate / 2]
+        centre = k * f0[j] * bins_per_hz
+        base = np.floor(centre)
+        frac = np.clip(centre - base, 1e-5, 1 - 1e-5)[:, None]
+        d = offsets[None, :] - frac
+        shape = np.sin(np.pi * np.minimum(frac, 1 - frac)) / (np.pi * np.abs(d * (1 - d) * (1 + d)))
+        idx = (base[:, None] + offsets[None, :]).astype(int)
+        ok = (idx >= 0) & (idx < n_bins)
+        np.add.at(mag[j], idx[ok], ((0.3 / k)[:, None] * shape)[ok])
+    return np.log(mag + PARAMS.log_floor).astype(np.float32)
+
+
+def _peak_hz(audio: np.ndarray, near_hz: float) -> float:
+    """Frequency of the strongest peak within ±40 cents of ``near_hz``: Hann-windowed FFT padded to
+    2^21 points, parabolic interpolation of the log magnitude."""
+    n = 1 << 21
+    spec = np.abs(np.fft.rfft(audio * np.hanning(len(audio)), n))
+    hz = np.fft.rfftfreq(n, 1.0 / PARAMS.sample_rate)
+    lo, hi = np.searchsorted(hz, [near_hz * 2 ** (-40 / 1200), near_hz * 2 ** (40 / 1200)])
+    i = lo + int(np.argmax(spec[lo:hi]))
+    a, b, c = np.log(spec[i - 1:i + 2] + 1e-30)
+    return float(hz[i] + 0.5 * (a - c) / (a - 2 * b + c) * (hz[1] - hz[0]))
+
+
+def _cents(hz: float, ref: float) -> float:
+    return 1200.0 * np.log2(hz / ref)
+
+
+@pytest.mark.parametrize("key", [28, 36, 45, 60, 84])
+def test_pitch_hint_tunes_harmonic_magnitudes(key):
+    f0 = _key_hz(key)
+    frames = 200
+    log_mag = _model_style_log_mag(np.full(frames, f0), frames)
+    audio = reconstruct(log_mag, PARAMS, f0_hz=f0)
+    steady = audio[len(audio) // 8: -len(audio) // 8]  # leave out the fade in/out edges
+    for k in (1, 2):
+        assert abs(_cents(_peak_hz(steady, k * f0), k * f0)) < 5.0, f"key {key} harmonic {k}"
+
+
+def test_pitch_hint_keeps_true_stft_quality():
+    """On the true STFT of an exactly harmonic tone with resolved partials the hint must not cost
+    consistency. (Known limit: at key 28 the true STFT, whose lobes overlap, loses ~4.6 dB SC with
+    the hint, the price of exact tuning; non-harmonic content near a lobe, e.g. a chirp, too.)"""
+    t = np.arange(PARAMS.sample_rate) / PARAMS.sample_rate
+    for key in (36, 60):
+        f0 = _key_hz(key)
+        tone = sum(0.3 / k * np.sin(2 * np.pi * f0 * k * t + k) for k in range(1, 30)
+                   if k * f0 < PARAMS.sample_rate / 2)
+        tmag = np.abs(stft(tone, PARAMS))
+        tlog = log_magnitude(tone, PARAMS)
+        base = _sc(streaming_spectrum(tlog, PARAMS), tmag)
+        assert _sc(streaming_spectrum(tlog, PARAMS, f0_hz=f0), tmag) <= base + 0.3, f"key {key}"
+
+
+def test_pitch_bend_glide_has_no_clicks():
+    frames = 240
+    f0 = _key_hz(40.0 + 12.0 * np.linspace(0.0, 1.0, frames))  # one octave up over 1.3 s
+    log_mag = _model_style_log_mag(f0, frames)
+    audio = reconstruct(log_mag, PARAMS, f0_hz=f0.astype(np.float32))
+    steady = audio[len(audio) // 8: -len(audio) // 8]
+    jumps = np.abs(np.diff(steady))
+    # a click is a jump far beyond what the signal's own slope allows
+    assert jumps.max() < 4.0 * np.percentile(jumps, 99.9)
+    hinted_jump = jumps.max()
+    assert np.isfinite(hinted_jump) and np.abs(steady).max() > 0.05
+
+
+def test_pitch_hint_bad_shape_raises():
+    sp = StreamingPhase(PARAMS, 2)
+    ok = np.zeros((1, PARAMS.n_bins), np.float32)
+    out = np.zeros((1, PARAMS.n_bins), np.complex64)
+    with pytest.raises(PhaseError, match="f0_hz"):
+        sp.push(np.array([0], np.int32), ok, out, np.zeros(2, np.float32))
