@@ -7,8 +7,15 @@ Per block (``process``):
    Continuous controls (bend, knobs) are sampled at each frame's decode, i.e. per 5.3 ms.
 2. Planning: a voice adds frame n to its OLA ring at sample ``onset + n*hop_out`` (its window
    starts there); frame n needs log-magnitude frame n+1 (one frame of phase look-ahead). Every
-   frame any voice needs in this block is decoded in ONE batched decoder call.
-3. ``StreamingPhase`` turns frame n+1's log-magnitude into frame n's spectrum; the inverse FFT
+   frame whose window starts in this block is made now (so a note-on's first frames are made in
+   its own block: no added latency), and some frames whose windows start in the NEXT block are
+   made early, about half the difference between the next block's due frames and this block's:
+   voices that start together (chords) would otherwise load every second block (hop 256 = two
+   128-sample blocks) with all their frames. An early frame uses the bend, knobs and note state
+   known now: a change arriving in between is heard one frame (5.3 ms) later. All frames of the
+   block are decoded in ONE batched decoder call.
+3. ``StreamingPhase`` turns frame n+1's log-magnitude into frame n's spectrum, with each voice's
+   f0 (bend included) as a pitch hint; the inverse FFT
    is zero-padded by k = ceil(output_rate / model_rate) (48 kHz from 24 kHz: irfft of 2048,
    bins above 512 zero, hop 256), windowed and overlap-added into the voice's ring.
 4. The numba mixer sums the rings (fades, start-up normalisation), the limiter writes ``out``.
@@ -55,51 +62,88 @@ class EngineStats:
 
 
 @njit(nogil=True, cache=True)
-def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, block_end, geo, pitch_offset,
-                 pitch_lo, pitch_hi, z_cur, bz, bp, bv, bon, boff, pvoice, pframe, prank) -> tuple:
-    """Fill the decoder batch with every log-mag frame needed before ``block_end``.
+def _add_frame(v, n, b, rank, onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz, bcol, bidx) -> tuple:
+    """Decoder rows for frame ``n`` of voice ``v``: log-mag n+1 (and log-mag 0 when n == 0).
 
-    ``geo`` = hop_out, half_out (output samples), internal rate, model hop seconds, model
-    half-window seconds, time_on_max. Returns (rows, max rank).
+    ``bcol (5, B)`` = pitch, velocity, time_on, time_off, f0 (Hz) of the frame that row's phase
+    push writes (frame m-1: the voice's previous row, kept in ``vf0``); ``bidx (3, B)`` = voice,
+    log-mag frame m, phase round. Returns (rows, next round of this voice).
     """
     hop_out, half_out, sr = int(geo[0]), int(geo[1]), geo[2]
     hop_s, half_s, t_max = geo[3], geo[4], geo[5]
-    b = 0
-    max_rank = -1
+    p = min(max(key[v] + ctl[0], ctl[1]), ctl[2])
+    f0 = 440.0 * 2.0 ** ((p - 69.0) / 12.0)
+    first = 0 if n == 0 else n + 1
+    for m in range(first, n + 2):
+        bz[b, :] = z_cur
+        bcol[0, b] = p
+        bcol[1, b] = velocity[v]
+        bcol[2, b] = min(m * hop_s + half_s, t_max)
+        centre = onset[v] + m * hop_out + half_out
+        if release_t[v] >= 0 and centre >= release_t[v]:
+            bcol[3, b] = (centre - release_t[v]) / sr
+        else:
+            bcol[3, b] = -1.0  # the training contract's value while the key is held
+        bcol[4, b] = vf0[v]
+        vf0[v] = f0
+        bidx[0, b] = v
+        bidx[1, b] = m
+        bidx[2, b] = rank
+        rank += 1
+        b += 1
+    return b, rank
+
+
+@njit(nogil=True, cache=True)
+def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, vrank, t_end, horizon, geo, ctl,
+                 z_cur, bz, bcol, bidx) -> tuple:
+    """Fill the decoder batch: every frame due before ``t_end``, plus early frames to balance blocks.
+
+    A frame is due when its window starts before ``t_end`` (so a note-on's first frames are made
+    in its own block: no added latency). Frames whose windows start in the next block
+    (``t_end .. horizon``) may be made now, with the inputs known now: about half of the
+    difference between the next block's due frames and this block's, so all voices starting
+    together no longer load every second block with all their frames. ``ctl`` = pitch offset
+    (bend), lowest and highest pitch. Returns (rows, highest phase round).
+    """
+    hop_out = int(geo[0])
+    cap = bz.shape[0]
+    b, frames, due = 0, 0, 0
     for v in range(state.shape[0]):
+        vrank[v] = 0
         if state[v] == 0 or muted[v]:
             continue
         n = next_frame[v]
-        rank = 0
-        while onset[v] + n * hop_out < block_end:
-            first = 0 if n == 0 else n + 1
-            for m in range(first, n + 2):
-                if b >= bp.shape[0]:
-                    return b, max_rank
-                bz[b, :] = z_cur
-                p = key[v] + pitch_offset
-                bp[b] = min(max(p, pitch_lo), pitch_hi)
-                bv[b] = velocity[v]
-                ton = min(m * hop_s + half_s, t_max)
-                centre = onset[v] + m * hop_out + half_out
-                if release_t[v] >= 0 and centre >= release_t[v]:
-                    boff[b] = (centre - release_t[v]) / sr
-                else:
-                    boff[b] = -1.0  # the training contract's value while the key is held
-                bon[b] = ton
-                pvoice[b] = v
-                pframe[b] = m
-                prank[b] = rank
-                max_rank = max(max_rank, rank)
-                rank += 1
-                b += 1
+        while onset[v] + n * hop_out < t_end and b + 2 <= cap:
+            b, vrank[v] = _add_frame(v, n, b, vrank[v], onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz,
+                                     bcol, bidx)
             n += 1
+            frames += 1
         next_frame[v] = n
+        while onset[v] + n * hop_out < horizon:
+            due += 1
+            n += 1
+    take = (due - frames + 1) // 2
+    for v in range(state.shape[0]):
+        if take <= 0:
+            break
+        if state[v] == 0 or muted[v]:
+            continue
+        n = next_frame[v]
+        while take > 0 and onset[v] + n * hop_out < horizon and b + 2 <= cap:
+            b, vrank[v] = _add_frame(v, n, b, vrank[v], onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz,
+                                     bcol, bidx)
+            n += 1
+            take -= 1
+        next_frame[v] = n
+    max_rank = -1
+    for v in range(state.shape[0]):
+        max_rank = max(max_rank, vrank[v] - 1)
     return b, max_rank
 
 
 @njit(nogil=True, cache=True)
-def _guard_rows(blog, rows, pvoice, muted, state, fade_start, fade_step, t0, step, ln_floor) -> int:
+def _guard_rows(blog, rows, bidx, muted, state, fade_start, fade_step, t0, step, ln_floor) -> int:
     """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf."""
     bad = 0
     for b in range(rows):
@@ -111,7 +155,7 @@ def _guard_rows(blog, rows, pvoice, muted, state, fade_start, fade_step, t0, ste
         if ok:
             continue
         blog[b, :] = ln_floor
-        v = pvoice[b]
+        v = bidx[0, b]
         if not muted[v]:
             muted[v] = True
             bad += 1
@@ -123,13 +167,17 @@ def _guard_rows(blog, rows, pvoice, muted, state, fade_start, fade_step, t0, ste
 
 
 @njit(nogil=True, cache=True)
-def _gather_round(rank, rows, prank, pvoice, pframe, blog, sv, sm, slog) -> int:
+def _gather_round(rank, rows, bidx, bcol, blog, sv, sm, sf0, slog, contiguous) -> int:
+    """Collect phase round ``rank`` (each voice at most once); ``contiguous``: only round 0 exists,
+    so the rows already are the round and the log-magnitudes need no copy."""
     k = 0
     for b in range(rows):
-        if prank[b] == rank:
-            sv[k] = pvoice[b]
-            sm[k] = pframe[b]
-            slog[k, :] = blog[b]
+        if bidx[2, b] == rank:
+            sv[k] = bidx[0, b]
+            sm[k] = bidx[1, b]
+            sf0[k] = bcol[4, b]
+            if not contiguous:
+                slog[k, :] = blog[b]
             k += 1
     return k
 
@@ -149,13 +197,23 @@ def _scatter_round(k, sv, sm, sspec, hop_out, pad, fvoice, fpos, nf) -> int:
 
 @njit(nogil=True, cache=True)
 def _overlap_add(frames, nf, fvoice, fpos, window, ring) -> None:
+    """Window each frame into its voice's ring; the wrap is split off so the inner loops vectorise."""
     r = ring.shape[1]
     n = window.shape[0]
     for j in range(nf):
         v = fvoice[j]
-        p = fpos[j]
-        for i in range(n):
-            ring[v, (p + i) % r] += frames[j, i] * window[i]
+        p = fpos[j] % r
+        a = min(n, r - p)
+        for i in range(a):
+            ring[v, p + i] += frames[j, i] * window[i]
+        for i in range(a, n):
+            ring[v, i - a] += frames[j, i] * window[i]
+
+
+@njit(nogil=True, cache=True)
+def _glide(z_target, z_current, alpha) -> None:
+    for i in range(z_current.shape[0]):
+        z_current[i] += alpha * (z_target[i] - z_current[i])
 
 
 class Engine:
@@ -184,7 +242,6 @@ class Engine:
         lat = preset.latent_size
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.z_current = self.z_target.copy()
-        self._z_tmp = np.zeros(lat, np.float32)
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0
@@ -236,7 +293,8 @@ class Engine:
         self.n_out, self.hop_out = p.n_fft * self.k, p.hop * self.k
         self.voices = VoiceBank(self.polyphony, self.internal_rate)
         slots, nb, lat = self.voices.slots, p.n_bins, self.preset.latent_size
-        per_voice = (self._chunk + self.hop_out - 1) // self.hop_out + 2
+        # frames due in this block plus early ones for the next: 2 * ceil(chunk / hop) + 1 rows
+        per_voice = 2 * ((self._chunk + self.hop_out - 1) // self.hop_out) + 2
         bmax = slots * per_voice
         if self._decoder is None:
             self._decoder = FrameDecoder(self.preset, self._device, self._threads, max_batch=bmax)
@@ -247,15 +305,21 @@ class Engine:
         self.phase = factory(p, slots)
         f32 = np.float32
         self._bz = np.zeros((bmax, lat), f32)
-        self._bp, self._bv, self._bon, self._boff = (np.zeros(bmax, f32) for _ in range(4))
+        self._bcol = np.zeros((5, bmax), f32)  # pitch, velocity, time_on, time_off (decoder), f0 (phase)
+        self._bidx = np.zeros((3, bmax), np.int64)  # voice, log-mag frame, phase round
+        # fixed views: the decoder binds once to arrays that keep their identity
+        self._bp, self._bv, self._bon, self._boff = self._bcol[0], self._bcol[1], self._bcol[2], self._bcol[3]
+        self._vf0 = np.zeros(slots, np.float64)  # f0 of each voice's last planned frame
+        self._vrank = np.zeros(slots, np.int64)
+        self._ctl = np.array([0.0, 0.0, 127.0], np.float64)  # bend, lowest and highest pitch
         self._blog = np.zeros((bmax, nb), f32)
-        self._pvoice, self._pframe, self._prank = np.zeros(bmax, np.int32), np.zeros(bmax, np.int64), np.zeros(bmax, np.int64)
-        self._sv, self._sm = np.zeros(slots, np.int32), np.zeros(slots, np.int64)
+        self._sv, self._sm, self._sf0 = np.zeros(slots, np.int32), np.zeros(slots, np.int64), np.zeros(slots, f32)
         self._slog, self._sspec = np.zeros((slots, nb), f32), np.zeros((slots, nb), np.complex64)
         self._pad = np.zeros((bmax, self.n_out // 2 + 1), np.complex64)
         self._frames = np.zeros((bmax, self.n_out), f32)
         self._fvoice, self._fpos = np.zeros(bmax, np.int32), np.zeros(bmax, np.int64)
-        self._ring = np.zeros((slots, self.n_out + self._chunk + self.hop_out), f32)
+        # frames are written up to one block ahead of their window start (see _plan_frames)
+        self._ring = np.zeros((slots, self.n_out + 2 * self._chunk + self.hop_out), f32)
         self._mix = np.zeros(self._chunk, f32)
         self._events = np.zeros((self.queue.capacity, 4), np.int64)
         self._geo = np.array([self.hop_out, self.n_out // 2, self.internal_rate, p.hop / p.sample_rate,
@@ -399,28 +463,29 @@ class Engine:
     def _smooth_knobs(self, n: int) -> None:
         """One-pole glide of the latent towards its target: no zipper noise on knob moves."""
         alpha = 1.0 - math.exp(-n * self._alpha_per_sample)
-        np.subtract(self.z_target, self.z_current, out=self._z_tmp)
-        self._z_tmp *= alpha
-        self.z_current += self._z_tmp
+        _glide(self.z_target, self.z_current, alpha)
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
         vb = self.voices
+        self._ctl[0] = self._bend
+        bc = self._bcol
         rows, max_rank = _plan_frames(
-            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, t_end, self._geo,
-            self._bend, 0.0, 127.0, self.z_current, self._bz, self._bp, self._bv, self._bon, self._boff,
-            self._pvoice, self._pframe, self._prank)
+            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0, self._vrank,
+            t_end, t_end + (t_end - t0), self._geo, self._ctl, self.z_current, self._bz, bc, self._bidx)
         if rows == 0:
             return
         self._decoder.decode(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog, rows)
-        bad = _guard_rows(self._blog, rows, self._pvoice, vb.muted, vb.state, vb.fade_start, vb.fade_step,
+        bad = _guard_rows(self._blog, rows, self._bidx, vb.muted, vb.state, vb.fade_start, vb.fade_step,
                           t0, float(vb.steal_step), self._ln_floor)
         if bad:
             self.stats.nan_voices += bad
         nf = 0
+        one_round = max_rank == 0  # the usual block: each voice once, rows already in push order
         for rank in range(max_rank + 1):
-            k = _gather_round(rank, rows, self._prank, self._pvoice, self._pframe, self._blog,
-                              self._sv, self._sm, self._slog)
-            self.phase.push(self._sv[:k], self._slog[:k], self._sspec[:k])
+            k = _gather_round(rank, rows, self._bidx, bc, self._blog, self._sv, self._sm, self._sf0, self._slog,
+                              one_round)
+            logs = self._blog[:k] if one_round else self._slog[:k]
+            self.phase.push(self._sv[:k], logs, self._sspec[:k], self._sf0[:k])
             nf = _scatter_round(k, self._sv, self._sm, self._sspec, self.hop_out, self._pad, self._fvoice, self._fpos, nf)
         if nf:
             np.fft.irfft(self._pad[:nf], n=self.n_out, axis=1, out=self._frames[:nf])

@@ -244,3 +244,63 @@ def test_process_allocates_nothing(preset: Preset) -> None:
     # push the peak far above 4 kB.
     assert peak - base < 4096, f"process() allocated up to {peak - base} bytes at once"
     assert np.abs(out).max() > 0
+
+
+class CountingDecoder:
+    """The real FrameDecoder, recording the batch size of every call."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def decode(self, z, pitch, velocity, time_on, time_off, out, batch=None) -> None:  # type: ignore[no-untyped-def]
+        self.batches.append(int(batch))
+        self.inner.decode(z, pitch, velocity, time_on, time_off, out, batch)
+
+
+class RecordingPhase:
+    """The real StreamingPhase, recording the f0 hint of every pushed voice."""
+
+    def __init__(self, params: object, slots: int) -> None:
+        from synth.phase import StreamingPhase
+
+        self.inner = StreamingPhase(params, slots)  # type: ignore[arg-type]
+        self.f0: list[tuple[int, float]] = []
+
+    def reset(self, voice: int) -> None:
+        self.inner.reset(voice)
+
+    def push(self, voices, log_mag_next, out, f0_hz=None) -> None:  # type: ignore[no-untyped-def]
+        assert f0_hz is not None
+        self.f0 += [(int(v), float(f)) for v, f in zip(voices, f0_hz)]
+        self.inner.push(voices, log_mag_next, out, f0_hz)
+
+
+def test_frames_balanced_across_blocks(preset: Preset) -> None:
+    from synth.decoder import FrameDecoder
+
+    spy = CountingDecoder(FrameDecoder(preset, "cpu"))
+    eng = Engine(preset, polyphony=16, device="cpu", decoder=spy)  # type: ignore[arg-type]
+    eng.prepare(SR, BLOCK)
+    x = render(eng, [(0, ON, 40 + k, 100) for k in range(16)], 60 * BLOCK)
+    assert rms(x[SR // 100:]) > 0.01
+    due = -(-len(x) // eng.hop_out)  # frames whose window starts inside the render, per voice
+    early = 8  # the last block starts no window: it makes half of the next block's 16 frames
+    assert sum(spy.batches) == 16 * (due + 1) + early, "every frame decoded exactly once (+ log-mag 0)"
+    steady = spy.batches[4:]
+    assert len(steady) == 60 - 4, "a decode in every block, not every second one"
+    assert max(steady) == 8 and min(steady) == 8, steady
+
+
+def test_phase_gets_f0_with_bend(preset: Preset) -> None:
+    eng = Engine(preset, device="cpu", bend_range=2.0, phase_factory=RecordingPhase)
+    eng.prepare(SR, BLOCK)
+    render(eng, [(0, BEND, 0, 0x60), (0, ON, 57, 100)], 20 * BLOCK)  # bend +1 semitone
+    phase = eng.phase
+    assert isinstance(phase, RecordingPhase)
+    hints = [f for _, f in phase.f0[1:]]  # the first push writes no frame
+    assert len(hints) >= 9
+    np.testing.assert_allclose(hints, midi_hz(57 + 2.0 * (0x60 * 128 - 8192) / 8192), rtol=1e-5)
