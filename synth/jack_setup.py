@@ -1,0 +1,122 @@
+"""PortAudio / JACK plumbing for live mode: client naming, device lookup, port wiring.
+
+Why this module exists: PortAudio names its JACK client "PortAudio" unless
+``PaJack_SetClientName`` is called before ``Pa_Initialize`` (FACTS.md), and
+PortAudio enumerates host APIs only at initialisation, so a JACK server started
+after ``import sounddevice`` is invisible until PortAudio is re-initialised.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+AUDIO_CLIENT_NAME = "vaesynth"
+JACK_HOSTAPI_NAME = "JACK Audio Connection Kit"
+
+# PortAudio keeps the pointer we hand to PaJack_SetClientName: the buffer must
+# live as long as the process, so it is held here at module level.
+_name_buffer: ctypes.Array[ctypes.c_char] | None = None
+
+
+class AudioSetupError(RuntimeError):
+    """One-line, user-facing error about the audio output (no device, bad rate...)."""
+
+
+NO_OUTPUT_MESSAGE = (
+    "no audio output found — start JACK or pick one with --output; --list-devices lists them"
+)
+
+
+def init_portaudio(client_name: str = AUDIO_CLIENT_NAME) -> Any:
+    """(Re)initialise PortAudio with its JACK client named ``client_name``; returns ``sounddevice``.
+
+    Raises AudioSetupError when libportaudio is missing.
+    """
+    global _name_buffer
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # "PortAudio library not found"
+        raise AudioSetupError(f"cannot load PortAudio: {exc}") from None
+    sd._terminate()
+    lib = ctypes.CDLL(sd._libname)
+    setter = getattr(lib, "PaJack_SetClientName", None)
+    if setter is not None:  # absent when libportaudio was built without JACK
+        setter.argtypes = [ctypes.c_char_p]
+        _name_buffer = ctypes.create_string_buffer(client_name.encode())
+        setter(_name_buffer)
+    sd._initialize()
+    return sd
+
+
+def terminate_portaudio() -> None:
+    """Release PortAudio (and its JACK client); safe to call twice."""
+    import sounddevice as sd
+
+    sd._terminate()
+
+
+def jack_server_running() -> bool:
+    """True when PortAudio sees the JACK host API with at least one device."""
+    import sounddevice as sd
+
+    for api in sd.query_hostapis():
+        if api["name"] == JACK_HOSTAPI_NAME and api["devices"]:
+            return True
+    return False
+
+
+def resolve_output_device(spec: str | int | None) -> int:
+    """Output device index for ``--output NAME|INDEX`` (None: the default output).
+
+    Name matching is sounddevice's (case-insensitive substrings, host API name included).
+    Raises AudioSetupError with a one-line message when nothing fits.
+    """
+    import sounddevice as sd
+
+    if isinstance(spec, str) and spec.strip().lstrip("-").isdigit():
+        spec = int(spec)
+    try:
+        info = sd.query_devices(spec, "output")
+    except (ValueError, sd.PortAudioError) as exc:
+        if spec is None:
+            raise AudioSetupError(NO_OUTPUT_MESSAGE) from None
+        raise AudioSetupError(f"output device {spec!r}: {exc}; --list-devices lists them") from None
+    if info["max_output_channels"] < 1:
+        raise AudioSetupError(f"device {info['name']!r} has no outputs; --list-devices lists them")
+    return int(info["index"])
+
+
+def list_output_devices() -> str:
+    """Human-readable list of all devices, as ``sounddevice.query_devices()`` prints it."""
+    import sounddevice as sd
+
+    try:
+        return str(sd.query_devices())
+    except sd.PortAudioError as exc:
+        raise AudioSetupError(f"cannot list audio devices: {exc}") from None
+
+
+def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:
+    """Remove every connection of ``client_name``'s JACK output ports; returns how many.
+
+    PortAudio's JACK host connects the stream to the device's (system) ports when
+    it starts; ``--no-connect`` undoes that with a short-lived JACK-Client client.
+    """
+    import jack
+
+    helper = jack.Client(f"{client_name}-wiring", no_start_server=True)
+    removed = 0
+    try:
+        for port in helper.get_ports(f"^{client_name}:", is_output=True, is_audio=True):
+            for other in helper.get_all_connections(port):
+                helper.disconnect(port, other)
+                removed += 1
+    finally:
+        helper.close()
+    return removed
+
+
+def jack_server_env() -> str | None:
+    """The JACK server clients will talk to (``JACK_DEFAULT_SERVER``), None for the default."""
+    return os.environ.get("JACK_DEFAULT_SERVER")

@@ -1,0 +1,448 @@
+"""Live mode: MIDI from python-rtmidi into the Engine, audio out through sounddevice.
+
+Threads: rtmidi calls ``LiveSynth.on_midi`` on its own thread (under JACK, inside
+the rtmidi client's process cycle); PortAudio calls ``LiveSynth.audio_callback``
+on the audio thread; the main thread prints the status line and waits for
+Ctrl-C. The two callbacks share only ``SampleClock``'s single tuple slot (one
+reference assignment, atomic under the GIL) and the engine's lock-free queue.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from synth import jack_setup
+from synth.jack_setup import AudioSetupError
+from synth.learn import LearnSession, MappingError, bind, default_mapping_path, load_mapping, save_mapping
+
+MIDI_CLIENT_NAME = "vaesynth"
+# Under JACK, PortAudio's client already holds "vaesynth", and rtmidi is a second
+# JACK client: a fixed distinct name keeps its port predictable (no "-01" suffix).
+JACK_MIDI_CLIENT_NAME = "vaesynth-midi"
+MIDI_PORT_NAME = "midi_in"
+STATUS_PERIOD_S = 0.25
+# No callback for this long while running means the audio server went away.
+STALL_TIMEOUT_S = 3.0
+
+
+class LiveError(RuntimeError):
+    """A user-facing, one-line failure of live mode (printed without a traceback)."""
+
+
+class SampleClock:
+    """Maps a wall-clock arrival time (``time.perf_counter``) to output-sample time.
+
+    The audio callback marks each block (first frame, wall time at entry, length).
+    An event that arrives ``d`` seconds after a block started is scheduled
+    ``block_start + n + d * rate``: one block later than "now", which keeps its
+    offset inside the block (constant latency, no jitter), clamped to the block
+    that has not been rendered yet ("past" events land at its offset 0).
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._mark: tuple[int, float, int] = (0, -1.0, 0)
+
+    def mark_block(self, start_frame: int, wall_time: float, frames: int) -> None:
+        """Called by the audio callback before rendering ``frames`` from ``start_frame``."""
+        self._mark = (start_frame, wall_time, frames)
+
+    def to_sample(self, wall_time: float) -> int:
+        """Output-sample time for an event that arrived at ``wall_time``."""
+        start, marked_at, n = self._mark
+        if marked_at < 0.0:  # no block rendered yet: play at the very start
+            return 0
+        next_start = start + n
+        target = next_start + int((wall_time - marked_at) * self.sample_rate)
+        return min(max(target, next_start), next_start + 2 * n)
+
+
+@dataclass
+class LiveStats:
+    """Counters written by the callbacks, read by the status line."""
+
+    frames: int = 0
+    callbacks: int = 0
+    xruns: int = 0
+    load: float = 0.0  # last callback's render time / block duration
+    load_peak: float = 0.0
+    last_callback_wall: float = 0.0
+    midi_events: int = 0
+    last_midi: tuple[int, ...] = field(default_factory=tuple)
+
+
+class LiveSynth:
+    """The engine wrapped for real-time use: audio callback, MIDI callback, status text."""
+
+    def __init__(self, engine: Any, sample_rate: int, learn: LearnSession | None = None) -> None:
+        self.engine = engine
+        self.sample_rate = sample_rate
+        self.clock = SampleClock(sample_rate)
+        self.stats = LiveStats()
+        self.learn = learn
+        # Several rtmidi inputs (virtual + hardware) call on_midi from their own threads,
+        # but the engine queue has a single producer: serialise them. The audio thread
+        # never takes this lock.
+        self._producer_lock = threading.Lock()
+
+    def audio_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        """sounddevice callback: render ``outdata (frames, 2) float32``; no IO, no locks."""
+        start = time.perf_counter()
+        st = self.stats
+        if status:
+            st.xruns += 1
+        self.clock.mark_block(st.frames, start, frames)
+        self.engine.process(outdata)
+        st.frames += frames
+        st.callbacks += 1
+        st.load = (time.perf_counter() - start) * self.sample_rate / frames
+        if st.load > st.load_peak:
+            st.load_peak = st.load
+        st.last_callback_wall = start
+
+    def on_midi(self, event: tuple[list[int], float], data: object = None) -> None:
+        """rtmidi callback: timestamp the message in output samples and queue it."""
+        arrival = time.perf_counter()
+        message = event[0]
+        with self._producer_lock:
+            self.engine.push_event(self.clock.to_sample(arrival), bytes(message))
+            self.stats.midi_events += 1
+            self.stats.last_midi = tuple(message)
+        if self.learn is not None:
+            self.learn.offer(message)
+
+    def status_line(self) -> str:
+        """One line: voices, callback load, xruns, last MIDI event, knob values."""
+        st = self.stats
+        est = getattr(self.engine, "stats", None)
+        voices = getattr(est, "active_voices", "?")
+        knobs = _knob_text(self.engine)
+        midi = " ".join(f"{b:02x}" for b in st.last_midi) or "-"
+        line = (
+            f"voices {voices:>3} | load {100 * st.load:5.1f}% (peak {100 * st.load_peak:5.1f}%) | "
+            f"xruns {st.xruns} | midi {midi}"
+        )
+        dropped = getattr(est, "dropped_events", 0)
+        nans = getattr(est, "nan_count", 0)
+        if dropped or nans:
+            line += f" | dropped {dropped} nan {nans}"
+        return line + (f" | knobs {knobs}" if knobs else "")
+
+
+def _knob_text(engine: Any) -> str:
+    values = getattr(engine, "knob_values", None)
+    if values is None:
+        return ""
+    try:
+        return " ".join(f"{float(v):+.2f}" for v in list(values)[:8])
+    except TypeError:
+        return ""
+
+
+class MidiInputs:
+    """The virtual input port plus the hardware inputs it follows (rtmidi objects kept alive)."""
+
+    def __init__(self, use_jack: bool) -> None:
+        try:
+            import rtmidi
+        except ImportError as exc:
+            raise LiveError(f"no MIDI backend: {exc}") from None
+        self._rtmidi = rtmidi
+        self.api = rtmidi.API_UNIX_JACK if use_jack else rtmidi.API_UNSPECIFIED
+        self.client_name = JACK_MIDI_CLIENT_NAME if use_jack else MIDI_CLIENT_NAME
+        self.ports: list[Any] = []
+        self.connected: list[str] = []
+
+    def _new_input(self) -> Any:
+        try:
+            port = self._rtmidi.MidiIn(self.api, name=self.client_name)
+        except self._rtmidi.SystemError as exc:
+            raise LiveError(f"no MIDI backend: {exc}") from None
+        port.ignore_types(sysex=True, timing=True, active_sense=True)
+        return port
+
+    def sources(self) -> list[str]:
+        """Names of the MIDI sources this backend can see, minus our own ports."""
+        probe = self._new_input()
+        try:
+            names = probe.get_ports()
+        finally:
+            probe.delete()
+        return [n for n in names if not n.startswith(self.client_name)]
+
+    def open(self, callback: Callable[..., None], select: str | None, follow_sources: bool = True) -> None:
+        """Open the virtual port and connect hardware sources (all, or those matching ``select``).
+
+        ``follow_sources=False`` (``--no-connect``) opens only the virtual port, unless
+        ``select`` names sources explicitly.
+        """
+        virtual = self._new_input()
+        virtual.open_virtual_port(MIDI_PORT_NAME)
+        virtual.set_callback(callback)
+        self.ports.append(virtual)
+        if not follow_sources and select is None:
+            return
+        all_sources = self.sources()
+        wanted = [n for n in all_sources if select is None or select.lower() in n.lower()]
+        if select is not None and not wanted:
+            raise LiveError(f"no MIDI input matches {select!r}; --list-midi lists them")
+        for name in wanted:
+            port = self._new_input()
+            names = port.get_ports()  # indices are into this object's own, full list
+            if name not in names:  # vanished meanwhile
+                port.delete()
+                continue
+            port.open_port(names.index(name), f"in_{len(self.ports)}")
+            port.set_callback(callback)
+            self.ports.append(port)
+            self.connected.append(name)
+
+    def close(self) -> None:
+        for port in self.ports:
+            port.close_port()
+            port.delete()
+        self.ports.clear()
+
+
+@dataclass
+class AudioConfig:
+    """What the output stream will be opened with."""
+
+    device: int
+    sample_rate: int
+    blocksize: int  # 0: let the host pick (the JACK period under JACK)
+    under_jack: bool
+
+
+def choose_audio(args: argparse.Namespace) -> AudioConfig:
+    """Resolve ``--output/--samplerate/--blocksize`` against the devices; one-line errors."""
+    import sounddevice as sd
+
+    device = jack_setup.resolve_output_device(getattr(args, "output", None))
+    info = sd.query_devices(device)
+    under_jack = sd.query_hostapis(info["hostapi"])["name"] == jack_setup.JACK_HOSTAPI_NAME
+    rate = int(getattr(args, "samplerate", None) or info["default_samplerate"])
+    blocksize = int(getattr(args, "blocksize", None) or 0)
+    if blocksize < 0:
+        raise LiveError(f"--blocksize {blocksize}: must be 0 (the host's choice) or positive")
+    try:
+        sd.check_output_settings(device=device, channels=2, dtype="float32", samplerate=rate)
+    except sd.PortAudioError as exc:
+        raise LiveError(f"output {info['name']!r} refuses {rate} Hz stereo float32: {exc}") from None
+    if under_jack and blocksize:
+        period = _jack_period()
+        if period and period % blocksize:
+            raise LiveError(
+                f"--blocksize {blocksize} does not divide the JACK period {period}; "
+                "use 0 or a divisor (otherwise PortAudio adds a constant delay)"
+            )
+    return AudioConfig(device, rate, blocksize, under_jack)
+
+
+def _jack_period() -> int | None:
+    """The JACK server's period in frames, or None when JACK-Client is not installed."""
+    try:
+        import jack
+    except ImportError:
+        return None
+    client = jack.Client("vaesynth-query", no_start_server=True)
+    try:
+        return int(client.blocksize)
+    finally:
+        client.close()
+
+
+def build_engine(args: argparse.Namespace, audio: AudioConfig) -> tuple[Any, Any]:
+    """Load ``args.preset`` and make an Engine prepared for ``audio``; returns (engine, preset)."""
+    from synth.engine import Engine
+    from synth.preset import PresetError, load_preset
+
+    try:
+        preset = load_preset(args.preset)
+    except PresetError as exc:
+        raise LiveError(str(exc)) from None
+    engine = Engine(preset, polyphony=getattr(args, "polyphony", 32), bend_range=getattr(args, "bend_range", 2.0),
+                    channel=getattr(args, "channel", None), device=getattr(args, "device", "auto"),
+                    threads=getattr(args, "threads", None))
+    max_block = audio.blocksize or 8192  # JACK's largest period
+    engine.prepare(audio.sample_rate, max_block)
+    return engine, preset
+
+
+def apply_mapping(engine: Any, mapping: dict[int, int]) -> None:
+    """Learned CC -> knob bindings on top of the default CCs (``synth.events.KNOB_CCS``)."""
+    from synth.events import KNOB_CCS
+
+    merged = {cc: knob for knob, cc in enumerate(KNOB_CCS)}
+    for cc, knob in mapping.items():
+        merged = bind(merged, cc, knob)
+    engine.set_knob_ccs(merged)
+
+
+def mapping_path(args: argparse.Namespace) -> Path:
+    explicit = getattr(args, "mapping_file", None)
+    return Path(explicit) if explicit else default_mapping_path()
+
+
+def _say(text: str) -> None:
+    print(f"vaesynth: {text}", file=sys.stderr, flush=True)
+
+
+def _list_midi() -> int:
+    use_jack = jack_setup.jack_server_running()
+    names = MidiInputs(use_jack).sources()
+    print("\n".join(names) if names else "(no MIDI inputs found)")
+    return 0
+
+
+def _open_stream(synth: LiveSynth, audio: AudioConfig, on_finished: Callable[[], None]) -> Any:
+    import sounddevice as sd
+
+    try:
+        stream = sd.OutputStream(
+            device=audio.device, samplerate=audio.sample_rate, blocksize=audio.blocksize,
+            channels=2, dtype="float32", latency="low",
+            callback=synth.audio_callback, finished_callback=on_finished,
+        )
+    except sd.PortAudioError as exc:
+        raise LiveError(f"cannot open the audio output: {exc}") from None
+    return stream
+
+
+def _start_learning(args: argparse.Namespace, preset: Any) -> LearnSession | None:
+    knob = getattr(args, "learn", None)
+    if knob is None:
+        return None
+    session = LearnSession(int(knob), len(preset.knob_order))
+    _say(f"MIDI learn: move a controller to bind knob {session.knob} (latent dim {preset.knob_order[session.knob]})")
+    return session
+
+
+def _finish_learning(learn: LearnSession, engine: Any, path: Path) -> None:
+    cc = learn.learned_cc
+    assert cc is not None
+    mapping = bind(load_mapping(path), cc, learn.knob)
+    save_mapping(path, mapping)
+    apply_mapping(engine, mapping)
+    _say(f"learned CC {cc} -> knob {learn.knob}; saved to {path}")
+
+
+def _server_gone(message: str) -> None:
+    """Exit now without touching PortAudio: closing a stream after jackd died hangs (FACTS.md)."""
+    _say(message)
+    sys.stderr.flush()
+    os._exit(3)
+
+
+def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished: list[bool]) -> None:
+    quiet = bool(getattr(args, "quiet", False)) or not getattr(args, "status", True)
+    tty = sys.stderr.isatty()
+    learn, path = synth.learn, mapping_path(args)
+    learned = False
+    while True:
+        time.sleep(STATUS_PERIOD_S)
+        if finished[0]:
+            _server_gone("the audio stream stopped (audio server gone?); exiting")
+        stalled = time.perf_counter() - synth.stats.last_callback_wall
+        if synth.stats.callbacks and stalled > STALL_TIMEOUT_S:
+            _server_gone(f"no audio callback for {stalled:.1f} s (audio server gone?); exiting")
+        if learn is not None and not learned and learn.learned_cc is not None:
+            _finish_learning(learn, synth.engine, path)
+            learned = True
+        if not quiet:
+            end = "\r" if tty else "\n"
+            print(synth.status_line() + ("\x1b[K" if tty else ""), end=end, file=sys.stderr, flush=True)
+
+
+def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
+    engine, preset = build_engine(args, audio)
+    path = mapping_path(args)
+    apply_mapping(engine, load_mapping(path))
+    synth = LiveSynth(engine, audio.sample_rate, _start_learning(args, preset))
+    midi = MidiInputs(audio.under_jack)
+    finished = [False]
+
+    def on_finished() -> None:
+        finished[0] = True
+
+    # MIDI is opened before the stream starts and closed after it stops: python-rtmidi
+    # holds the GIL while its JACK client (de)activates, and activation waits for a
+    # JACK cycle, which waits for our Python audio callback: a deadlock.
+    midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
+    stream = _open_stream(synth, audio, on_finished)
+    stopping = False
+    try:
+        stream.start()
+        if audio.under_jack and getattr(args, "no_connect", False):
+            jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)
+        if not getattr(args, "quiet", False):
+            _say(f"playing {preset.name!r} at {audio.sample_rate} Hz; MIDI in "
+                 f"{midi.client_name}:{MIDI_PORT_NAME}" + (f" + {', '.join(midi.connected)}" if midi.connected else ""))
+        _run_loop(synth, stream, args, finished)
+    except KeyboardInterrupt:
+        stopping = True
+    finally:
+        if not finished[0]:
+            stream.stop()
+            stream.close()
+        midi.close()
+    if stopping and not getattr(args, "quiet", False):
+        print(file=sys.stderr)
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """Play ``args.preset`` from MIDI until Ctrl-C / SIGTERM; returns the exit status.
+
+    Every expected failure (no output, no MIDI backend, refused rate, bad preset or
+    mapping file) is one line on stderr and a non-zero status, never a traceback.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        jack_setup.init_portaudio(jack_setup.AUDIO_CLIENT_NAME)
+        try:
+            if getattr(args, "list_devices", False):
+                print(jack_setup.list_output_devices())
+                return 0
+            if getattr(args, "list_midi", False):
+                return _list_midi()
+            return _play(args, choose_audio(args))
+        finally:
+            jack_setup.terminate_portaudio()
+    except _known_errors() as exc:
+        _say(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes that are user-facing conditions (one line, no traceback)."""
+    errors: list[type[BaseException]] = [LiveError, AudioSetupError, MappingError]
+    try:
+        import sounddevice
+
+        errors.append(sounddevice.PortAudioError)
+    except OSError:
+        pass
+    import rtmidi
+
+    errors.append(rtmidi.RtMidiError)
+    from synth.decoder import DecoderError
+    from synth.preset import PresetError
+
+    errors += [PresetError, DecoderError, ValueError]
+    return tuple(errors)
