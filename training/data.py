@@ -468,7 +468,7 @@ def render_soundfont(out: str | Path, soundfont: str = DEFAULT_SOUNDFONT,
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     entries, silent, peaks = [], [], []
     start = time.perf_counter()
-    ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+    ctx = mp.get_context("spawn")  # fork deadlocks once onnxruntime/numba/torch threads exist
     with ctx.Pool(jobs, _render_init, (soundfont, str(out), sample_rate)) as pool:
         results = pool.imap(_render_job, work, chunksize=8)
         for job, (entry, peak) in tqdm(zip(work, results), total=len(work), disable=not progress,

@@ -143,7 +143,7 @@ def _write_features(records: list[NoteRecord], params: SpectrogramParams, frame_
     shape = (len(records), frames_stored(params, frame_stride), params.n_bins)
     logmag = np.lib.format.open_memmap(out / "logmag.npy", "w+", np.float16, shape)
     kept: list[NoteRecord] = []
-    ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+    ctx = mp.get_context("spawn")  # fork deadlocks once onnxruntime/numba/torch threads exist
     with ctx.Pool(jobs, _init_worker, (params, frame_stride)) as pool:
         results = pool.imap(_feature_job, records, chunksize=4)
         for rec, feat in tqdm(zip(records, results), total=len(records), disable=not progress,
