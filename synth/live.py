@@ -105,7 +105,7 @@ class LiveSynth:
         st.frames += frames
         st.callbacks += 1
         st.load = (time.perf_counter() - start) * self.sample_rate / frames
-        if st.load > st.load_peak:
+        if st.load > st.load_peak and st.callbacks > 8:  # the first callbacks warm caches up
             st.load_peak = st.load
         st.last_callback_wall = start
 
@@ -344,7 +344,7 @@ def _server_gone(message: str) -> None:
 
 
 def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished: list[bool]) -> None:
-    quiet = bool(getattr(args, "quiet", False)) or not getattr(args, "status", True)
+    quiet = bool(getattr(args, "quiet", False))  # the status line is on unless --quiet
     tty = sys.stderr.isatty()
     learn, path = synth.learn, mapping_path(args)
     learned = False
