@@ -53,12 +53,8 @@ def _heap_push(keys: NDArray, vals: NDArray, size: int, key: float, val: int) ->
 
 
 @njit(nogil=True, cache=True)
-def _heap_pop(keys: NDArray, vals: NDArray, size: int) -> int:
-    """Remove the top of the heap (read ``vals[0]`` before calling); returns the new size."""
-    size -= 1
-    key = keys[size]
-    val = vals[size]
-    i = 0
+def _sift_down(keys: NDArray, vals: NDArray, size: int, i: int, key: float, val: int) -> None:
+    """Place (key, val) at slot ``i`` of the heap ``keys/vals[:size]`` and move it down into order."""
     while True:
         child = 2 * i + 1
         if child >= size:
@@ -70,9 +66,16 @@ def _heap_pop(keys: NDArray, vals: NDArray, size: int) -> int:
         keys[i] = keys[child]
         vals[i] = vals[child]
         i = child
+    keys[i] = key
+    vals[i] = val
+
+
+@njit(nogil=True, cache=True)
+def _heap_pop(keys: NDArray, vals: NDArray, size: int) -> int:
+    """Remove the top of the heap (read ``vals[0]`` before calling); returns the new size."""
+    size -= 1
     if size > 0:
-        keys[i] = key
-        vals[i] = val
+        _sift_down(keys, vals, size, 0, keys[size], vals[size])
     return size
 
 
@@ -129,22 +132,7 @@ def _snap_real(ph: float) -> float:
 def _heapify(keys: NDArray, vals: NDArray, size: int) -> None:
     """Floyd's O(n) bottom-up construction of the max-heap in ``keys/vals[:size]``."""
     for start in range((size >> 1) - 1, -1, -1):
-        key = keys[start]
-        val = vals[start]
-        i = start
-        while True:
-            child = 2 * i + 1
-            if child >= size:
-                break
-            if child + 1 < size and keys[child + 1] > keys[child]:
-                child += 1
-            if keys[child] <= key:
-                break
-            keys[i] = keys[child]
-            vals[i] = vals[child]
-            i = child
-        keys[i] = key
-        vals[i] = val
+        _sift_down(keys, vals, size, start, keys[start], vals[start])
 
 
 # ---------------------------------------------------------------- one frame of heap integration
