@@ -239,7 +239,6 @@ class Engine:
         self._device, self._threads = device, threads
         self._decoder = decoder
         self._phase_factory = phase_factory
-        lat = preset.latent_size
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
