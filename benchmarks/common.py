@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.preset import Preset, PresetError, load_preset
 
 REPO = Path(__file__).resolve().parents[1]

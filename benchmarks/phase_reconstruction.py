@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from synth.params import DEFAULT_PARAMS, SpectrogramParams
+from synth.contract import DEFAULT_PARAMS, SpectrogramParams
 from synth.phase import StreamingPhase, pghi_spectrum, streaming_spectrum
 from synth.stft import istft, log_magnitude, spectral_convergence_db, stft
 

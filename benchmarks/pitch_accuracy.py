@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from benchmarks.common import (DEFAULT_PRESET, RENDER_RATE, BenchmarkError, PresetModels, classify_pitch,
                                latent_draws, log, markdown_table, open_preset, reconstruct_audio, render_fluidsynth,
                                run_main, split_settings, strongest_note, transcribe, write_note_sequence)
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.preset import Preset
 
 HOLD_SECONDS = 1.0

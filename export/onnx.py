@@ -22,13 +22,13 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
+from synth.contract import DECODER_INPUTS
 from training.model import CONTRACT, TimbreVAE
 from training.train import RunConfig, TrainError, load_config
 
 OPSET = 17
 TOLERANCE = 1e-4
 FP16_TOLERANCE = 5e-2
-DECODER_INPUTS = ("z", "pitch", "velocity", "time_on", "time_off")
 MIN_SNAPSHOTS = 8
 # NSynth family -> a General MIDI program (0-based, as in MIDI program-change messages).
 FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass": 33,

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from synth.params import DEFAULT_PARAMS, SpectrogramParams
+from synth.contract import DEFAULT_PARAMS, SpectrogramParams
 from synth.stft import istft
 
 HANN_LAMBDA = 0.25645

@@ -14,14 +14,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.params import SpectrogramParams
+from synth.contract import (DECODER_CONTRACT, DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS,
+                            SpectrogramParams)
 
-FORMAT_VERSION = 1
-DECODER_CONTRACT = "framewise-v1"
-DECODER_INPUTS = ("z", "pitch", "velocity", "time_on", "time_off")
-DECODER_OUTPUT = "log_mag"
-ENCODER_INPUT = "log_mag"
-ENCODER_OUTPUTS = ("mu", "logvar")
+FORMAT_VERSION = 1  # what this loader reads today; synth.contract.PRESET_FORMAT_VERSION is what export writes next
 
 
 class PresetError(Exception):

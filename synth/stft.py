@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 
 
 def hann(n: int) -> NDArray[np.float64]:

@@ -17,7 +17,7 @@ import onnx
 import tomli_w
 from onnx import TensorProto, helper, numpy_helper
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 
 HARMONICS = 6
 LATENT = 8

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import chorale, common, model_quality, pitch_accuracy
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.preset import load_preset
 from tests.fake_preset import make_fake_preset
 

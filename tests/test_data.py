@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.stft import log_magnitude
 from training import data, features
 from training.data import DatasetError, load_examples, load_wav_folder, make_synthetic_dataset, read_audio

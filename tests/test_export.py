@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export.onnx import DECODER_INPUTS, ExportError, export_preset, main, random_decoder_inputs
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.preset import load_preset
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache

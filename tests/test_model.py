@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from training.model import (FrameDecoder, TimbreVAE, VAEConfig, beta_at, frame_times, hann_main_lobe,
                             rank_latents, vae_loss)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba.core.runtime import _nrt_python, rtsys
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.phase import PhaseError, StreamingPhase, pghi_spectrum, reconstruct, streaming_spectrum
 from synth.stft import istft, log_magnitude, spectral_convergence_db, stft
 

@@ -5,7 +5,7 @@ import pytest
 import tomli_w
 import tomllib
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.preset import PresetError, load_preset
 from tests.fake_preset import make_decoder, make_fake_preset
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.stft import istft, log_magnitude, log_spectral_distance_db, spectral_convergence_db, stft
 
 P = SpectrogramParams()

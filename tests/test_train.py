@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
 from training.train import Trainer, finish, fit, load_config, main

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from synth.stft import log_magnitude
 from training.data import DatasetError, ErrorPolicy, NoteRecord, OnError, load_dataset, read_audio
 

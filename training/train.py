@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from synth.params import SpectrogramParams
+from synth.contract import SpectrogramParams
 from training.model import TimbreVAE, VAEConfig, beta_at, frame_times, rank_latents, vae_loss
 
 LOG_FIELDS = ("step", "loss", "recon", "grad", "kl", "beta", "val_loss", "lr", "notes_per_s")

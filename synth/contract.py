@@ -1,7 +1,10 @@
-"""The one definition of the spectrogram representation.
+"""The one definition of every contract between training, export and the engine.
 
-Training, export and the engine all read these numbers from here (training) or
-from the preset's ``[audio]`` table (engine), so they can never disagree.
+Torch-free, so the engine can import it. Training and export read the spectrogram
+parameters from here; the engine reads them back from the preset's ``[audio]`` table,
+so the two can never disagree. Everything a preset file or a dataset row has to agree
+on (decoder I/O names, the decoder time contract, the preset format version, note and
+hold lengths, General MIDI program groups) is named here once.
 """
 from __future__ import annotations
 
@@ -79,3 +82,41 @@ class SpectrogramParams:
 
 
 DEFAULT_PARAMS = SpectrogramParams()
+
+# ---------------------------------------------------------------------------- decoder contract
+DECODER_CONTRACT = "framewise-v1"
+"""``(z, pitch, velocity, time_on, time_off) -> log_mag``: see ARCHITECTURE.md."""
+DECODER_INPUTS = ("z", "pitch", "velocity", "time_on", "time_off")
+DECODER_OUTPUT = "log_mag"
+ENCODER_INPUT = "log_mag"
+ENCODER_OUTPUTS = ("mu", "logvar")
+HELD_TIME_OFF = -1.0
+"""``time_off`` while the key is still down (the decoder's 'not released' value)."""
+
+# ---------------------------------------------------------------------------- preset format
+PRESET_FORMAT_VERSION = 2
+"""Version 2 adds the ``[knobs]`` table (PCA directions of the aggregate posterior) and
+resolves every General MIDI program to a snapshot. Version 1 presets are refused with a
+one-line message that says to re-export them."""
+
+# ---------------------------------------------------------------------------- note timing
+NOTE_SECONDS = DEFAULT_PARAMS.note_seconds
+HOLD_SECONDS = (0.1, 0.3, 1.0, 3.0)
+"""Key-down lengths the training renders use, so the model hears a release from any
+point of a note (real music is mostly notes shorter than a second). NSynth's own notes
+are all held 3 s."""
+
+# ---------------------------------------------------------------------------- General MIDI
+GM_MELODIC_PROGRAMS = range(0, 112)
+"""Programs 0..111 are melodic; 112..119 percussive, 120..127 sound effects."""
+GM_GROUPS = ("piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
+             "reed", "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic", "percussive",
+             "sound_effects")
+"""The 16 General MIDI program groups, eight programs each (group = program // 8)."""
+
+
+def gm_group(program: int) -> str:
+    """General MIDI group name of a 0-based program number 0..127."""
+    if not 0 <= program <= 127:
+        raise ValueError(f"MIDI program {program} outside 0..127")
+    return GM_GROUPS[program // 8]
