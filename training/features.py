@@ -3,7 +3,8 @@
 Files in ``out_dir`` (numpy ``.npy``, opened as memmaps):
 ``logmag (N, T, F) float16`` every ``frame_stride``-th centred frame of ``synth.stft.log_magnitude``,
 ``pitch (N,) float32``, ``velocity (N,) float32``, ``family (N,) int16`` (index into
-``families``), ``instrument (N,) int32`` (index into ``instruments``), and ``meta.json``
+``families``), ``instrument (N,) int32`` (index into ``instruments``), ``hold (N,) float32``
+(seconds the key was held: examples.json ``hold_seconds``, 3.0 when absent), and ``meta.json``
 (params, frame_stride, families, instruments, note_strs). Stored frame j is at
 ``params.frame_time(j * frame_stride)``.
 
@@ -30,8 +31,8 @@ from synth.contract import SpectrogramParams
 from synth.stft import log_magnitude
 from training.data import DatasetError, ErrorPolicy, NoteRecord, OnError, load_dataset, read_audio
 
-FORMAT_VERSION = 1
-ARRAYS = ("logmag", "pitch", "velocity", "family", "instrument")
+FORMAT_VERSION = 2  # 2 added ``hold``
+ARRAYS = ("logmag", "pitch", "velocity", "family", "instrument", "hold")
 
 
 def frames_stored(params: SpectrogramParams, frame_stride: int) -> int:
@@ -76,6 +77,7 @@ class FeatureCache:
     velocity: NDArray[np.float32]  # (N,)
     family: NDArray[np.int16]  # (N,)
     instrument: NDArray[np.int32]  # (N,)
+    hold: NDArray[np.float32]  # (N,) seconds the key was held
 
     def __len__(self) -> int:
         return len(self.pitch)
@@ -91,7 +93,7 @@ class FeatureCache:
             raise DatasetError(f"{root}: not a finished feature cache ({exc})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise DatasetError(f"{root / 'meta.json'}: format_version {meta.get('format_version')} "
-                               f"is not {FORMAT_VERSION}")
+                               f"is not {FORMAT_VERSION} (rebuild the cache: delete the folder)")
         cache = cls(root, SpectrogramParams.from_dict(meta["params"]), int(meta["frame_stride"]),
                     list(meta["families"]), list(meta["instruments"]), list(meta["note_strs"]),
                     arrays["logmag"], *(np.asarray(arrays[k]) for k in ARRAYS[1:]))
@@ -110,18 +112,31 @@ class FeatureCache:
         ids = [self.instruments.index(n) for n in names]
         return np.nonzero(np.isin(self.instrument, ids))[0]
 
+    def program_indices(self, programs: Sequence[int]) -> NDArray[np.int64]:
+        """Indices of all notes of rendered instruments (``..._TAG_PPP``) whose GM program is in
+        ``programs``, from every soundfont; other instrument names never match."""
+        from training.data import parse_instrument
+
+        wanted = set(int(p) for p in programs)
+        ids = [i for i, name in enumerate(self.instruments)
+               if (parsed := parse_instrument(name)) is not None and parsed[1] in wanted]
+        return np.nonzero(np.isin(self.instrument, ids))[0]
+
     def split(self, val_fraction: float, seed: int,
-              holdout_instruments: Sequence[str] = ()) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+              holdout_instruments: Sequence[str] = (),
+              holdout_programs: Sequence[int] = ()) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(train, val) note indices.
 
         Per instrument, a random ``val_fraction`` of its (pitch, velocity) notes go to val, so
         val holds unseen pitch/velocity combinations of instruments seen in training. Notes of
-        ``holdout_instruments`` are in neither set (get them with :meth:`instrument_indices`).
+        ``holdout_instruments`` and of the GM ``holdout_programs`` (every soundfont) are in neither
+        set (get them with :meth:`instrument_indices` / :meth:`program_indices`).
         """
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         rng = np.random.default_rng(seed)
         held = set(self.instrument_indices(holdout_instruments).tolist())
+        held |= set(self.program_indices(holdout_programs).tolist())
         train, val = [], []
         for inst in np.unique(self.instrument):
             idx = np.array([i for i in np.nonzero(self.instrument == inst)[0] if i not in held])
@@ -196,6 +211,7 @@ def build_feature_cache(root: str | Path | Sequence[NoteRecord], params: Spectro
         "velocity": np.array([r.velocity for r in kept], np.float32),
         "family": np.array([families.index(r.family) for r in kept], np.int16),
         "instrument": np.array([instruments.index(r.instrument) for r in kept], np.int32),
+        "hold": np.array([r.hold_seconds for r in kept], np.float32),
     }
     for name, arr in columns.items():
         np.save(out / f"{name}.npy", arr)

@@ -1,8 +1,10 @@
 """The timbre β-VAE: a whole-note encoder and a frame-wise harmonic decoder.
 
 Decoder contract "framewise-v1" (see ARCHITECTURE.md): ``(z, pitch, velocity, time_on,
-time_off) -> log_mag (B, F)``. The MLP only predicts amplitudes; a fixed harmonic head puts
-K partials at exact multiples of f0, so every point of the latent space plays in tune.
+time_off) -> log_mag (B, F)``. The MLP predicts amplitudes and (optionally) a small, bounded
+inharmonicity B >= 0 per frame; the harmonic head puts partial k at k*f0*sqrt(1 + B k^2)
+(stiff-string stretching, as measured on sampled pianos), so the fundamental moves by at most
+866*B_max cents and every point of the latent space plays in tune.
 """
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ class VAEConfig:
     grad_weight: float = 0.5
     residual: bool = True
     time_on_max: float = 2.9  # filled from params at train time (hold_seconds - 0.1)
+    max_inharmonicity: float = 0.0  # B_max of f_k = k f0 sqrt(1 + B k^2); 0 = exact harmonics
+    free_bits: float = 0.0  # nats per latent dim under which KL is not penalised (batch mean)
+    pool_weight: float = 0.0  # weight of L1 between max-pooled (+-pool_bins) pred and target
+    pool_bins: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +136,10 @@ class FrameDecoder(nn.Module):
             nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.SiLU()) for _ in range(cfg.dec_layers - 1))
         self.harm = nn.Linear(h, cfg.n_harmonics)
         self.noise = nn.Linear(h, cfg.n_noise_bands)
+        if cfg.max_inharmonicity > 0:
+            self.inharm = nn.Linear(h, 1)
+            nn.init.zeros_(self.inharm.weight)
+            nn.init.constant_(self.inharm.bias, -4.0)  # B starts near 2 % of B_max
         # Start quiet: a silent frame is ln(log_floor) ~ -11.5, most of a note is near silence.
         nn.init.constant_(self.harm.bias, -6.0)
         nn.init.constant_(self.noise.bias, -9.0)
@@ -146,15 +156,22 @@ class FrameDecoder(nn.Module):
         # Magnitudes are summed and logged in float32 whatever the MLP's precision.
         harm_amp = torch.exp(self.harm(h).float().clamp(max=5.0))  # (B, K)
         noise = torch.exp(self.noise(h).float().clamp(max=5.0)) @ self.band_matrix.float()  # (B, F)
-        mag = self.place_harmonics(harm_amp, pitch) + noise
+        inharm = None
+        if self.cfg.max_inharmonicity > 0:
+            inharm = self.cfg.max_inharmonicity * torch.sigmoid(self.inharm(h).float())[:, 0]  # (B,)
+        mag = self.place_harmonics(harm_amp, pitch, inharm) + noise
         return torch.log(mag + self.log_floor)
 
-    def place_harmonics(self, amp: Tensor, pitch: Tensor) -> Tensor:
-        """Scatter K Hann main lobes at k*f0 into bins: ``amp (B, K), pitch (B,)`` -> ``(B, F)``."""
+    def place_harmonics(self, amp: Tensor, pitch: Tensor, inharm: Tensor | None = None) -> Tensor:
+        """Scatter K Hann main lobes at k*f0*sqrt(1 + B k^2) into bins:
+        ``amp (B, K), pitch (B,), inharm B (B,) or None (exact harmonics)`` -> ``(B, F)``."""
         # float64 geometry: float32 pow/floor/sin differ by an ulp between runtimes, and a bin
         # position near 500 has an ulp of 3e-5 bins; in float64 both agree to ~1e-12.
         f0 = 440.0 * torch.pow(2.0, (pitch.double() - 69.0) / 12.0)
-        freqs = f0[:, None] * self.harm_k.double()  # (B, K)
+        k = self.harm_k.double()
+        freqs = f0[:, None] * k  # (B, K)
+        if inharm is not None:
+            freqs = freqs * torch.sqrt(1.0 + inharm.double()[:, None] * k * k)
         amp = amp * (freqs < self.nyquist_hz).to(amp.dtype)
         centre = freqs * self.bins_per_hz
         base = torch.floor(centre)
@@ -198,17 +215,35 @@ def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-def vae_loss(pred: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, beta: float,
-             grad_weight: float) -> dict[str, Tensor]:
-    """L1 log-mag + L1 of the frequency-axis gradient difference + beta * KL.
+def max_pool_bins(x: Tensor, radius: int) -> Tensor:
+    """Max over ``±radius`` bins of the last axis (same shape): ``(..., F)`` -> ``(..., F)``."""
+    shape = x.shape
+    pooled = F.max_pool1d(x.reshape(-1, 1, shape[-1]), 2 * radius + 1, stride=1, padding=radius)
+    return pooled.reshape(shape)
 
-    ``pred, target (..., F)``. Returns a dict with ``loss, recon, grad, kl``.
+
+def vae_loss(pred: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, beta: float,
+             grad_weight: float, free_bits: float = 0.0, pool_weight: float = 0.0,
+             pool_bins: int = 2) -> dict[str, Tensor]:
+    """L1 log-mag + L1 of the frequency-axis gradient difference + L1 of max-pooled log-mags
+    + beta * KL.
+
+    The pooled term compares ``max over ±pool_bins bins`` of prediction and target: a partial
+    a bin or two away from the real (inharmonic, vibrato, detuned) peak still counts, so
+    turning the highs down is no longer the cheapest answer to a misplaced peak. KL is summed
+    over dims of ``max(free_bits, batch-mean KL of the dim)``: dims under ``free_bits`` nats
+    cost nothing, so the encoder can use them (against posterior collapse).
+    ``pred, target (..., F)``. Returns ``loss, recon, grad, pool, kl`` (kl unclamped).
     """
     recon = (pred - target).abs().mean()
     grad = (torch.diff(pred, dim=-1) - torch.diff(target, dim=-1)).abs().mean()
-    kl = kl_per_dim(mu, logvar).sum(-1).mean()
-    loss = recon + grad_weight * grad + beta * kl
-    return {"loss": loss, "recon": recon, "grad": grad, "kl": kl}
+    kl_dims = kl_per_dim(mu, logvar).mean(0)
+    kl = kl_dims.sum()
+    kl_term = kl_dims.clamp(min=free_bits).sum() if free_bits > 0 else kl
+    pool = (max_pool_bins(pred, pool_bins) - max_pool_bins(target, pool_bins)).abs().mean() \
+        if pool_weight > 0 else torch.zeros((), device=pred.device)
+    loss = recon + grad_weight * grad + pool_weight * pool + beta * kl_term
+    return {"loss": loss, "recon": recon, "grad": grad, "pool": pool, "kl": kl}
 
 
 def beta_at(step: int, cfg: VAEConfig) -> float:
@@ -229,12 +264,15 @@ def rank_latents(mu: Tensor, logvar: Tensor) -> tuple[list[int], list[float]]:
 
 
 def frame_times(params: SpectrogramParams, frame_idx: Tensor, frame_stride: int,
-                time_on_max: float) -> tuple[Tensor, Tensor]:
+                time_on_max: float, hold_seconds: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
     """Stored frame indices ``(...)`` -> ``time_on, time_off (...)`` in seconds (framewise-v1).
 
-    time_on is clamped to time_on_max as the engine does; time_off = t - hold_seconds once
-    the key is up, else -1.
+    time_on is clamped to time_on_max as the engine does; time_off = t - hold once the key is
+    up, else -1. ``hold_seconds``: the note's key-down length, a float or a tensor that
+    broadcasts against ``frame_idx`` (e.g. ``(B, 1)`` per note); None -> ``params.hold_seconds``.
     """
     t = frame_idx.float() * (frame_stride * params.hop / params.sample_rate)
-    time_off = torch.where(t >= params.hold_seconds, t - params.hold_seconds, torch.full_like(t, -1.0))
+    hold = params.hold_seconds if hold_seconds is None else hold_seconds
+    hold = torch.as_tensor(hold, dtype=t.dtype)
+    time_off = torch.where(t >= hold, t - hold, torch.full_like(t, -1.0))
     return t.clamp(max=time_on_max), time_off

@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from synth.contract import SpectrogramParams
 from training.model import TimbreVAE, VAEConfig, beta_at, frame_times, rank_latents, vae_loss
 
-LOG_FIELDS = ("step", "loss", "recon", "grad", "kl", "beta", "val_loss", "lr", "notes_per_s")
+LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "kl", "beta", "val_loss", "lr", "notes_per_s")
 
 
 class TrainError(Exception):
@@ -57,7 +57,9 @@ class TrainConfig:
     log_every: int = 25
     seed: int = 0
     frame_stride: int = 2
-    report_notes: int = 3
+    report_notes: int = 6
+    holdout_programs: list[int] = field(default_factory=list)
+    """GM programs never trained on (every soundfont): the unseen-program benchmark group."""
 
 
 @dataclass
@@ -131,6 +133,11 @@ def load_notes(cache: Any, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def note_holds(cache: Any, idx: np.ndarray) -> torch.Tensor:
+    """Key-down seconds of notes ``idx`` -> ``(B,)`` float32."""
+    return torch.from_numpy(np.asarray(cache.hold[idx], dtype=np.float32))
+
+
 def make_batch(cache: Any, notes: np.ndarray, run: RunConfig, gen: torch.Generator,
                n_notes: int, sample_notes: bool = True) -> dict[str, torch.Tensor]:
     """Sample ``n_notes`` notes and ``frames_per_note`` frames each (all randomness from ``gen``).
@@ -143,7 +150,8 @@ def make_batch(cache: Any, notes: np.ndarray, run: RunConfig, gen: torch.Generat
     log_mag = load_notes(cache, pick)
     b, t, f = log_mag.shape
     frames = torch.randint(t, (b, tc.frames_per_note), generator=gen)
-    time_on, time_off = frame_times(run.audio, frames, tc.frame_stride, run.model.time_on_max)
+    time_on, time_off = frame_times(run.audio, frames, tc.frame_stride, run.model.time_on_max,
+                                    note_holds(cache, pick)[:, None])
     target = torch.gather(log_mag, 1, frames[..., None].expand(-1, -1, f))
     return {"log_mag": log_mag, "target": target, "time_on": time_on, "time_off": time_off,
             "pitch": torch.from_numpy(np.asarray(cache.pitch[pick], dtype=np.float32)),
@@ -216,7 +224,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=run.train.lr, weight_decay=0.0)
         self.gen = torch.Generator().manual_seed(run.train.seed * 1000 + rank)
         self.train_idx, self.val_idx = (np.asarray(a, dtype=np.int64) for a in
-                                        cache.split(run.train.val_fraction, seed=run.train.seed))
+                                        cache.split(run.train.val_fraction, seed=run.train.seed,
+                                                    holdout_programs=run.train.holdout_programs))
         if len(self.train_idx) == 0:
             raise TrainError("the training split is empty (too few notes)")
         self.step = 0
@@ -235,8 +244,9 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             pred, mu, logvar = model(b["log_mag"], b["pitch"], b["velocity"], b["time_on"],
                                      b["time_off"], b["noise"] if sample else None)
-        return vae_loss(pred.float(), b["target"], mu.float(), logvar.float(),
-                        beta_at(self.step, self.run.model), self.run.model.grad_weight)
+        m = self.run.model
+        return vae_loss(pred.float(), b["target"], mu.float(), logvar.float(), beta_at(self.step, m),
+                        m.grad_weight, m.free_bits, m.pool_weight, m.pool_bins)
 
     def train_step(self) -> dict[str, float]:
         lr = lr_at(self.step, self.run.train)
@@ -336,18 +346,55 @@ def encode_notes(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.de
     return torch.cat(mus), torch.cat(logvars)
 
 
-def latent_stats(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.device) -> dict[str, Any]:
-    """Knob order (mean KL), per-dim mean/std and per-family mean latents over notes ``idx``."""
-    mu, logvar = encode_notes(model, cache, idx, device)
+KNOBS = 8  # hardware knobs (CC 70-77): the preset's [knobs] has min(KNOBS, latent_size) rows
+
+
+def principal_directions(mu: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PCA of the aggregate posterior means ``mu (N, L)``.
+
+    Returns ``center (L,)``, ``directions (k, L)`` (orthonormal rows, most variance first, sign
+    fixed so each row's largest entry is positive), ``scale (k,)`` (std of mu projected on each
+    row) and ``explained (k,)`` (fraction of the total variance).
+    """
+    mu = mu.double()
+    center = mu.mean(0)
+    x = mu - center
+    cov = x.T @ x / max(1, len(mu))
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    order = torch.argsort(evals, descending=True)[:k]
+    dirs = evecs[:, order].T.contiguous()  # (k, L)
+    flip = torch.sign(dirs.gather(1, dirs.abs().argmax(1, keepdim=True)))
+    dirs = dirs * flip
+    scale = (x @ dirs.T).std(0, unbiased=False)
+    explained = evals[order].clamp(min=0) / evals.clamp(min=0).sum().clamp(min=1e-30)
+    return center.float(), dirs.float(), scale.float(), explained.float()
+
+
+def latent_stats(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.device,
+                 encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Latent statistics over the training notes ``idx`` (what export turns into a preset).
+
+    ``knob_order``/``mean_kl`` (dims by KL), per-dim ``mean``/``std`` of mu, ``knobs``
+    (PCA: center, directions, scale, explained), mean mu per family and per instrument.
+    """
+    mu, logvar = encoded if encoded is not None else encode_notes(model, cache, idx, device)
     order, kl = rank_latents(mu, logvar)
-    fam = np.asarray(cache.family[idx])
-    families = {}
-    for f in sorted(set(int(x) for x in fam)):
-        sel = torch.from_numpy(fam == f)
-        families[str(cache.families[f])] = {"count": int(sel.sum()), "z": mu[sel].mean(0).tolist()}
+    center, dirs, scale, explained = principal_directions(mu, min(KNOBS, mu.shape[1]))
+
+    def means(labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+        out = {}
+        for f in sorted(set(int(x) for x in labels)):
+            sel = torch.from_numpy(labels == f)
+            out[str(names[f])] = {"count": int(sel.sum()), "z": mu[sel].mean(0).tolist()}
+        return out
+
     pitch = np.asarray(cache.pitch[idx])
     return {"knob_order": order, "mean_kl": kl, "mean": mu.mean(0).tolist(),
-            "std": mu.std(0, unbiased=False).clamp(min=1e-3).tolist(), "families": families,
+            "std": mu.std(0, unbiased=False).clamp(min=1e-3).tolist(),
+            "knobs": {"center": center.tolist(), "directions": dirs.tolist(), "scale": scale.tolist(),
+                      "explained": explained.tolist()},
+            "families": means(np.asarray(cache.family[idx]), cache.families),
+            "instruments": means(np.asarray(cache.instrument[idx]), cache.instruments),
             "pitch_min": float(pitch.min()), "pitch_max": float(pitch.max()), "n_notes": len(idx)}
 
 
@@ -357,53 +404,114 @@ def reconstruct(model: TimbreVAE, cache: Any, note: int, run: RunConfig, device:
     x = load_notes(cache, np.array([note])).to(device)
     mu, _ = model.encoder(x)
     t = x.shape[1]
-    time_on, time_off = frame_times(run.audio, torch.arange(t), run.train.frame_stride, run.model.time_on_max)
+    time_on, time_off = frame_times(run.audio, torch.arange(t), run.train.frame_stride, run.model.time_on_max,
+                                    float(cache.hold[note]))
     full = lambda v: torch.full((t,), float(v), device=device)  # noqa: E731
     pred = model.decoder(mu.expand(t, -1), full(cache.pitch[note]), full(cache.velocity[note]),
                          time_on.to(device), time_off.to(device))
     return pred.float().cpu().numpy()
 
 
-def write_report(trainer: Trainer, stats: dict[str, Any], path: Path) -> None:
-    """PNG: loss curves, input vs reconstruction for a few val notes, 2-D latent map."""
+@torch.no_grad()
+def knob_sweep(model: TimbreVAE, stats: dict[str, Any], knob: int, device: torch.device, steps: int = 21,
+               pitch: float = 60.0, velocity: float = 100.0, time_on: float = 0.5) -> np.ndarray:
+    """Held-note frames along knob ``knob`` from -1 to +1 (center ± 3 scale) -> ``(steps, F)``."""
+    k = stats["knobs"]
+    a = torch.linspace(-1.0, 1.0, steps)[:, None]
+    z = torch.tensor(k["center"]) + a * 3.0 * k["scale"][knob] * torch.tensor(k["directions"][knob])
+    full = lambda v: torch.full((steps,), float(v), device=device)  # noqa: E731
+    return model.decoder(z.to(device), full(pitch), full(velocity), full(time_on), full(-1.0)).float().cpu().numpy()
+
+
+def report_notes(cache: Any, idx: np.ndarray, n: int) -> list[int]:
+    """``n`` notes of ``idx`` spread over the keyboard (keys 36..96) and over families."""
+    if len(idx) == 0:
+        return []
+    pitch, fam = np.asarray(cache.pitch[idx]), np.asarray(cache.family[idx])
+    chosen: list[int] = []
+    used_fams: set[int] = set()
+    for target in np.linspace(36, 96, n):
+        cost = np.abs(pitch - target) + 24.0 * np.isin(fam, list(used_fams)) + 1e6 * np.isin(idx, chosen)
+        best = int(np.argmin(cost))
+        chosen.append(int(idx[best]))
+        used_fams.add(int(fam[best]))
+        if len(used_fams) == len(set(fam.tolist())):
+            used_fams.clear()
+    return chosen
+
+
+def write_report(trainer: Trainer, stats: dict[str, Any], path: Path, mu: torch.Tensor | None = None) -> None:
+    """PNG: loss curves, latent map on knobs 1-2, live dims, input vs reconstruction across the
+    keyboard and families (validation notes), and a sweep of every knob on a held C4."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    notes = (trainer.val_idx if len(trainer.val_idx) else trainer.train_idx)[: trainer.run.train.report_notes]
-    fig, axes = plt.subplots(2, max(2, len(notes)) + 1, figsize=(5 * (len(notes) + 1), 8), squeeze=False)
+    cache, run, dev = trainer.cache, trainer.run, trainer.device
+    pool = trainer.val_idx if len(trainer.val_idx) else trainer.train_idx
+    notes = report_notes(cache, pool, min(6, max(1, run.train.report_notes)))
+    n_knobs = len(stats["knobs"]["scale"])
+    cols = max(4, len(notes))
+    knob_rows = -(-n_knobs // cols)
+    fig, axes = plt.subplots(3 + knob_rows, cols, figsize=(3.6 * cols, 3.0 * (3 + knob_rows)), squeeze=False)
+    for a in axes.flat:
+        a.set_visible(False)
+
+    def panel(r: int, c: int) -> Any:
+        axes[r, c].set_visible(True)
+        return axes[r, c]
+
     rows = trainer.rows
-    ax = axes[0, 0]
+    ax = panel(0, 0)
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
     val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] != ""]
     if val:
         ax.plot(*zip(*val), "o-", label="val")
     ax.set(title="loss", xlabel="step", yscale="log")
     ax.legend()
-    for i, note in enumerate(notes):
-        for row, img in ((0, load_notes(trainer.cache, np.array([note]))[0].numpy()),
-                         (1, reconstruct(trainer.model, trainer.cache, int(note), trainer.run, trainer.device))):
-            a = axes[row, i + 1]
-            a.imshow(img.T, origin="lower", aspect="auto", vmin=-11.5, vmax=0.0, cmap="magma")
-            a.set_title(f"note {note} pitch {int(trainer.cache.pitch[note])} {'recon' if row else 'input'}")
-    mu, _ = encode_notes(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
-    d0, d1 = stats["knob_order"][:2] if mu.shape[1] > 1 else (0, 0)
-    fam = np.asarray(trainer.cache.family[trainer.train_idx])
-    ax = axes[1, 0]
+    if mu is None:
+        mu, _ = encode_notes(trainer.model, cache, trainer.train_idx, dev)
+    k = stats["knobs"]
+    proj = ((mu - torch.tensor(k["center"])) @ torch.tensor(k["directions"]).T).numpy()
+    fam = np.asarray(cache.family[trainer.train_idx])
+    ax = panel(0, 1)
     for f in sorted(set(int(x) for x in fam)):
-        ax.scatter(mu[fam == f, d0], mu[fam == f, d1], s=6, label=str(trainer.cache.families[f]))
-    ax.set(title="latent map (top-2 KL dims)", xlabel=f"z[{d0}]", ylabel=f"z[{d1}]")
-    ax.legend(fontsize=7, markerscale=2)
+        ax.scatter(proj[fam == f, 0], proj[fam == f, min(1, proj.shape[1] - 1)], s=4, label=str(cache.families[f]))
+    ax.set(title="training notes on knobs 1-2 (PCA of mu)", xlabel="knob 1", ylabel="knob 2")
+    ax.legend(fontsize=6, markerscale=2, ncol=2)
+    ax = panel(0, 2)
+    std = np.asarray(stats["std"])
+    ax.bar(np.arange(len(std)), std, color=["C2" if s > 0.1 else "C7" for s in std])
+    ax.axhline(0.1, color="k", lw=0.8, ls="--")
+    ax.set(title=f"aggregate std of mu per dim ({int((std > 0.1).sum())} > 0.1)", xlabel="dim")
+    ax = panel(0, 3)
+    ax.bar(np.arange(len(k["scale"])) + 1, k["scale"])
+    ax.set(title="knob scale (std along PCA row)", xlabel="knob")
+    for i, note in enumerate(notes):
+        inst = cache.instruments[int(cache.instrument[note])]
+        for row, img in ((1, load_notes(cache, np.array([note]))[0].numpy()),
+                         (2, reconstruct(trainer.model, cache, int(note), run, dev))):
+            a = panel(row, i)
+            a.imshow(img.T, origin="lower", aspect="auto", vmin=-11.5, vmax=0.0, cmap="magma",
+                     extent=(0, run.audio.note_seconds, 0, run.audio.sample_rate / 2000))
+            a.set_title(f"{inst} key {int(cache.pitch[note])} {'recon' if row == 2 else 'input'}", fontsize=8)
+            a.set(xlabel="s", ylabel="kHz")
+    for i in range(n_knobs):
+        a = panel(3 + i // cols, i % cols)
+        a.imshow(knob_sweep(trainer.model, stats, i, dev).T, origin="lower", aspect="auto", vmin=-11.5,
+                 vmax=0.0, cmap="magma", extent=(-1, 1, 0, run.audio.sample_rate / 2000))
+        a.set(title=f"knob {i + 1} sweep, held C4", xlabel="knob", ylabel="kHz")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=70)
     plt.close(fig)
 
 
 def finish(trainer: Trainer) -> dict[str, Any]:
     """Rank 0: latent_stats.json and report.png."""
-    stats = latent_stats(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
+    encoded = encode_notes(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
+    stats = latent_stats(trainer.model, trainer.cache, trainer.train_idx, trainer.device, encoded)
     write_text_atomic(json.dumps(stats, indent=1), trainer.out / "latent_stats.json")
-    write_report(trainer, stats, trainer.out / "report.png")
+    write_report(trainer, stats, trainer.out / "report.png", encoded[0])
     return stats
 
 
