@@ -33,13 +33,13 @@ def rendered(tmp_path_factory) -> tuple[Path, dict]:
     # program 33 (bass) has no sample at pitch 100 in FluidR3: it must be skipped as silent;
     # program 89 (pad) has a DC offset in its samples that the renderer must remove
     stats = data.render_soundfont(out, programs=(80, 33, 89), pitches=(48, 60, 100), velocities=(100,),
-                                  sample_rate=24000, jobs=1, progress=False)
+                                  sample_rate=24000, jobs=1, progress=False, holds=(3.0,))
     return out, stats
 
 
 def test_render_layout_levels_and_pitch(rendered) -> None:
     out, stats = rendered
-    assert stats["silent_skipped"] == [(33, 100, 100)]
+    assert stats["silent_skipped"] == [("fluidr3", 33, 100, 100)] and stats["clipped_skipped"] == []
     index = json.loads((out / "examples.json").read_text())
     assert len(index) == 8 == stats["notes"]
     for key, e in index.items():
@@ -53,9 +53,94 @@ def test_render_layout_levels_and_pitch(rendered) -> None:
         assert abs(12 * np.log2(strongest_hz(x, rate) / f0)) < 0.5, key
         # the key is released at 3 s: the last 0.5 s is quieter than the held part
         assert np.sqrt(np.mean(x[-12000:] ** 2)) < 0.5 * np.sqrt(np.mean(x[:72000] ** 2))
-    assert index["synth_lead_synthetic_080-060-100"]["instrument_family_str"] == "synth_lead"
-    assert index["bass_electronic_033-048-100"]["instrument_family"] == 0
+    assert index["synth_lead_synthetic_fluidr3_080-060-100"]["instrument_family_str"] == "synth_lead"
+    assert index["bass_electronic_fluidr3_033-048-100"]["instrument_family"] == 0
+    assert {e["hold_seconds"] for e in index.values()} == {3.0}
     assert len(load_examples(out)) == 8
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x ** 2)))
+
+
+def test_render_two_soundfonts_with_hold_lengths(tmp_path) -> None:
+    fonts = ["/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2"]
+    stats = data.render_soundfont(tmp_path, fonts, programs=(0, 56), pitches=(60, 63, 66, 69),
+                                  velocities=(60, 100), holds=(0.3, 1.0), jobs=2, progress=False)
+    assert stats["soundfonts"] == ["fluidr3", "timgm6mb"] and stats["notes"] == 16
+    recs = load_examples(tmp_path)
+    assert {r.instrument for r in recs} == {"keyboard_acoustic_fluidr3_000", "brass_acoustic_fluidr3_056",
+                                            "keyboard_acoustic_timgm6mb_000", "brass_acoustic_timgm6mb_056"}
+    assert data.parse_instrument("brass_acoustic_timgm6mb_056") == ("timgm6mb", 56)
+    assert data.parse_instrument("bass_electronic_000") is None
+    for inst in {r.instrument for r in recs}:  # every velocity and every hold on each instrument
+        mine = [r for r in recs if r.instrument == inst]
+        assert {r.velocity for r in mine} == {60, 100} and {r.hold_seconds for r in mine} == {0.3, 1.0}
+    # the same program of two soundfonts differs; within a note the key-up is where the hold says
+    a = read_audio(next(r for r in recs if r.note_str.startswith("keyboard_acoustic_fluidr3_000-060")), 24000)
+    b = read_audio(next(r for r in recs if r.note_str.startswith("keyboard_acoustic_timgm6mb_000-060")), 24000)
+    assert np.abs(a - b).max() > 0.01
+    for r in recs:
+        if r.instrument.startswith("brass"):  # sustained: loud while held, quiet 0.4 s after key-up
+            x = read_audio(r, 24000)
+            up = int(r.hold_seconds * 24000)
+            assert _rms(x[up + 9600:up + 12000]) < 0.3 * _rms(x[up - 4800:up]), r.note_str
+
+
+def test_render_plan_cycles_velocity_and_hold() -> None:
+    plan = data.render_plan(2, [0, 5], list(range(40, 56)), [60, 100], [0.1, 0.3, 1.0, 3.0])
+    assert len(plan) == 2 * 2 * 16 and len({(j[0], j[1], j[2]) for j in plan}) == len(plan)
+    for s in range(2):
+        for g in (0, 5):
+            pairs = {(j[3], j[4]) for j in plan if j[:2] == (s, g)}
+            assert len(pairs) == 8  # every (velocity, hold) pair on every instrument
+    every = data.render_plan(1, [0], [60, 61], [60, 100], [3.0], every_velocity=True)
+    assert [(j[2], j[3]) for j in every] == [(60, 60), (60, 100), (61, 60), (61, 100)]
+
+
+def test_hold_lengths_flow_from_examples_to_time_off(tmp_path) -> None:
+    import torch
+
+    from training.model import frame_times
+    from training.train import load_config, make_batch, note_holds
+
+    make_synthetic_dataset(tmp_path / "ds", n_instruments=1, pitches=(48, 60, 72), velocities=(100,),
+                           hold=(0.3, 1.0, 3.0))
+    index = json.loads((tmp_path / "ds" / "examples.json").read_text())
+    holds = {k: e["hold_seconds"] for k, e in index.items()}
+    assert sorted(holds.values()) == [0.3, 1.0, 3.0]
+    del index[sorted(index)[0]]["hold_seconds"]  # an NSynth entry: no field -> 3.0
+    (tmp_path / "ds" / "examples.json").write_text(json.dumps(index))
+    holds[sorted(index)[0]] = 3.0
+    recs = load_examples(tmp_path / "ds")
+    assert [r.hold_seconds for r in recs] == [holds[r.note_str] for r in recs]
+    cache = build_feature_cache(tmp_path / "ds", PARAMS, tmp_path / "f", frame_stride=2, jobs=1)
+    again = FeatureCache.open(tmp_path / "f")
+    assert again.hold.dtype == np.float32
+    assert [float(h) for h in again.hold] == [holds[n] for n in cache.note_strs]
+    run = load_config(Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.toml")
+    run.model.time_on_max = 2.9
+    batch = make_batch(again, np.arange(len(again)), run, torch.Generator().manual_seed(0), len(again),
+                       sample_notes=False)
+    # recover each sampled frame's time from time_on where it is not clamped, then check time_off
+    hop_s = 2 * PARAMS.hop / PARAMS.sample_rate
+    for n in range(len(again)):
+        hold = float(again.hold[n])
+        t = batch["time_on"][n]
+        off = batch["time_off"][n]
+        exact = t < 2.9  # time_on is the frame time below the clamp
+        assert torch.equal(off[exact] == -1.0, t[exact] < hold)
+        up = exact & (t >= hold)
+        torch.testing.assert_close(off[up], t[up] - hold)
+    on, off = frame_times(PARAMS, torch.arange(376), 2, 2.9, note_holds(again, np.array([0, 1, 2]))[:, None])
+    for n in range(3):
+        first = int(torch.nonzero(off[n] >= 0)[0])
+        assert abs(first * hop_s - float(again.hold[n])) <= hop_s
+    bad = json.loads((tmp_path / "ds" / "examples.json").read_text())
+    bad[sorted(bad)[1]]["hold_seconds"] = 9.0
+    (tmp_path / "ds" / "examples.json").write_text(json.dumps(bad))
+    with pytest.raises(DatasetError, match="hold_seconds"):
+        load_examples(tmp_path / "ds")
 
 
 def test_render_cli_bad_soundfont_is_one_line(tmp_path, capsys) -> None:

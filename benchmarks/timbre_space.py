@@ -1,0 +1,365 @@
+"""Is the timbre space worth eight knobs? Live dims, knob effect and smoothness, held-out
+reconstruction, brightness against the real notes, tuning at the knob extremes.
+
+    python -m benchmarks.timbre_space --preset presets/default --data data/gm4 [--run runs/default]
+        [--max-notes 64] [--sections live,knobs,recon,bright,tune]
+
+Reads the dataset's feature cache (``DATA_features``, stride-2 log-magnitudes) for real notes;
+the preset's encoder and decoder run through onnxruntime with the framewise-v1 times. Works on
+format-2 presets ([knobs]: PCA rows) and format-1 ones (knob_order over mean ± 3 std), so an
+old preset can be compared on the same notes. Prints one markdown table per section, each
+figure beside its goal.
+
+- live: aggregate std of mu per dim over training-split notes (> 0.1) and mean KL (> 0.05 nats).
+- knobs: a held C4 (velocity 100, frames at 0.25/0.5/1/2 s) of one snapshot per GM group; for
+  each knob the log-spectral distance between CC 0 and CC 127 (median and minimum over the
+  snapshots), and smoothness = the largest single-CC step over the median step (max over snapshots).
+- recon: encode a held-out note, decode every stored frame at its own hold length; spectral
+  convergence and LSD on magnitudes for held-out notes of seen instruments (the training run's
+  validation split), notes of held-out GM programs (never trained on), and the release region
+  (frames after note-off) of the seen group.
+- bright: energy share between 4 and 12 kHz of the program's snapshot, decoded at the real
+  note's pitch, velocity and hold, minus the real note's share (dB), for the reference soundfont's
+  trained programs at keys 36-84; median per GM group. "recon" column: the encoder's latent of the
+  note itself instead of the snapshot.
+- tune: pitch (YIN on the streaming-RTPGHI audio) of keys 28..96 at both extremes of every knob.
+"""
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, KnobMap, PresetModels, frame_times, knob_map, log,
+                               magnitude_convergence_db, magnitudes, markdown_table, open_preset, run_main)
+from synth.contract import GM_GROUPS, HELD_TIME_OFF, gm_group
+from synth.preset import Preset
+from synth.stft import log_spectral_distance_db
+
+if TYPE_CHECKING:
+    from training.features import FeatureCache
+
+SECTIONS = ("live", "knobs", "recon", "bright", "tune")
+DEFAULT_HOLDOUT = (6, 11, 40, 56, 71)
+C4 = 60
+HELD_TIMES = (0.25, 0.5, 1.0, 2.0)
+BRIGHT_BAND_HZ = (4000.0, 12000.0)
+BRIGHT_KEYS = (36, 48, 60, 72, 84)
+TUNE_KEYS = tuple(range(28, 97, 4))
+GOALS = {"live": 8, "knob_db": 3.0, "cliff": 5.0, "sc_seen": -12.0, "sc_unseen": -7.0, "bright_db": 3.0,
+         "cents": 20.0}
+
+
+@dataclass(frozen=True)
+class Data:
+    cache: "FeatureCache"
+    train: NDArray[np.int64]
+    val: NDArray[np.int64]
+    unseen: NDArray[np.int64]
+
+
+def ok(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def open_data(features: Path, run: str | None, holdout: Sequence[int] | None) -> Data:
+    """The feature cache and the training run's split (val_fraction, seed, holdout programs)."""
+    from training.data import DatasetError
+    from training.features import FeatureCache
+
+    frac, seed, programs = 0.1, 0, list(DEFAULT_HOLDOUT)
+    if run is not None:
+        try:
+            train_cfg = tomllib.loads((Path(run) / "config.toml").read_text()).get("train", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BenchmarkError(f"{run}: cannot read config.toml ({exc})") from None
+        frac, seed = float(train_cfg.get("val_fraction", frac)), int(train_cfg.get("seed", seed))
+        programs = list(train_cfg.get("holdout_programs", programs))
+    if holdout is not None:
+        programs = list(holdout)
+    try:
+        cache = FeatureCache.open(features)
+    except DatasetError as exc:
+        raise BenchmarkError(str(exc)) from None
+    train, val = cache.split(frac, seed=seed, holdout_programs=programs)
+    log(f"{features}: {len(cache)} notes, {len(train)} train / {len(val)} val, held-out programs {programs}")
+    return Data(cache, train, val, cache.program_indices(programs))
+
+
+def subset(idx: NDArray[np.int64], n: int, seed: int = 0) -> NDArray[np.int64]:
+    return np.sort(np.random.default_rng(seed).choice(idx, min(n, len(idx)), replace=False)) if len(idx) else idx
+
+
+def encode_batch(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int64],
+                 batch: int = 32) -> tuple[NDArray, NDArray]:
+    """``mu, logvar (N, L)`` of notes ``idx`` (stored frames)."""
+    mus, logvars = [], []
+    for a in range(0, len(idx), batch):
+        x = np.asarray(cache.logmag[idx[a:a + batch]], np.float32)
+        mu, logvar = models._enc.run(["mu", "logvar"], {"log_mag": x})
+        mus.append(mu)
+        logvars.append(logvar)
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def decode_frames(models: PresetModels, z: NDArray, pitch: float, velocity: float, time_on: NDArray,
+                  time_off: NDArray) -> NDArray[np.float32]:
+    """Frames for latents ``z (N, L)`` (one per frame) or one ``(L,)`` -> ``(N, F)``."""
+    n = len(time_on)
+    z = np.asarray(z, np.float32)
+    z = np.repeat(z[None], n, 0) if z.ndim == 1 else z
+    feeds = {"z": z, "pitch": np.full(n, pitch, np.float32), "velocity": np.full(n, velocity, np.float32),
+             "time_on": np.asarray(time_on, np.float32), "time_off": np.asarray(time_off, np.float32)}
+    return models._dec.run(["log_mag"], feeds)[0]
+
+
+# ---------------------------------------------------------------------------- live dims
+
+def live_section(models: PresetModels, data: Data, n: int) -> tuple[list[list[object]], dict]:
+    mu, logvar = encode_batch(models, data.cache, subset(data.train, n))
+    std = mu.std(0)
+    kl = (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(0)
+    n_std, n_kl = int((std > 0.1).sum()), int((kl > 0.05).sum())
+    rows = [[f"dims with aggregate std of mu > 0.1 (of {mu.shape[1]})", n_std, f"≥ {GOALS['live']}",
+             ok(n_std >= GOALS["live"])],
+            [f"dims with mean KL > 0.05 nats (of {mu.shape[1]})", n_kl, f"≥ {GOALS['live']}", ok(n_kl >= GOALS["live"])],
+            ["aggregate std per dim (sorted)", " ".join(f"{v:.2f}" for v in sorted(std, reverse=True)), "", ""]]
+    return rows, {"mu": mu}
+
+
+# ---------------------------------------------------------------------------- knobs
+
+def family_snapshots(preset: Preset) -> list:
+    """One snapshot per GM group (the lowest program of each group that has one); format-1
+    presets: every snapshot."""
+    by_group: dict[str, object] = {}
+    for s in sorted(preset.snapshots, key=lambda s: s.program):
+        if s.name.startswith("knob"):
+            continue
+        by_group.setdefault(gm_group(s.program) if len(preset.snapshots) > 16 else s.name, s)
+    return list(by_group.values())
+
+
+def knob_section(models: PresetModels, preset: Preset, km: KnobMap) -> list[list[object]]:
+    snaps = family_snapshots(preset)
+    log(f"knobs: {len(km.scale)} knobs x {len(snaps)} snapshots ({', '.join(s.name for s in snaps)})")
+    cc = np.arange(128)
+    a = cc / 127.0 * 2.0 - 1.0
+    times = np.asarray(HELD_TIMES, np.float32)
+    nt = len(times)
+    rows = []
+    for k in range(len(km.scale)):
+        ends, ratios = [], []
+        for s in snaps:
+            z = np.repeat(km.move(s.z, k, a), nt, axis=0)  # (128 * nt, L)
+            on = np.tile(times, len(cc))
+            frames = magnitudes(decode_frames(models, z, C4, 100, on, np.full_like(on, HELD_TIME_OFF)),
+                                models.params).reshape(len(cc), nt, -1)
+            ends.append(log_spectral_distance_db(frames[0], frames[-1], models.params.log_floor))
+            steps = np.array([log_spectral_distance_db(frames[i], frames[i + 1], models.params.log_floor)
+                              for i in range(len(cc) - 1)])
+            ratios.append(float(steps.max() / max(np.median(steps), 1e-9)))
+        med, mn, cliff = float(np.median(ends)), float(np.min(ends)), float(np.max(ratios))
+        rows.append([f"knob {k + 1} (CC {70 + k})", f"{med:.1f}", f"{mn:.1f}", f"≥ {GOALS['knob_db']:g}",
+                     ok(med >= GOALS["knob_db"] and mn >= GOALS["knob_db"]), f"{cliff:.1f}",
+                     f"≤ {GOALS['cliff']:g}", ok(cliff <= GOALS["cliff"])])
+    return rows
+
+
+# ---------------------------------------------------------------------------- reconstruction
+
+def note_scores(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int64],
+                time_on_max: float) -> list[tuple[float, float, float, float]]:
+    """Per note ``(SC, LSD, release SC, release LSD)`` over stored frames (release: after note-off)."""
+    params, stride = models.params, cache.frame_stride
+    mu, _ = encode_batch(models, cache, idx)
+    out = []
+    for z, i in zip(mu, idx):
+        ref = magnitudes(np.asarray(cache.logmag[i], np.float32), params)
+        on, off = frame_times(params, len(ref), stride, time_on_max, float(cache.hold[i]))
+        est = magnitudes(decode_frames(models, z, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
+        rel = off >= 0
+        out.append((magnitude_convergence_db(ref, est), log_spectral_distance_db(ref, est, params.log_floor),
+                    magnitude_convergence_db(ref[rel], est[rel]), log_spectral_distance_db(ref[rel], est[rel], params.log_floor)))
+    return out
+
+
+def recon_section(models: PresetModels, preset: Preset, data: Data, n: int) -> list[list[object]]:
+    rows = []
+    seen = note_scores(models, data.cache, subset(data.val, n), preset.time_on_max)
+    unseen = note_scores(models, data.cache, subset(data.unseen, n), preset.time_on_max)
+    for label, scores, col, goal in (("held-out notes, seen instruments", seen, 0, GOALS["sc_seen"]),
+                                     ("held-out GM programs (never trained)", unseen, 0, GOALS["sc_unseen"]),
+                                     ("release region, seen instruments", seen, 2, None),
+                                     ("release region, held-out programs", unseen, 2, None)):
+        if not scores:
+            rows.append([label, 0, "-", "-", "-", "-"])
+            continue
+        sc, lsd = float(np.median([s[col] for s in scores])), float(np.median([s[col + 1] for s in scores]))
+        rows.append([label, len(scores), f"{sc:.1f}", f"{lsd:.1f}", "—" if goal is None else f"≤ {goal:g}",
+                     "" if goal is None else ok(sc <= goal)])
+    return rows
+
+
+# ---------------------------------------------------------------------------- brightness
+
+def band_share_db(mag: NDArray, params) -> float:
+    """10 log10 of the energy share between BRIGHT_BAND_HZ over all frames of ``mag (T, F)``."""
+    hz = np.arange(mag.shape[1]) * params.sample_rate / params.n_fft
+    band = (hz >= BRIGHT_BAND_HZ[0]) & (hz < BRIGHT_BAND_HZ[1])
+    e = mag.astype(np.float64) ** 2
+    return float(10 * np.log10(max(e[:, band].sum(), 1e-30) / max(e.sum(), 1e-30)))
+
+
+def snapshot_for(preset: Preset, program: int):
+    """Format 2: the program's snapshot; format 1: the snapshot named by its NSynth family."""
+    from training.data import gm_family
+
+    for s in preset.snapshots:
+        if s.program == program and len(preset.snapshots) > 16:
+            return s
+    fam = gm_family(program)[0]
+    return next((s for s in preset.snapshots if s.name == fam), None)
+
+
+def bright_section(models: PresetModels, preset: Preset, data: Data, reference: str) -> list[list[object]]:
+    from training.data import parse_instrument
+
+    cache, params = data.cache, models.params
+    train = set(data.train.tolist()) | set(data.val.tolist())
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for i in np.nonzero(np.isin(cache.pitch, BRIGHT_KEYS))[0]:
+        parsed = parse_instrument(cache.instruments[int(cache.instrument[i])])
+        if parsed is None or parsed[0] != reference or int(i) not in train:
+            continue
+        snap = snapshot_for(preset, parsed[1])
+        if snap is None:
+            continue
+        ref = magnitudes(np.asarray(cache.logmag[i], np.float32), params)
+        on, off = frame_times(params, len(ref), cache.frame_stride, preset.time_on_max, float(cache.hold[i]))
+        real = band_share_db(ref, params)
+        est = magnitudes(decode_frames(models, snap.z, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
+        mu = models.encode(np.asarray(cache.logmag[i], np.float32))
+        rec = magnitudes(decode_frames(models, mu, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
+        groups.setdefault(gm_group(parsed[1]), []).append((band_share_db(est, params) - real,
+                                                           band_share_db(rec, params) - real))
+    if not groups:
+        raise BenchmarkError(f"no notes of soundfont {reference!r} at keys {BRIGHT_KEYS} in the cache")
+    rows = []
+    for g in GM_GROUPS:
+        if g not in groups:
+            continue
+        snap_d, rec_d = (float(np.median([d[j] for d in groups[g]])) for j in (0, 1))
+        rows.append([g, len(groups[g]), f"{snap_d:+.1f}", f"{rec_d:+.1f}", f"within ±{GOALS['bright_db']:g}",
+                     ok(abs(snap_d) <= GOALS["bright_db"])])
+    every = [d for ds in groups.values() for d in ds]
+    snap_d, rec_d = (float(np.median([d[j] for d in every])) for j in (0, 1))
+    met = sum(abs(float(np.median([d[0] for d in ds]))) <= GOALS["bright_db"] for ds in groups.values())
+    rows.append([f"all ({met}/{len(groups)} groups within goal)", len(every), f"{snap_d:+.1f}", f"{rec_d:+.1f}",
+                 f"within ±{GOALS['bright_db']:g}", ok(abs(snap_d) <= GOALS["bright_db"])])
+    return rows
+
+
+# ---------------------------------------------------------------------------- tuning
+
+def tune_section(models: PresetModels, preset: Preset, km: KnobMap) -> list[list[object]]:
+    from synth.phase import reconstruct
+    from training.data import estimate_pitch
+
+    params = models.params
+    n = 1 + int(0.8 * params.sample_rate) // params.hop
+    on, off = frame_times(params, n, 1, preset.time_on_max, 10.0)
+    rows = []
+    worst: list[float] = []
+    octave = missed = total = inside = 0
+    for k in range(len(km.scale)):
+        for a in (-1.0, 1.0):
+            z = km.move(km.center, k, a)
+            for key in TUNE_KEYS:
+                audio = reconstruct(decode_frames(models, z, key, 100, on, off), params)
+                est = estimate_pitch(audio[int(0.2 * params.sample_rate):], params.sample_rate)
+                total += 1
+                if est is None:
+                    missed += 1
+                    continue
+                cents = 100.0 * (est - key)
+                if abs(cents) > 600:  # an octave (or other) jump of the estimator, not a detuning
+                    octave += 1
+                    continue
+                worst.append(abs(cents))
+                inside += abs(cents) <= GOALS["cents"]
+    share = 100.0 * inside / max(total, 1)
+    rows.append([f"keys {TUNE_KEYS[0]}-{TUNE_KEYS[-1]} x {len(km.scale)} knobs x ±1", total, f"{share:.1f} %",
+                 f"{np.median(worst):.1f}" if worst else "-", f"{max(worst):.1f}" if worst else "-", octave, missed,
+                 f"max ≤ {GOALS['cents']:g} cents", ok(bool(worst) and max(worst) <= GOALS["cents"])])
+    return rows
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.timbre_space", description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default=str(DEFAULT_PRESET))
+    ap.add_argument("--data", default="data/gm4", help="the NSynth-layout folder training used")
+    ap.add_argument("--features", default=None, help="its feature cache (default: DATA_features)")
+    ap.add_argument("--run", default=None, help="run folder whose config.toml gives the split and held-out programs")
+    ap.add_argument("--holdout-programs", default=None, help="comma list (default: the run's, else 6,11,40,56,71)")
+    ap.add_argument("--max-notes", type=int, default=64, help="notes per reconstruction group")
+    ap.add_argument("--live-notes", type=int, default=512, help="training notes encoded for the live-dims count")
+    ap.add_argument("--reference-soundfont", default="fluidr3", help="soundfont tag of the real notes (bright)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+
+    def body() -> int:
+        sections = [s for s in args.sections.split(",") if s]
+        bad = set(sections) - set(SECTIONS)
+        if bad:
+            raise BenchmarkError(f"unknown section(s): {', '.join(sorted(bad))}")
+        preset = open_preset(args.preset)
+        models = PresetModels(preset, threads=2)
+        km = knob_map(preset)
+        data = None
+        if {"live", "recon", "bright"} & set(sections):
+            d = Path(args.data)
+            features = Path(args.features) if args.features else d.parent / f"{d.name}_features"
+            holdout = [int(p) for p in args.holdout_programs.split(",")] if args.holdout_programs else None
+            data = open_data(features, args.run, holdout)
+        print(f"preset: {preset.root} ({preset.name}, latent {preset.latent_size}, {len(km.scale)} knobs, "
+              f"{len(preset.snapshots)} snapshots)\n")
+        if "live" in sections:
+            log("live dims")
+            rows, _ = live_section(models, data, args.live_notes)
+            print(markdown_table(["live latent dims", "measured", "goal", ""], rows) + "\n")
+        if "knobs" in sections:
+            print(markdown_table(["knob", "LSD CC0 vs CC127, median (dB)", "minimum (dB)", "goal", "",
+                                  "largest step / median step", "goal", ""], knob_section(models, preset, km)) + "\n")
+        if "recon" in sections:
+            log("reconstruction")
+            print(markdown_table(["held-out reconstruction", "notes", "median SC (dB)", "median LSD (dB)", "goal (SC)",
+                                  ""], recon_section(models, preset, data, args.max_notes)) + "\n")
+        if "bright" in sections:
+            log("brightness")
+            print(markdown_table([f"4-12 kHz energy share vs real {args.reference_soundfont} (GM group)", "notes",
+                                  "snapshot - real (dB, median)", "encoded note - real (dB)", "goal", ""],
+                                 bright_section(models, preset, data, args.reference_soundfont)) + "\n")
+        if "tune" in sections:
+            log("tuning at the knob extremes")
+            print(markdown_table(["in tune (YIN, knob extremes)", "notes", "within 20 cents", "median |cents|",
+                                  "max |cents|", "octave jumps", "no pitch", "goal", ""],
+                                 tune_section(models, preset, km)) + "\n")
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
