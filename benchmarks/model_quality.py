@@ -1,13 +1,14 @@
 """Reconstruction quality of held-out notes: encode the true log-mag, decode every frame.
 
-    python -m benchmarks.model_quality --preset presets/default --data data/fluidr3 \
+    python -m benchmarks.model_quality --preset presets/default --data data/gm4 \
         [--features data/fluidr3_features] [--run runs/default] [--max-notes 48]
 
 Two groups: the validation split training used (seen instruments, unseen pitch/velocity;
 FeatureCache.split with the run's val_fraction and seed) and 2-3 GM programs the dataset
 does not hold, rendered from FluidR3 into a temporary NSynth folder. Measured on magnitudes
 (no phase): spectral convergence 20 log10(||S - Ŝ|| / ||S||) and log-spectral distance.
-Prints a markdown table of medians.
+Prints a markdown table of medians. ``benchmarks.timbre_space`` scores the same on the feature
+cache, with the release region and the held-out programs of the training run separately.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def evaluate_records(models: PresetModels, records: Sequence["NoteRecord"], labe
 
 
 def validation_records(data: Path, features: Path, val_fraction: float, seed: int,
-                       max_notes: int) -> tuple[list["NoteRecord"], list[str]]:
+                       max_notes: int, holdout_programs: Sequence[int] = ()) -> tuple[list["NoteRecord"], list[str]]:
     """The training run's validation notes (at most ``max_notes``, fixed subsample) and the
     cache's instrument names."""
     from training.data import DatasetError, load_examples
@@ -76,13 +77,26 @@ def validation_records(data: Path, features: Path, val_fraction: float, seed: in
         by_name = {r.note_str: r for r in load_examples(data)}
     except DatasetError as exc:
         raise BenchmarkError(str(exc)) from None
-    _, val = cache.split(val_fraction, seed=seed)
+    _, val = cache.split(val_fraction, seed=seed, holdout_programs=holdout_programs)
     if len(val) > max_notes:
         val = np.sort(np.random.default_rng(0).choice(val, max_notes, replace=False))
     missing = [cache.note_strs[i] for i in val if cache.note_strs[i] not in by_name]
     if missing:
         raise BenchmarkError(f"{data}: {len(missing)} validation notes are not in the dataset (e.g. {missing[0]})")
     return [by_name[cache.note_strs[i]] for i in val], list(cache.instruments)
+
+
+def run_holdout_programs(run_dir: str | None) -> list[int]:
+    """``[train] holdout_programs`` of the run's config.toml (they shape the validation split)."""
+    if run_dir is None:
+        return []
+    import tomllib
+
+    try:
+        return [int(p) for p in tomllib.loads((Path(run_dir) / "config.toml").read_text())
+                .get("train", {}).get("holdout_programs", [])]
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BenchmarkError(f"{run_dir}: cannot read config.toml ({exc})") from None
 
 
 def programs_of(instruments: Sequence[str]) -> set[int]:
@@ -102,7 +116,7 @@ def unseen_records(programs: Sequence[int], pitches: Sequence[int], sample_rate:
 
     try:
         render_soundfont(tmp, programs=programs, pitches=pitches, velocities=(100,),
-                         sample_rate=sample_rate, jobs=1, progress=False)
+                         sample_rate=sample_rate, jobs=1, progress=False, holds=(3.0,))
         return load_examples(tmp)
     except DatasetError as exc:
         raise BenchmarkError(str(exc)) from None
@@ -117,7 +131,7 @@ def _row(group: str, scores: list[NoteScore]) -> list[object]:
 def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.model_quality", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default=str(DEFAULT_PRESET))
-    ap.add_argument("--data", default="data/fluidr3", help="the NSynth-layout folder training used")
+    ap.add_argument("--data", default="data/gm4", help="the NSynth-layout folder training used")
     ap.add_argument("--features", default=None, help="its feature cache (default: DATA_features)")
     ap.add_argument("--run", default=None, help="run folder whose config.toml gives val_fraction and seed")
     ap.add_argument("--val-fraction", type=float, default=0.1)
@@ -140,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         if (features / "meta.json").is_file():
             frac, seed = split_settings(args.run, args.val_fraction, args.seed)
             log(f"validation split: val_fraction {frac}, seed {seed} ({features})")
-            records, instruments = validation_records(data, features, frac, seed, args.max_notes)
-            seen_programs = programs_of(instruments)
+            holdout = run_holdout_programs(args.run)
+            records, instruments = validation_records(data, features, frac, seed, args.max_notes, holdout)
+            seen_programs = programs_of(instruments) - set(holdout)
             rows.append(_row("seen instruments, unseen pitch/velocity (val split)",
                              evaluate_records(models, records, "val")))
         else:
