@@ -59,8 +59,9 @@ class VAEConfig:
 class Encoder(nn.Module):
     """Whole note ``(B, T, F)`` log-mag -> ``mu, logvar (B, L)``; any T >= 1."""
 
-    def __init__(self, cfg: VAEConfig, n_bins: int) -> None:
+    def __init__(self, cfg: VAEConfig, n_bins: int, log_floor: float = 1e-5) -> None:
         super().__init__()
+        self.floor_ln = math.log(log_floor)
         c = cfg.enc_channels
         # The first conv is the expensive one (513 input channels): stride 4 keeps a step cheap.
         layers: list[nn.Module] = [nn.Conv1d(n_bins, c, kernel_size=4, stride=4), nn.GELU()]
@@ -71,7 +72,10 @@ class Encoder(nn.Module):
         self.latent_size = cfg.latent_size
 
     def forward(self, log_mag: Tensor) -> tuple[Tensor, Tensor]:
-        x = log_mag.transpose(1, 2)  # (B, F, T)
+        # Silence (the log floor, most of every note) -> 0, a loud partial -> ~3: raw log-mags sit
+        # near -11.5, which drove the first conv's pre-activations far negative and killed every
+        # GELU within a few hundred steps (a constant mu: collapse by a dead encoder).
+        x = ((log_mag - self.floor_ln) * 0.25).transpose(1, 2)  # (B, F, T)
         # Always pad 3 frames (no shape-dependent branch: ONNX export would freeze it), so the
         # stride-4 conv gives ceil(T/4) >= 1 frames for any T.
         x = F.pad(x, (0, 3), mode="replicate")
@@ -191,7 +195,7 @@ class TimbreVAE(nn.Module):
     def __init__(self, cfg: VAEConfig, params: SpectrogramParams) -> None:
         super().__init__()
         self.cfg, self.params = cfg, params
-        self.encoder = Encoder(cfg, params.n_bins)
+        self.encoder = Encoder(cfg, params.n_bins, params.log_floor)
         self.decoder = FrameDecoder(cfg, params)
 
     def forward(self, log_mag: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor,
