@@ -89,3 +89,37 @@ def test_rank_latents_orders_by_kl() -> None:
     order, kl = rank_latents(mu, torch.zeros(100, 4))
     assert order[:2] == [2, 0] and sorted(order) == [0, 1, 2, 3]
     assert kl[2] > kl[0] > kl[1]
+
+
+def test_inharmonic_partials_stretch_but_fundamental_stays_in_tune() -> None:
+    cfg = VAEConfig(latent_size=2, dec_hidden=16, n_harmonics=40, n_noise_bands=4, max_inharmonicity=1e-3)
+    dec = FrameDecoder(cfg, PARAMS)
+    amp = torch.zeros(2, 40)
+    pitch = torch.tensor([48.0, 48.0])
+    f0 = 440.0 * 2 ** ((48 - 69) / 12)
+    for k in (1, 20, 40):
+        amp.zero_()
+        amp[:, k - 1] = 1.0
+        mag = dec.place_harmonics(amp, pitch, torch.tensor([0.0, 1e-3]))
+        peaks = mag.argmax(-1).double()
+        stretched = k * f0 * (1 + 1e-3 * k * k) ** 0.5 * PARAMS.n_fft / PARAMS.sample_rate
+        assert abs(float(peaks[0]) - k * f0 * PARAMS.n_fft / PARAMS.sample_rate) <= 0.5
+        assert abs(float(peaks[1]) - stretched) <= 0.5
+    # the bound: B <= max_inharmonicity whatever the MLP says, so f1 moves by < 0.9 cent
+    with torch.no_grad():
+        dec.inharm.bias.fill_(50.0)
+    b = cfg.max_inharmonicity * torch.sigmoid(dec.inharm(torch.zeros(1, 16)))
+    assert float(b) <= 1e-3 * (1 + 1e-6) and 1200 * torch.log2(torch.sqrt(1 + b)).item() < 0.9
+
+
+def test_pooled_loss_forgives_a_small_shift_and_free_bits_floor_kl() -> None:
+    target = torch.full((1, 1, 64), -11.5)
+    target[..., 30] = 0.0
+    shifted = torch.roll(target, 1, dims=-1)
+    mu, logvar = torch.zeros(4, 3), torch.zeros(4, 3)
+    parts = vae_loss(shifted, target, mu, logvar, beta=1.0, grad_weight=0.0, pool_weight=1.0, pool_bins=2)
+    assert float(parts["pool"]) < 0.05 * float(parts["recon"]) * 64  # pooled maxima coincide
+    assert float(parts["pool"]) < float(vae_loss(torch.roll(target, 4, dims=-1), target, mu, logvar, 1.0, 0.0,
+                                                 pool_weight=1.0)["pool"])
+    free = vae_loss(target, target, mu, logvar, beta=1.0, grad_weight=0.0, free_bits=0.5)
+    assert float(free["kl"]) == 0.0 and float(free["loss"]) == pytest.approx(3 * 0.5)

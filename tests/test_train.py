@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,20 @@ def test_tiny_training_lowers_val_loss(data, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "report.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert [int(r["step"]) for r in rows][-1] == 30 and float(rows[-1]["notes_per_s"]) > 0
+
+
+def test_tiny_model_has_more_than_one_live_dim(data, tmp_path: Path) -> None:
+    """The encoder must not die (constant mu) and free bits keep several dims in use."""
+    trainer = _trainer(data[1], tmp_path / "run", steps=60)
+    fit(trainer, progress=False)
+    stats = finish(trainer)
+    std = np.array(stats["std"])
+    assert (std > 0.1).sum() >= 2, std
+    k = stats["knobs"]
+    dirs = np.array(k["directions"])
+    assert dirs.shape == (trainer.run.model.latent_size, trainer.run.model.latent_size)  # min(8, L) rows
+    np.testing.assert_allclose(dirs @ dirs.T, np.eye(len(dirs)), atol=1e-5)
+    assert k["scale"] == sorted(k["scale"], reverse=True) and k["scale"][0] > 0.1
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path: Path) -> None:
