@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from synth.contract import DECODER_INPUTS, PRESET_FORMAT_VERSION
+from synth.partials import PARTS_OUTPUTS
 from training.data import GM_PROGRAM_NAMES, parse_instrument
 from training.model import CONTRACT, TimbreVAE, frame_times
 from training.train import RunConfig, TrainError, load_config
@@ -39,9 +40,10 @@ INHARMONIC_TOLERANCE = 3e-3
 FP16_TOLERANCE = 5e-2
 MIN_SNAPSHOTS = 8
 REFERENCE_SOUNDFONT = "fluidr3"
-ENGINE_MASTER_GAIN = 0.5  # the engine's fixed gain after [mix] gain (synth.engine, today)
 TARGET_PEAK_DBFS = -9.0  # a velocity-100 C4 of the median snapshot, after [mix] gain and master gain
 MIX_NOTE_SECONDS = (1.0, 0.6)  # held, then released: the note whose peak [mix] gain sets
+MIX_RENDER_RATE = 48000
+PARTS_FILE = "decoder_parts.onnx"
 # NSynth family -> a General MIDI program (0-based, as in MIDI program-change messages).
 FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass": 33,
                    "string": 48, "brass": 61, "reed": 65, "flute": 73, "synth_lead": 80,
@@ -124,8 +126,43 @@ def check_parity(path: Path, module: nn.Module, args: tuple[Tensor, ...], names:
     return err
 
 
+class _DecoderParts(nn.Module):
+    """The decoder stopped before its geometry (``FrameDecoder.parts``): see synth/partials.py."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.decoder.parts(*inputs)
+
+
+def check_parts_parity(path: Path, decoder: nn.Module, run: RunConfig, args: tuple[Tensor, ...],
+                       tolerance: float) -> float:
+    """Max abs log-mag error of onnxruntime's parts plus the engine's placement against PyTorch."""
+    import onnxruntime as ort
+
+    from synth.partials import place_partials
+
+    p = run.audio
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    amp, inharm, noise = sess.run(list(PARTS_OUTPUTS), {n: a.numpy() for n, a in zip(DECODER_INPUTS, args)})
+    pitch = args[1].numpy().astype(np.float32)
+    got = np.zeros((len(pitch), p.n_bins), np.float32)
+    place_partials(amp, inharm, noise, pitch, len(pitch), p.n_fft / p.sample_rate, p.sample_rate / 2.0,
+                   p.log_floor, got)
+    with torch.no_grad():
+        ref = decoder(*args).float().numpy()
+    err = float(np.max(np.abs(got - ref)))
+    if not err <= tolerance:
+        raise ExportError(f"{path.name}: parts + engine placement differ from PyTorch by {err:.3g} "
+                          f"(limit {tolerance:g})")
+    return err
+
+
 def export_models(run: RunConfig, model: TimbreVAE, out: Path, fp16: bool = False) -> dict[str, float]:
-    """Write decoder.onnx and encoder.onnx, check each against float32 PyTorch; returns the errors."""
+    """Write decoder.onnx, decoder_parts.onnx (float32 only) and encoder.onnx, check each against
+    float32 PyTorch; returns the errors."""
     tol = FP16_TOLERANCE if fp16 else TOLERANCE
     dec_tol = max(tol, INHARMONIC_TOLERANCE) if run.model.max_inharmonicity > 0 else tol
     dec, enc = copy.deepcopy(model.decoder), copy.deepcopy(model.encoder)
@@ -140,6 +177,13 @@ def export_models(run: RunConfig, model: TimbreVAE, out: Path, fp16: bool = Fals
     # Compare with the float32 model, on other batch sizes / lengths than the traced ones.
     errors = {"decoder": check_parity(out / "decoder.onnx", model.decoder, random_decoder_inputs(run, 64, seed=1),
                                       DECODER_INPUTS, dec_tol)}
+    (out / PARTS_FILE).unlink(missing_ok=True)
+    if not fp16:  # the parts path is the CPU's; a float16 preset decodes on a GPU
+        parts_axes = {n: {0: "batch"} for n in (*DECODER_INPUTS, *PARTS_OUTPUTS)}
+        _export(_DecoderParts(dec), random_decoder_inputs(run, 2), out / PARTS_FILE, DECODER_INPUTS, PARTS_OUTPUTS,
+                parts_axes)
+        errors["decoder_parts"] = check_parts_parity(out / PARTS_FILE, model.decoder, run,
+                                                     random_decoder_inputs(run, 64, seed=3), dec_tol)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 376, run.audio.n_bins, generator=g) * 2.0 - 7.0
     errors["encoder"] = check_parity(out / "encoder.onnx", model.encoder, (x,), ["log_mag"], tol)
@@ -204,28 +248,37 @@ def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[
 
 
 @torch.no_grad()
-def note_peak(model: TimbreVAE, run: RunConfig, z: Sequence[float], pitch: float = 60.0,
-              velocity: float = 100.0) -> float:
-    """Peak of one decoded note (held then released, MIX_NOTE_SECONDS) through the engine's
-    streaming phase reconstruction and inverse STFT, before any gain."""
-    from synth.phase import reconstruct
+def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitch: int = 60,
+                      velocity: int = 100) -> list[float]:
+    """Peak of one note per snapshot (held then released, MIX_NOTE_SECONDS) played by the engine
+    itself on the preset written in ``preset_dir``, at unity output gain: attack normalisation,
+    phase reconstruction and all, exactly what a player hears before the gain."""
+    from synth.engine import Engine
+    from synth.preset import load_preset
 
-    p = run.audio
-    hold, tail = MIX_NOTE_SECONDS
-    n = 1 + int((hold + tail) * p.sample_rate) // p.hop
-    time_on, time_off = frame_times(p, torch.arange(n), 1, run.model.time_on_max, hold)
-    full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    log_mag = model.decoder(torch.tensor([list(z)], dtype=torch.float32).expand(n, -1), full(pitch),
-                            full(velocity), time_on, time_off).float().numpy()
-    return float(np.max(np.abs(reconstruct(log_mag, p))))
+    preset = load_preset(preset_dir)
+    rate = MIX_RENDER_RATE
+    hold, tail = (int(s * rate) for s in MIX_NOTE_SECONDS)
+    peaks = []
+    for snap in snaps:
+        eng = Engine(preset, device="cpu", master_gain=1.0 / preset.mix_gain)  # unity overall
+        eng.prepare(rate, 1024, warm=False)
+        start = rate // 10  # after the glide to the snapshot
+        eng.push(0, 0xC0, int(snap["program"]), 0)
+        eng.push(start, 0x90, pitch, velocity)
+        eng.push(start + hold, 0x80, pitch, 0)
+        out = np.zeros((start + hold + tail, 2), np.float32)
+        eng.process(out)
+        peaks.append(float(np.max(np.abs(out))))
+    return peaks
 
 
-def mix_gain(model: TimbreVAE, run: RunConfig, snaps: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """``(gain, median peak)``: gain such that ENGINE_MASTER_GAIN * gain * (median over snapshots of
-    a v100 C4's peak) is TARGET_PEAK_DBFS; bounded to 1e-2..1e3 for (untrained) near-silent models."""
-    peaks = sorted(note_peak(model, run, s["z"]) for s in snaps)
-    median = float(np.median(peaks))
-    gain = 10 ** (TARGET_PEAK_DBFS / 20) / (ENGINE_MASTER_GAIN * max(median, 1e-12))
+def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """``(gain, median peak)``: the [mix] gain that puts a v100 C4 of the median snapshot at
+    TARGET_PEAK_DBFS through the engine (its master gain is the user's trim, 1.0 by default);
+    bounded to 1e-2..1e3 for (untrained) near-silent models."""
+    median = float(np.median(engine_note_peaks(preset_dir, snaps)))
+    gain = 10 ** (TARGET_PEAK_DBFS / 20) / max(median, 1e-12)
     return float(np.clip(gain, 1e-2, 1e3)), median
 
 
@@ -256,7 +309,7 @@ def validate_doc(doc: dict[str, Any]) -> None:
 
 
 def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
-               snaps: list[dict[str, Any]], gain: float, median_peak: float) -> dict[str, Any]:
+               snaps: list[dict[str, Any]], gain: float, median_peak: float, parts: bool = True) -> dict[str, Any]:
     """The preset.toml content (format version 2, ARCHITECTURE.md layout)."""
     p = run.audio
     k = stats["knobs"]
@@ -267,9 +320,8 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                                   f"on {stats['n_notes']} notes of {n_inst} instruments "
                                   f"({', '.join(sorted(stats['families']))}); knobs = principal directions "
                                   f"of the training notes' mu; [mix] gain puts a v100 C4 of the median "
-                                  f"snapshot at {TARGET_PEAK_DBFS:g} dBFS assuming the engine's master gain "
-                                  f"{ENGINE_MASTER_GAIN:g} after it (median raw peak {median_peak:.3g}, "
-                                  f"streaming RTPGHI + inverse STFT at {p.sample_rate} Hz)",
+                                  f"snapshot at {TARGET_PEAK_DBFS:g} dBFS through the engine (median peak "
+                                  f"at unity gain {median_peak:.3g})",
                    "reproduce": reproduce},
         "audio": p.to_dict(),
         "latent": {"size": run.model.latent_size, "mean": [float(v) for v in stats["mean"]],
@@ -279,7 +331,8 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                   "scale": [float(v) for v in k["scale"]]},
         "pitch": {"min": float(stats["pitch_min"]), "max": float(stats["pitch_max"])},
         "decoder": {"file": "decoder.onnx", "contract": CONTRACT, "time_on_max": float(run.model.time_on_max),
-                    "release_seconds": float(p.note_seconds - p.hold_seconds)},
+                    "release_seconds": float(p.note_seconds - p.hold_seconds),
+                    **({"parts_file": PARTS_FILE} if parts else {})},
         "encoder": {"file": "encoder.onnx", "frame_stride": int(run.train.frame_stride)},
         "mix": {"gain": float(gain)},
         "snapshots": snaps,
@@ -305,13 +358,19 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
         raise ExportError(f"{checkpoint.parent / 'latent_stats.json'}: no [knobs] (written by an older "
                           "training.train; re-run finish or retrain)")
     snaps = snapshots(stats, reference)
-    gain, median_peak = mix_gain(model, run, snaps)
+    parts = (out / PARTS_FILE).is_file()
+    # Written once at unity gain so the engine can play it, then again with the measured gain.
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts))
+    gain, median_peak = mix_gain(out, snaps)
     errors["mix_gain"] = gain
-    tmp = out / "preset.toml.tmp"
-    tmp.write_text(tomli_w.dumps(preset_doc(run, stats, name, reproduce, snaps, gain, median_peak),
-                                 multiline_strings=True))
-    tmp.replace(out / "preset.toml")
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts))
     return errors
+
+
+def _write_doc(out: Path, doc: dict[str, Any]) -> None:
+    tmp = out / "preset.toml.tmp"
+    tmp.write_text(tomli_w.dumps(doc, multiline_strings=True))
+    tmp.replace(out / "preset.toml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -151,7 +151,11 @@ class FrameDecoder(nn.Module):
         self.register_buffer("offsets", torch.arange(-1, 3, dtype=torch.float32))
         self.register_buffer("band_matrix", noise_band_matrix(cfg.n_noise_bands, self.n_bins, params.sample_rate))
 
-    def forward(self, z: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor, time_off: Tensor) -> Tensor:
+    def parts(self, z: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor,
+              time_off: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The network before its geometry: ``harm_amp (B, K)``, ``inharm (B,)`` (the stretching
+        B, zeros for exact harmonics) and ``noise_mag (B, F)``. ``forward`` places the partials;
+        the engine may do that itself (``synth.partials``, from an exported ``decoder_parts.onnx``)."""
         cond = torch.cat([z, ((pitch - 64.0) / 24.0)[:, None], (velocity / 127.0)[:, None],
                           time_features(time_on, time_off, self.cfg.time_on_max)], dim=-1)
         h = F.silu(self.inp(cond.to(self.inp.weight.dtype)))  # the MLP may run in float16
@@ -160,10 +164,16 @@ class FrameDecoder(nn.Module):
         # Magnitudes are summed and logged in float32 whatever the MLP's precision.
         harm_amp = torch.exp(self.harm(h).float().clamp(max=5.0))  # (B, K)
         noise = torch.exp(self.noise(h).float().clamp(max=5.0)) @ self.band_matrix.float()  # (B, F)
-        inharm = None
         if self.cfg.max_inharmonicity > 0:
             inharm = self.cfg.max_inharmonicity * torch.sigmoid(self.inharm(h).float())[:, 0]  # (B,)
-        mag = self.place_harmonics(harm_amp, pitch, inharm) + noise
+        else:
+            inharm = torch.zeros_like(pitch, dtype=torch.float32)
+        return harm_amp, inharm, noise
+
+    def forward(self, z: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor, time_off: Tensor) -> Tensor:
+        harm_amp, inharm, noise = self.parts(z, pitch, velocity, time_on, time_off)
+        stretch = inharm if self.cfg.max_inharmonicity > 0 else None
+        mag = self.place_harmonics(harm_amp, pitch, stretch) + noise
         return torch.log(mag + self.log_floor)
 
     def place_harmonics(self, amp: Tensor, pitch: Tensor, inharm: Tensor | None = None) -> Tensor:
