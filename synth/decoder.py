@@ -2,8 +2,9 @@
 
 ``FrameDecoder.decode`` writes ``log_mag (B, F)`` into a caller-owned array. On the CPU it
 binds the caller's numpy arrays directly (io_binding, no copies, no output allocation);
-bindings for every batch size up to ``max_batch`` are built in advance, so the render path
-creates no numpy arrays.
+bindings for a bounded set of batch sizes up to ``max_batch`` are built and run once before
+the audio starts (``bind``, ``warm_up``), so the render path creates no numpy arrays and meets
+no first-call set-up.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.preset import DECODER_INPUTS, DECODER_OUTPUT, Preset
+from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
+from synth.preset import Preset
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -38,6 +40,17 @@ def _session_options(threads: int | None) -> Any:
     opts.log_severity_level = 3
     opts.enable_mem_pattern = True
     return opts
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes the decoder is bound and warmed for: every size up to 8, then steps of 8 up to
+    64, 16 up to 128 and 32 beyond (at most ~25 % of rows wasted), ending at ``max_batch``."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b += 1 if b < 8 else 8 if b < 64 else 16 if b < 128 else 32
+    sizes.append(int(max_batch))
+    return sizes
 
 
 class FrameDecoder:
@@ -86,17 +99,36 @@ class FrameDecoder:
         return list(self._session.get_providers())
 
     def reserve(self, max_batch: int) -> None:
-        """Preallocate per-batch-size state for batches up to ``max_batch`` (not real-time safe)."""
+        """Preallocate per-batch-size state for batches up to ``max_batch`` (not real-time safe).
+
+        Batches are rounded up to one of a few bucket sizes (``batch_buckets``), so a bounded
+        set of bindings covers every batch the engine can make and ``warm_up`` can run each
+        one before the audio starts. The extra rows decode stale but finite inputs and are
+        never read.
+        """
         if max_batch <= self.max_batch:
             return
         self.max_batch = int(max_batch)
-        self._bindings = [self._session.io_binding() for _ in range(self.max_batch + 1)]
+        self.buckets = batch_buckets(self.max_batch)
+        self._bucket_of = np.zeros(self.max_batch + 1, np.int64)  # batch size -> bucket index
+        j = 0
+        for b in range(1, self.max_batch + 1):
+            while self.buckets[j] < b:
+                j += 1
+            self._bucket_of[b] = j
+        self._bindings = [self._session.io_binding() for _ in self.buckets]
         self._bound_to = None
 
-    def _bind_all(self, arrays: tuple[NDArray, ...], out: NDArray) -> None:
-        """Bind every batch size to row prefixes of the caller's arrays (done once per array set)."""
-        for b in range(1, self.max_batch + 1):
-            binding = self._bindings[b]
+    def bind(self, z: NDArray, pitch: NDArray, velocity: NDArray, time_on: NDArray, time_off: NDArray,
+             out: NDArray) -> None:
+        """Bind every bucket to row prefixes of these arrays (``z (B, L)``, others ``(B,)``,
+        ``out (B, F)``, B >= ``max_batch``, C-contiguous float32). Not real-time safe: the
+        engine calls it once in ``prepare``; the arrays must then keep their identity."""
+        arrays = (z, pitch, velocity, time_on, time_off)
+        for a in (*arrays, out):
+            if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape[0] < self.max_batch:
+                raise DecoderError(f"decoder buffers must be C-contiguous float32 with >= {self.max_batch} rows")
+        for binding, b in zip(self._bindings, self.buckets):
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
             for name, arr in zip(DECODER_INPUTS, arrays):
@@ -107,29 +139,40 @@ class FrameDecoder:
                 binding.bind_output(DECODER_OUTPUT, "cpu", 0, np.float32, [b, self.n_bins], out.ctypes.data)
         self._bound_to = (*arrays, out)  # kept alive: the bindings point into these arrays
 
+    def warm_up(self) -> None:
+        """Run every bucket once on the bound arrays, so onnxruntime's per-shape set-up (memory
+        plans, kernel selection) happens now rather than in the audio callback. Call after
+        ``bind`` with finite inputs in the buffers."""
+        if self._bound_to is None:
+            raise DecoderError("bind() the decoder buffers before warm_up()")
+        for binding in self._bindings:
+            self._session.run_with_iobinding(binding)
+
     def decode(self, z: NDArray, pitch: NDArray, velocity: NDArray, time_on: NDArray, time_off: NDArray,
                out: NDArray, batch: int | None = None) -> None:
         """Decode the first ``batch`` rows: ``z (B, L)``, the others ``(B,)`` -> ``out (B, F)`` float32.
 
         The arrays must be C-contiguous float32 and keep their identity between calls (the
-        engine's preallocated batch buffers); bindings are rebuilt only when they change.
+        engine's preallocated batch buffers, bound once in ``prepare``); other arrays are bound
+        here on first use (tools and tests; not real-time safe). Rows from ``batch`` up to its
+        bucket size are decoded too and may be overwritten.
         """
         b = int(batch if batch is not None else z.shape[0])
         if b <= 0:
             return
         if b > self.max_batch:
             raise DecoderError(f"batch {b} exceeds the reserved {self.max_batch}")
-        arrays = (z, pitch, velocity, time_on, time_off)
         bound = self._bound_to
         if bound is None or any(a is not b for a, b in zip((z, pitch, velocity, time_on, time_off, out), bound)):
-            self._bind_all(arrays, out)
-        binding = self._bindings[b]
+            self.bind(z, pitch, velocity, time_on, time_off, out)
+        binding = self._bindings[self._bucket_of[b]]
         if self._on_cuda:
+            size = self.buckets[self._bucket_of[b]]
             # inputs are copied to the device each run; re-bind so the new values are seen
-            for name, arr in zip(DECODER_INPUTS, arrays):
-                binding.bind_cpu_input(name, arr[:b])
+            for name, arr in zip(DECODER_INPUTS, (z, pitch, velocity, time_on, time_off)):
+                binding.bind_cpu_input(name, arr[:size])
             self._session.run_with_iobinding(binding)
-            out[:b] = binding.get_outputs()[0].numpy()
+            out[:size] = binding.get_outputs()[0].numpy()
         else:
             self._session.run_with_iobinding(binding)
 

@@ -37,6 +37,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from synth import events as ev
+from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
 from synth.limiter import Limiter
 from synth.preset import Preset
@@ -277,8 +278,15 @@ class Engine:
         return self._decoder.providers if self._decoder is not None else []
 
     # ------------------------------------------------------------------ setup
-    def prepare(self, sample_rate: int, max_block: int) -> None:
-        """Allocate everything ``process`` needs for blocks up to ``max_block`` frames."""
+    def prepare(self, sample_rate: int, max_block: int, warm: bool = True) -> None:
+        """Allocate, bind and warm everything ``process`` needs for blocks up to ``max_block`` frames.
+
+        With ``warm`` (live mode), every numba kernel is compiled (or loaded from numba's cache),
+        the decoder is run once at each bucket batch size and a short performance is rendered and
+        forgotten, so the first note in the audio callback meets no compilation or first-call
+        set-up. Offline rendering may skip it (``warm=False``): the kernels then compile on
+        first use, which only delays the render.
+        """
         if sample_rate < 8000 or max_block < 1:
             raise ValueError(f"bad sample rate {sample_rate} / block {max_block}")
         p = self.preset.params
@@ -332,8 +340,53 @@ class Engine:
         self._pedal = False
         self._bend = 0.0
         self._ln_floor = float(np.log(p.log_floor))
+        self._decoder.bind(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog)
         self._setup_resampler()
         self._prepared = True
+        if warm:
+            self._warm_up()
+        self._reset_performance()
+
+    def _warm_up(self) -> None:
+        """Run once everything the audio callback runs (see ``prepare``); ``_reset_performance`` forgets it."""
+        self._bz[:] = self.z_current
+        self._bp.fill(60.0)
+        self._bv.fill(100.0)
+        self._bon.fill(0.1)
+        self._boff.fill(HELD_TIME_OFF)
+        self._decoder.warm_up()
+        out = np.zeros((self.max_block, 2), np.float32)
+        frame = self.hop_out * self.sample_rate // self.internal_rate + 1  # output samples per frame
+        for i in range(min(4, self.polyphony)):  # a chord: several voices, phase rounds, stealing
+            self.push(0, ev.NOTE_ON, 60 + 4 * i, 100)
+        self.push(frame, ev.PITCH_BEND, 0, 80)
+        self.push(2 * frame, ev.NOTE_OFF, 60, 0)
+        self.push(3 * frame, ev.CONTROL_CHANGE, ev.CC_ALL_SOUND_OFF, 0)
+        for _ in range(max(8, (6 * frame) // self.max_block + 2)):
+            self.process(out)
+        self.process(out[:1])  # odd block lengths take the same compiled paths
+
+    def _reset_performance(self) -> None:
+        """Silence and forget every note, event and counter (not real-time safe)."""
+        self.queue.clear()
+        self.queue.dropped = 0
+        self.voices = VoiceBank(self.polyphony, self.internal_rate)
+        for v in range(self.voices.slots):
+            self.phase.reset(v)
+        self._ring.fill(0.0)
+        self._mix.fill(0.0)
+        self._vf0.fill(0.0)
+        self.limiter.reset()
+        self.z_current[:] = self.z_target
+        self.sample_time = 0
+        self._t_int = 0
+        self._pedal = False
+        self._bend = 0.0
+        self.stats.__init__()
+        if self._resampler is not None:
+            self._resampler.clear()
+            self._fifo.fill(0.0)
+            self._fifo_n = 0
 
     def _build_windows(self) -> None:
         """Synthesis window with the zero-padding gain, and the OLA normalisation."""

@@ -40,8 +40,9 @@ def control(cc: int, value: int) -> bytes:
 class SynthProcess:
     """``python run_synth.py ARGS`` under JACK, started and stopped cleanly (SIGTERM)."""
 
-    def __init__(self, args: list[str], server: str, command: list[str] | None = None) -> None:
-        env = dict(os.environ, JACK_DEFAULT_SERVER=server)
+    def __init__(self, args: list[str], server: str, command: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, **(env or {}), JACK_DEFAULT_SERVER=server)
         cmd = command or [sys.executable, str(REPO / "run_synth.py")]
         self.proc = subprocess.Popen(cmd + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
