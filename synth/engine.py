@@ -29,6 +29,7 @@ internal block inside soxr's Python binding: not strictly real-time safe).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,9 +41,10 @@ from synth import events as ev
 from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
 from synth.limiter import Limiter
+from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.stft import hann, magnitude_scale
-from synth.voices import HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
+from synth.voices import FADING, FREE, HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
 
 KNOB_RANGE_STD = 3.0
 KNOB_SMOOTH_S = 0.008
@@ -59,6 +61,9 @@ class EngineStats:
     nan_voices: int = 0
     dropped_events: int = 0
     stolen_voices: int = 0
+    shed_voices: int = 0  # taken away under overload (live mode)
+    voice_cap: int = 0  # sounding voices allowed now (the polyphony, or less while shedding)
+    load: float = 0.0  # smoothed block render time / block duration (live mode)
     active_voices: int = 0
     blocks: int = 0
 
@@ -117,7 +122,7 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
     b, frames, due = 0, 0, 0
     for v in range(state.shape[0]):
         vrank[v] = 0
-        if state[v] == 0 or muted[v]:
+        if state[v] == FREE or muted[v]:
             continue
         n = next_frame[v]
         while onset[v] + n * hop_out < t_end and b + 2 <= cap:
@@ -133,7 +138,7 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
     for v in range(state.shape[0]):
         if take <= 0:
             break
-        if state[v] == 0 or muted[v]:
+        if state[v] == FREE or muted[v]:
             continue
         n = next_frame[v]
         while take > 0 and onset[v] + n * hop_out < horizon and b + 2 <= cap:
@@ -168,7 +173,7 @@ def _guard_rows(blog, rows, bidx, muted, state, fade_start, fade_step, t0, step,
             if fade_start[v] > t0:
                 fade_start[v] = t0
             fade_step[v] = max(fade_step[v], step)
-            state[v] = 4
+            state[v] = FADING
     return bad
 
 
@@ -226,13 +231,14 @@ class Engine:
     """Polyphonic renderer around one preset. Call ``prepare`` before ``process``.
 
     ``channel``: MIDI channel 1..16 to listen to, None for all. ``bend_range`` in semitones.
-    ``latent`` values: see :meth:`set_latent`.
+    ``latent`` values: see :meth:`set_latent`. ``shed_load`` (live mode): time every block and
+    shed voices while blocks run over budget (``synth.overload``).
     """
 
     def __init__(self, preset: Preset, polyphony: int = 32, bend_range: float = 2.0, channel: int | None = None,
                  device: str = "auto", threads: int | None = None, master_gain: float = 0.5,
                  queue_capacity: int = 4096, decoder: FrameDecoder | None = None,
-                 phase_factory: Callable[..., object] | None = None) -> None:
+                 phase_factory: Callable[..., object] | None = None, shed_load: bool = False) -> None:
         if channel is not None and not 1 <= channel <= 16:
             raise ValueError(f"MIDI channel must be 1..16, got {channel}")
         self.preset = preset
@@ -245,6 +251,8 @@ class Engine:
         self._device, self._threads = device, threads
         self._decoder = decoder
         self._phase_factory = phase_factory
+        self._shed_load = bool(shed_load)
+        self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
@@ -340,6 +348,7 @@ class Engine:
         self.limiter = Limiter(self.sample_rate)
         self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
         self._release_fade_step = 1.0 / max(1.0, RELEASE_END_FADE_S * self.internal_rate)
+        self._governor = LoadGovernor(self.polyphony, self.internal_rate) if self._shed_load else None
         self._alpha_per_sample = 1.0 / (KNOB_SMOOTH_S * self.internal_rate)
         self._t_int = 0
         self._pedal = False
@@ -369,6 +378,7 @@ class Engine:
         self.push(3 * frame, ev.CONTROL_CHANGE, ev.CC_ALL_SOUND_OFF, 0)
         for _ in range(max(8, (6 * frame) // self.max_block + 2)):
             self.process(out)
+            self.voices.steal_one(self._t_int)  # the voice-stealing kernel, as overload would call it
         self.process(out[:1])  # odd block lengths take the same compiled paths
 
     def _reset_performance(self) -> None:
@@ -388,6 +398,9 @@ class Engine:
         self._pedal = False
         self._bend = 0.0
         self.stats.__init__()
+        self.stats.voice_cap = self.polyphony
+        if self._governor is not None:
+            self._governor.reset()
         if self._resampler is not None:
             self._resampler.clear()
             self._fifo.fill(0.0)
@@ -563,11 +576,19 @@ class Engine:
     def process(self, out: NDArray[np.float32]) -> None:
         """Render ``out (n, C)`` float32 in place (C = 1 or 2). Real-time safe at integer rates."""
         n = out.shape[0]
+        started = time.perf_counter()
         start = 0
         while start < n:
             m = min(self.max_block, n - start)
             self._process_block(out[start:start + m], m)
             start += m
+        governor = self._governor
+        if governor is not None and n:
+            load = (time.perf_counter() - started) * self.sample_rate / n
+            governor.after_block(load, n, self.voices, self._t_int)
+            self.stats.load = governor.load
+            self.stats.shed_voices = governor.shed
+            self.stats.voice_cap = self.voices.cap
 
     def _process_block(self, out: NDArray, n: int) -> None:
         if not self._resampling:

@@ -153,6 +153,9 @@ class LiveSynth:
         )
         dropped = getattr(est, "dropped_events", 0)
         nans = getattr(est, "nan_count", 0)
+        shed = getattr(est, "shed_voices", 0)
+        if shed:
+            line += f" | overload: shed {shed}, cap {getattr(est, 'voice_cap', '?')}"
         if dropped or nans:
             line += f" | dropped {dropped} nan {nans}"
         return line + (f" | knobs {knobs}" if knobs else "")
@@ -292,7 +295,7 @@ def build_engine(args: argparse.Namespace, audio: AudioConfig) -> tuple[Any, Any
         raise LiveError(str(exc)) from None
     engine = Engine(preset, polyphony=getattr(args, "polyphony", 32), bend_range=getattr(args, "bend_range", 2.0),
                     channel=getattr(args, "channel", None), device=getattr(args, "device", "auto"),
-                    threads=getattr(args, "threads", None))
+                    threads=getattr(args, "threads", None), shed_load=True)
     max_block = audio.blocksize or _jack_period() or 1024
     _prepare_announced(engine, audio.sample_rate, max_block, quiet=bool(getattr(args, "quiet", False)))
     return engine, preset
@@ -455,7 +458,17 @@ def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
             watch.close()
     if stopping and not getattr(args, "quiet", False):
         print(file=sys.stderr)
+    _say_trouble(synth)
     return 0
+
+
+def _say_trouble(synth: LiveSynth) -> None:
+    """One closing line, even with --quiet, when the session had overloads or faults."""
+    est = synth.engine.stats
+    shed = getattr(est, "shed_voices", 0)
+    if shed or synth.stats.faults or synth.xruns:
+        _say(f"session summary: {synth.xruns} xruns, {shed} voices shed under overload, "
+             f"{synth.stats.faults} blocks silenced by errors")
 
 
 def _one_line(exc: BaseException | None) -> str:
