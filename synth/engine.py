@@ -72,62 +72,87 @@ class EngineStats:
         return self.nan_voices
 
 
+# Decoder batch layout: row r of the batch is one log-mag frame of one voice.
+# ``bcol (5, B)`` float32 columns (the decoder binds to the first four as its inputs):
+COL_PITCH, COL_VELOCITY, COL_TIME_ON, COL_TIME_OFF, COL_F0 = range(5)
+# ``bidx (3, B)`` int64: which voice, which of its log-mag frames, and its phase round (a voice
+# with two rows in one batch pushes them to the phase reconstruction in two rounds, in order).
+IDX_VOICE, IDX_FRAME, IDX_ROUND = range(3)
+
+FRAME_GRID = np.dtype([
+    ("hop_out", np.int64),  # output samples between frames
+    ("half_out", np.int64),  # half a synthesis window in output samples (a frame's centre)
+    ("rate", np.float64),  # internal sample rate
+    ("hop_s", np.float64),  # seconds between frames (model)
+    ("half_s", np.float64),  # half a window in seconds: time_on of frame 0's centre
+    ("time_on_max", np.float64),  # the decoder's time_on clamp (sustain)
+])
+"""Where a voice's frames sit in time; one record, fixed at ``prepare``."""
+
+PITCH_CONTROL = np.dtype([
+    ("bend", np.float64),  # semitones added to every key (pitch bend)
+    ("lowest", np.float64),  # the preset's pitch range: keys are clamped into it
+    ("highest", np.float64),
+])
+"""The pitch inputs shared by every voice; one record, updated per block."""
+
+
 @njit(nogil=True, cache=True)
-def _add_frame(v, n, b, rank, onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz, bcol, bidx) -> tuple:
+def _add_frame(v, n, b, phase_round, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol,
+               bidx) -> tuple:
     """Decoder rows for frame ``n`` of voice ``v``: log-mag n+1 (and log-mag 0 when n == 0).
 
-    ``bcol (5, B)`` = pitch, velocity, time_on, time_off, f0 (Hz) of the frame that row's phase
-    push writes (frame m-1: the voice's previous row, kept in ``vf0``); ``bidx (3, B)`` = voice,
-    log-mag frame m, phase round. Returns (rows, next round of this voice).
+    ``grid`` (FRAME_GRID) and ``pitch`` (PITCH_CONTROL) are one-record arrays. Column COL_F0
+    holds the f0 (Hz) of the frame that row's phase push writes (frame m-1: the voice's previous
+    row, kept in ``vf0``). Returns (rows, next phase round of this voice).
     """
-    hop_out, half_out, sr = int(geo[0]), int(geo[1]), geo[2]
-    hop_s, half_s, t_max = geo[3], geo[4], geo[5]
-    p = min(max(key[v] + ctl[0], ctl[1]), ctl[2])
+    g, pc = grid[0], pitch[0]
+    p = min(max(key[v] + pc.bend, pc.lowest), pc.highest)
     f0 = 440.0 * 2.0 ** ((p - 69.0) / 12.0)
     first = 0 if n == 0 else n + 1
     for m in range(first, n + 2):
         bz[b, :] = z_cur
-        bcol[0, b] = p
-        bcol[1, b] = velocity[v]
-        bcol[2, b] = min(m * hop_s + half_s, t_max)
-        centre = onset[v] + m * hop_out + half_out
+        bcol[COL_PITCH, b] = p
+        bcol[COL_VELOCITY, b] = velocity[v]
+        bcol[COL_TIME_ON, b] = min(m * g.hop_s + g.half_s, g.time_on_max)
+        centre = onset[v] + m * g.hop_out + g.half_out
         if release_t[v] >= 0 and centre >= release_t[v]:
-            bcol[3, b] = (centre - release_t[v]) / sr
+            bcol[COL_TIME_OFF, b] = (centre - release_t[v]) / g.rate
         else:
-            bcol[3, b] = -1.0  # the training contract's value while the key is held
-        bcol[4, b] = vf0[v]
+            bcol[COL_TIME_OFF, b] = HELD_TIME_OFF
+        bcol[COL_F0, b] = vf0[v]
         vf0[v] = f0
-        bidx[0, b] = v
-        bidx[1, b] = m
-        bidx[2, b] = rank
-        rank += 1
+        bidx[IDX_VOICE, b] = v
+        bidx[IDX_FRAME, b] = m
+        bidx[IDX_ROUND, b] = phase_round
+        phase_round += 1
         b += 1
-    return b, rank
+    return b, phase_round
 
 
 @njit(nogil=True, cache=True)
-def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, vrank, t_end, horizon, geo, ctl,
-                 z_cur, bz, bcol, bidx) -> tuple:
+def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, vround, t_end, horizon, grid,
+                 pitch, z_cur, bz, bcol, bidx) -> tuple:
     """Fill the decoder batch: every frame due before ``t_end``, plus early frames to balance blocks.
 
     A frame is due when its window starts before ``t_end`` (so a note-on's first frames are made
     in its own block: no added latency). Frames whose windows start in the next block
     (``t_end .. horizon``) may be made now, with the inputs known now: about half of the
     difference between the next block's due frames and this block's, so all voices starting
-    together no longer load every second block with all their frames. ``ctl`` = pitch offset
-    (bend), lowest and highest pitch. Returns (rows, highest phase round).
+    together no longer load every second block with all their frames. Returns (rows, highest
+    phase round).
     """
-    hop_out = int(geo[0])
+    hop_out = grid[0].hop_out
     cap = bz.shape[0]
     b, frames, due = 0, 0, 0
     for v in range(state.shape[0]):
-        vrank[v] = 0
+        vround[v] = 0
         if state[v] == FREE or muted[v]:
             continue
         n = next_frame[v]
         while onset[v] + n * hop_out < t_end and b + 2 <= cap:
-            b, vrank[v] = _add_frame(v, n, b, vrank[v], onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz,
-                                     bcol, bidx)
+            b, vround[v] = _add_frame(v, n, b, vround[v], onset, release_t, key, velocity, vf0, grid, pitch, z_cur,
+                                      bz, bcol, bidx)
             n += 1
             frames += 1
         next_frame[v] = n
@@ -142,15 +167,15 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
             continue
         n = next_frame[v]
         while take > 0 and onset[v] + n * hop_out < horizon and b + 2 <= cap:
-            b, vrank[v] = _add_frame(v, n, b, vrank[v], onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz,
-                                     bcol, bidx)
+            b, vround[v] = _add_frame(v, n, b, vround[v], onset, release_t, key, velocity, vf0, grid, pitch, z_cur,
+                                      bz, bcol, bidx)
             n += 1
             take -= 1
         next_frame[v] = n
-    max_rank = -1
+    max_round = -1
     for v in range(state.shape[0]):
-        max_rank = max(max_rank, vrank[v] - 1)
-    return b, max_rank
+        max_round = max(max_round, vround[v] - 1)
+    return b, max_round
 
 
 @njit(nogil=True, cache=True)
@@ -166,7 +191,7 @@ def _guard_rows(blog, rows, bidx, muted, state, fade_start, fade_step, t0, step,
         if ok:
             continue
         blog[b, :] = ln_floor
-        v = bidx[0, b]
+        v = bidx[IDX_VOICE, b]
         if not muted[v]:
             muted[v] = True
             bad += 1
@@ -178,15 +203,15 @@ def _guard_rows(blog, rows, bidx, muted, state, fade_start, fade_step, t0, step,
 
 
 @njit(nogil=True, cache=True)
-def _gather_round(rank, rows, bidx, bcol, blog, sv, sm, sf0, slog, contiguous) -> int:
-    """Collect phase round ``rank`` (each voice at most once); ``contiguous``: only round 0 exists,
-    so the rows already are the round and the log-magnitudes need no copy."""
+def _gather_round(phase_round, rows, bidx, bcol, blog, sv, sm, sf0, slog, contiguous) -> int:
+    """Collect the rows of ``phase_round`` (each voice at most once); ``contiguous``: only round 0
+    exists, so the rows already are the round and the log-magnitudes need no copy."""
     k = 0
     for b in range(rows):
-        if bidx[2, b] == rank:
-            sv[k] = bidx[0, b]
-            sm[k] = bidx[1, b]
-            sf0[k] = bcol[4, b]
+        if bidx[IDX_ROUND, b] == phase_round:
+            sv[k] = bidx[IDX_VOICE, b]
+            sm[k] = bidx[IDX_FRAME, b]
+            sf0[k] = bcol[COL_F0, b]
             if not contiguous:
                 slog[k, :] = blog[b]
             k += 1
@@ -325,13 +350,16 @@ class Engine:
         self.phase = factory(p, slots)
         f32 = np.float32
         self._bz = np.zeros((bmax, lat), f32)
-        self._bcol = np.zeros((5, bmax), f32)  # pitch, velocity, time_on, time_off (decoder), f0 (phase)
-        self._bidx = np.zeros((3, bmax), np.int64)  # voice, log-mag frame, phase round
+        self._bcol = np.zeros((5, bmax), f32)  # COL_*: the decoder's inputs, and f0 for the phase
+        self._bidx = np.zeros((3, bmax), np.int64)  # IDX_*: voice, log-mag frame, phase round
         # fixed views: the decoder binds once to arrays that keep their identity
-        self._bp, self._bv, self._bon, self._boff = self._bcol[0], self._bcol[1], self._bcol[2], self._bcol[3]
+        self._bp, self._bv = self._bcol[COL_PITCH], self._bcol[COL_VELOCITY]
+        self._bon, self._boff = self._bcol[COL_TIME_ON], self._bcol[COL_TIME_OFF]
         self._vf0 = np.zeros(slots, np.float64)  # f0 of each voice's last planned frame
-        self._vrank = np.zeros(slots, np.int64)
-        self._ctl = np.array([0.0, 0.0, 127.0], np.float64)  # bend, lowest and highest pitch
+        self._vround = np.zeros(slots, np.int64)
+        self._pitch = np.zeros(1, PITCH_CONTROL)
+        self._pitch["lowest"], self._pitch["highest"] = 0.0, 127.0
+        self._bend_field = self._pitch["bend"]  # (1,) float64 view: per-block writes allocate nothing
         self._blog = np.zeros((bmax, nb), f32)
         self._sv, self._sm, self._sf0 = np.zeros(slots, np.int32), np.zeros(slots, np.int64), np.zeros(slots, f32)
         self._slog, self._sspec = np.zeros((slots, nb), f32), np.zeros((slots, nb), np.complex64)
@@ -342,8 +370,11 @@ class Engine:
         self._ring = np.zeros((slots, self.n_out + 2 * self._chunk + self.hop_out), f32)
         self._mix = np.zeros(self._chunk, f32)
         self._events = np.zeros((self.queue.capacity, 4), np.int64)
-        self._geo = np.array([self.hop_out, self.n_out // 2, self.internal_rate, p.hop / p.sample_rate,
-                              p.n_fft / 2 / p.sample_rate, self.preset.time_on_max], np.float64)
+        self._grid = np.zeros(1, FRAME_GRID)
+        grid = self._grid[0]
+        grid["hop_out"], grid["half_out"], grid["rate"] = self.hop_out, self.n_out // 2, self.internal_rate
+        grid["hop_s"], grid["half_s"] = p.hop / p.sample_rate, p.n_fft / 2 / p.sample_rate
+        grid["time_on_max"] = self.preset.time_on_max
         self._build_windows()
         self.limiter = Limiter(self.sample_rate)
         self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
@@ -441,20 +472,28 @@ class Engine:
         self._out_mono = np.zeros(self.max_block, np.float32)
 
     @property
-    def latency_samples(self) -> int:
-        """Output samples from a note-on's timestamp to its first non-zero output sample.
+    def stage_delays(self) -> dict[str, int]:
+        """Output samples each stage adds between a note-on's timestamp and its first sound.
 
-        A voice's first window starts at the note-on sample (no pipeline delay: its frames are
-        decoded at the start of the block that contains it); the periodic Hann window is zero at
-        its first sample, so sound starts ``_first_nonzero`` samples in. Resampled rates add the
-        resampler's delay (approximate there).
+        A voice's first window starts at the note-on sample (its frames are decoded at the start
+        of the block that contains it, and the phase look-ahead frame is decoded in the same
+        call, so neither adds delay); the periodic Hann window is zero at its first sample, so
+        sound starts a sample in. A resampler (output rates that are not k x the model rate)
+        adds its filter's delay.
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
-        lat = self._first_nonzero
-        if self._resampling:
-            return int(round(lat * self.sample_rate / self.internal_rate)) + self._resampler_delay
-        return lat
+        window = self._first_nonzero
+        if not self._resampling:
+            return {"synthesis window": window}
+        return {"synthesis window": int(round(window * self.sample_rate / self.internal_rate)),
+                "resampler": int(self._resampler_delay)}
+
+    @property
+    def latency_samples(self) -> int:
+        """Output samples from a note-on's timestamp to its first non-zero output sample: the
+        sum of ``stage_delays``."""
+        return sum(self.stage_delays.values())
 
     # ------------------------------------------------------------------ MIDI in
     def push_event(self, sample_time: int, message: bytes) -> bool:
@@ -537,11 +576,11 @@ class Engine:
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
         vb = self.voices
-        self._ctl[0] = self._bend
+        self._bend_field[0] = self._bend
         bc = self._bcol
-        rows, max_rank = _plan_frames(
-            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0, self._vrank,
-            t_end, t_end + (t_end - t0), self._geo, self._ctl, self.z_current, self._bz, bc, self._bidx)
+        rows, max_round = _plan_frames(
+            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0, self._vround,
+            t_end, t_end + (t_end - t0), self._grid, self._pitch, self.z_current, self._bz, bc, self._bidx)
         if rows == 0:
             return
         self._decoder.decode(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog, rows)
@@ -550,9 +589,9 @@ class Engine:
         if bad:
             self.stats.nan_voices += bad
         nf = 0
-        one_round = max_rank == 0  # the usual block: each voice once, rows already in push order
-        for rank in range(max_rank + 1):
-            k = _gather_round(rank, rows, self._bidx, bc, self._blog, self._sv, self._sm, self._sf0, self._slog,
+        one_round = max_round == 0  # the usual block: each voice once, rows already in push order
+        for phase_round in range(max_round + 1):
+            k = _gather_round(phase_round, rows, self._bidx, bc, self._blog, self._sv, self._sm, self._sf0, self._slog,
                               one_round)
             logs = self._blog[:k] if one_round else self._slog[:k]
             self.phase.push(self._sv[:k], logs, self._sspec[:k], self._sf0[:k])

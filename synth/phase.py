@@ -30,6 +30,19 @@ HANN_LAMBDA = 0.25645
 
 _TWO_PI = 2.0 * np.pi
 
+PHASE_COEFS = np.dtype([
+    ("coef_t", np.float64),  # hop * n_fft / lambda: log-mag frequency gradient -> phase advance per hop
+    ("bin_advance", np.float64),  # 2 pi hop / n_fft: the advance of bin 1 per hop
+    ("coef_f", np.float64),  # lambda / (n_fft hop): log-mag time gradient -> phase change per bin
+    ("tolerance_ln", np.float64),  # heap threshold below the frame's peak, in nats
+    ("ln_floor", np.float64),  # ln(log_floor): a silent bin
+    ("log_floor", np.float64),
+    ("bins_per_hz", np.float64),
+    ("lobe_width", np.float64),  # half-width of a harmonic's main lobe, bins (pitch hint)
+    ("hint_gate", np.float64),  # how far (in bin advances) a gradient may stray from k f0 and still snap
+])
+"""Constants of the streaming phase step for one STFT geometry; one record, fixed at construction."""
+
 
 class PhaseError(ValueError):
     """Bad arguments to the phase reconstruction (shapes, voice indices)."""
@@ -91,13 +104,14 @@ def _derivatives(s_before: NDArray, s_cur: NDArray, s_after: NDArray, steps: flo
     2 pi k f0 hop / sr: below ~key 45 neighbouring lobes overlap and the gradient is biased by up
     to a semitone. ``harm (F,)`` gets k for those bins, 0 elsewhere. Returns max(s_before, s_cur) (the heap threshold's reference); one pass.
     """
-    coef_t, bin_adv, scale = coefs[0], coefs[1], -coefs[2] / steps
+    c = coefs[0]
+    coef_t, bin_adv, scale = c.coef_t, c.bin_advance, -c.coef_f / steps
     f = s_cur.shape[0]
-    f0_bins = f0_hz * coefs[6]  # harmonic spacing in bins
+    f0_bins = f0_hz * c.bins_per_hz  # harmonic spacing in bins
     inv_f0 = 1.0 / f0_bins if f0_bins > 0.0 else 0.0
-    width = coefs[7]
+    width = c.lobe_width
     top = max(s_before[0], s_cur[0], s_before[f - 1], s_cur[f - 1])
-    gate = coefs[8] * bin_adv
+    gate = c.hint_gate * bin_adv
     dt[0] = 0.0  # the spectrum is symmetric about DC and Nyquist: zero derivative there
     dt[f - 1] = bin_adv * (f - 1)
     harm[0] = 0
@@ -213,10 +227,10 @@ def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, 
     ``state (4, V, F)`` = s of frame n-1, s of frame n (look-ahead only), phase of n-1, advance of
     n-1; ``work (3, F)`` = advance, group delay and phase of the frame being written;
     ``f0_all (V,)`` = f0 in Hz of the frame being written (0: unknown);
-    ``harm (F,)`` = harmonic number of each bin (work); ``coefs`` = coef_t, bin_adv, coef_f,
-    tol_ln, ln(log_floor), log_floor, bins per Hz, harmonic lobe half-width and hint gate in bins.
+    ``harm (F,)`` = harmonic number of each bin (work); ``coefs``: one PHASE_COEFS record.
     """
-    tol_ln, ln_floor, log_floor = coefs[3], coefs[4], coefs[5]
+    c = coefs[0]
+    tol_ln, ln_floor, log_floor = c.tolerance_ln, c.ln_floor, c.log_floor
     dt_cur, df_cur, ph_cur = work[0], work[1], work[2]
     for i in range(voices.shape[0]):
         v = voices[i]
@@ -267,10 +281,11 @@ class StreamingPhase:
         self.max_voices = int(max_voices)
         self.n_bins = f
         self.lookahead = bool(lookahead)
-        self._coefs = np.array([h * n / lam, _TWO_PI * h / n, lam / (n * h),
-                                tolerance_db / 20.0 * np.log(10.0), np.log(params.log_floor),
-                                params.log_floor, n / params.sample_rate, harmonic_width, hint_gate],
-                               dtype=np.float64)
+        self._coefs = np.zeros(1, PHASE_COEFS)
+        c = self._coefs
+        c["coef_t"], c["bin_advance"], c["coef_f"] = h * n / lam, _TWO_PI * h / n, lam / (n * h)
+        c["tolerance_ln"], c["ln_floor"], c["log_floor"] = tolerance_db / 20.0 * np.log(10.0), np.log(params.log_floor), params.log_floor
+        c["bins_per_hz"], c["lobe_width"], c["hint_gate"] = n / params.sample_rate, harmonic_width, hint_gate
         self._state = np.zeros((4, self.max_voices, f), dtype=np.float64)
         self._count = np.zeros(self.max_voices, dtype=np.int64)
         self._work = np.zeros((3, f), dtype=np.float64)
