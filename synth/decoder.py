@@ -39,6 +39,9 @@ def _session_options(threads: int | None) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     opts.enable_mem_pattern = True
+    # Idle intra-op workers would otherwise spin after every call, taking the core the audio
+    # thread or the DAW needs; the caller's thread runs its share of the work either way.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -197,6 +197,45 @@ def _integrate_frame(s_prev: NDArray, s_cur: NDArray, ph_prev: NDArray, dt_prev:
                 size = _heap_push(hkeys, hvals, size, s_cur[nb], nb + f)
 
 
+# The per-bin exp, cos and sin of the finishing pass were half the cost of a streaming step as
+# libm calls. These polynomials (Taylor on a reduced range) run inline, at about half the cost,
+# with relative errors below 1e-7: far under the complex64 output's own precision.
+_HALF_PI = 0.5 * np.pi
+_INV_HALF_PI = 2.0 / np.pi
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_POW2 = np.array([2.0 ** k for k in range(-64, 64)])  # 2**n for n = -64..63
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _sincos(p: float) -> tuple:
+    """(sin p, cos p): quadrant reduction to |r| <= pi/4, then degree 9/10 Taylor polynomials."""
+    q = np.floor(p * _INV_HALF_PI + 0.5)
+    r = p - q * _HALF_PI
+    r2 = r * r
+    sn = r * (1.0 + r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362880.0)))))
+    cs = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40320.0 + r2 * (-1.0 / 3628800.0)))))
+    quadrant = int(q) & 3
+    if quadrant == 0:
+        return sn, cs
+    if quadrant == 1:
+        return cs, -sn
+    if quadrant == 2:
+        return -sn, -cs
+    return -cs, sn
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _exp(x: float) -> float:
+    """e**x for the log-magnitude range (|x| < 44): 2**n from a table times a degree-9 polynomial."""
+    t = x * _LOG2E
+    n = np.floor(t)
+    y = (t - n) * _LN2
+    e = 1.0 + y * (1.0 + y * (0.5 + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (
+        1.0 / 720.0 + y * (1.0 / 5040.0 + y * (1.0 / 40320.0 + y * (1.0 / 362880.0)))))))))
+    return e * _POW2[min(max(int(n), -64), 63) + 64]
+
+
 @njit(nogil=True, cache=True)
 def _finish_frame(s_prev: NDArray, s_cur: NDArray, x: NDArray, ph_prev: NDArray, ph_cur: NDArray,
                   dt_prev: NDArray, dt_cur: NDArray, log_floor: float, lookahead: bool,
@@ -206,10 +245,11 @@ def _finish_frame(s_prev: NDArray, s_cur: NDArray, x: NDArray, ph_prev: NDArray,
     for m in range(s_cur.shape[0]):
         p = ph_cur[m]
         p -= _TWO_PI * np.floor(p / _TWO_PI)
-        mag = max(np.exp(s_cur[m]) - log_floor, 0.0)
+        mag = max(_exp(s_cur[m]) - log_floor, 0.0)
         if m & 1:
             mag = -mag
-        out[m] = complex(mag * np.cos(p), mag * np.sin(p))
+        sn, cs = _sincos(p)
+        out[m] = complex(mag * cs, mag * sn)
         ph_prev[m] = p
         dt_prev[m] = dt_cur[m]
         s_prev[m] = s_cur[m]
