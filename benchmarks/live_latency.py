@@ -129,7 +129,7 @@ def startup_table(preset: str) -> str:
 
 
 def knob_table(probe: JackProbe, repeats: int = 5) -> str:
-    """CC 70 (knob 0) 0 -> 127 under a held chord; time until the short-time spectrum moves 3 dB."""
+    """CC 70 (knob 0) 0 -> 127 under a held chord, in real time; time until the short-time spectrum moves 3 dB."""
     times = []
     for r in range(repeats):
         chord = [48, 55, 60, 64]
@@ -137,7 +137,7 @@ def knob_table(probe: JackProbe, repeats: int = 5) -> str:
         end = cc_at + int(0.5 * RATE)
         events = [(PERIOD, control(70, 0))] + [(2 * PERIOD, note_on(k)) for k in chord]
         events += [(cc_at, control(70, 127))] + [(end, note_off(k)) for k in chord]
-        take = probe.record(events, end + PERIOD, freewheel=True)
+        take = probe.record(events, end + PERIOD, freewheel=False)  # real time: what a player feels
         mono = take.audio.mean(axis=1)
         win = np.hanning(2048)
         spec = lambda i: 20 * np.log10(np.abs(np.fft.rfft(mono[i - 2048 : i] * win)) + 1e-9)  # noqa: E731
