@@ -30,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bend-range", type=float, default=2.0, help="pitch-bend range in semitones (default 2)")
     ap.add_argument("--channel", type=int, default=None, help="MIDI channel 1..16 to listen to (default all)")
     ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    ap.add_argument("--status", action="store_true", help="live: show the status line (the default; --quiet hides it)")
     render = ap.add_argument_group("offline rendering")
     render.add_argument("--render", metavar="IN.mid", default=None, help="render this MIDI file instead of playing live")
     render.add_argument("--out", metavar="OUT.wav", default=None, help="output WAV for --render")

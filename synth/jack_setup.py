@@ -93,9 +93,13 @@ def list_output_devices() -> str:
     import sounddevice as sd
 
     try:
-        return str(sd.query_devices())
+        listing = str(sd.query_devices())
     except sd.PortAudioError as exc:
         raise AudioSetupError(f"cannot list audio devices: {exc}") from None
+    if not listing.strip():
+        raise AudioSetupError("no audio devices found — start JACK (e.g. jackd -d dummy -r 48000 -p 128) "
+                              "or connect a sound card")
+    return listing
 
 
 def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:
