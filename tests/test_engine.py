@@ -371,6 +371,9 @@ def test_program_change_then_knob_does_not_jump(preset: Preset) -> None:
         assert not eng.knob_pickup[0]
     render(eng, [(eng.sample_time, CC, 70, values[crossed])], BLOCK)
     assert eng.knob_pickup[0] and not eng.knob_pickup[1:].any()
+    from synth.live import _knob_text
+
+    assert _knob_text(eng).count("*") == len(coords) - 1  # the status line marks knobs still waiting
     u = values[crossed] / 127 * 2 - 1
     assert abs(u - c) <= 5 / 127 + 1e-6, "picked up more than one step away from the coordinate"
     dz = eng.z_target.astype(np.float64) - z_snap
