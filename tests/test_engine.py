@@ -235,6 +235,9 @@ def test_process_allocates_nothing(preset: Preset) -> None:
     for _ in range(200):  # warm-up: numba dispatch, onnxruntime arenas, bindings
         eng.process(out)
     eng.push(eng.sample_time + 500, CC, 70, 100)
+    eng.push(eng.sample_time + 700, PC, 9, 0)  # recall: knob coordinates, pick-up state
+    eng.push(eng.sample_time + 800, CC, 71, 0)  # a knob waiting for pick-up
+    eng.push(eng.sample_time + 850, CC, 71, 127)  # crossed: picked up, z recomposed
     eng.push(eng.sample_time + 900, OFF, 56, 0)
     tracemalloc.start()
     try:
@@ -254,6 +257,7 @@ def test_process_allocates_nothing(preset: Preset) -> None:
     # push the peak far above 4 kB.
     assert peak - base < 4096, f"process() allocated up to {peak - base} bytes at once"
     assert np.abs(out).max() > 0
+    assert eng.knob_pickup.tolist() == [False, True] + [False] * (len(eng.knob_pickup) - 2)
 
 
 class CountingDecoder:
