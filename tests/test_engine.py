@@ -479,3 +479,22 @@ def test_full_velocity_chord_stays_below_full_scale_on_default_preset(default_pr
     x = render(make(default_preset), [(0, PC, 61, 0)] + [(0, ON, k, 127) for k in (48, 52, 55, 60, 64, 67, 72)],
                SR // 2)
     assert 0.8 < np.abs(x).max() <= 1.0
+
+
+def test_pickup_by_reaching_and_beyond_the_travel(preset: Preset) -> None:
+    """A CC within half a step of the coordinate picks up without crossing it; a coordinate beyond
+    the knob's travel is picked up at the end of the travel."""
+    from synth.knobs import TimbreKnobs
+
+    knobs = TimbreKnobs(preset)
+    z = np.zeros(preset.latent_size, np.float32)
+    knobs.recall_program(0, z)
+    knobs.coords[0], knobs.coords[1] = 0.5, 1.4  # as a recall would leave them
+    knobs.control(0, 10, z)  # first message, far away: ignored
+    knobs.control(0, round(1.5 / 2 * 127), z)  # 95: within half a step of 0.5, from below, no crossing
+    assert knobs.pickup[0] and knobs.coords[0] == pytest.approx(95 / 127 * 2 - 1)
+    for v in (0, 64, 126):
+        knobs.control(1, v, z)
+        assert not knobs.pickup[1] and knobs.coords[1] == 1.4
+    knobs.control(1, 127, z)
+    assert knobs.pickup[1] and knobs.coords[1] == pytest.approx(1.0)
