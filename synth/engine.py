@@ -444,8 +444,7 @@ class Engine:
         elif kind == ev.CONTROL_CHANGE:
             self._control(t, d1, d2)
         elif kind == ev.PROGRAM_CHANGE:
-            if self.knobs.recall_program(d1, self.z_target) >= 0 and self.voices.active_count() == 0:
-                self.z_current[:] = self.z_target  # nothing sounds: no glide, the next note starts in the new timbre
+            self.knobs.recall_program(d1, self.z_target)
         elif kind == ev.PITCH_BEND:
             self._bend = ((d2 << 7) | d1) - 8192
             self._bend = self._bend / 8192.0 * self.bend_range
