@@ -40,13 +40,13 @@ from numpy.typing import NDArray
 from synth import events as ev
 from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
+from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
 from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.stft import hann, magnitude_scale
 from synth.voices import FADING, FREE, HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
 
-KNOB_RANGE_STD = 3.0
 KNOB_SMOOTH_S = 0.008
 # Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
 # frame is a true STFT frame whose window starts at the note-on, so dividing by the window's
@@ -256,12 +256,13 @@ class Engine:
     """Polyphonic renderer around one preset. Call ``prepare`` before ``process``.
 
     ``channel``: MIDI channel 1..16 to listen to, None for all. ``bend_range`` in semitones.
-    ``latent`` values: see :meth:`set_latent`. ``shed_load`` (live mode): time every block and
-    shed voices while blocks run over budget (``synth.overload``).
+    ``latent`` values: see :meth:`set_latent`. ``master_gain``: the user's trim; the output gain
+    is ``master_gain * preset.mix_gain`` (see :attr:`output_gain`). ``shed_load`` (live mode):
+    time every block and shed voices while blocks run over budget (``synth.overload``).
     """
 
     def __init__(self, preset: Preset, polyphony: int = 32, bend_range: float = 2.0, channel: int | None = None,
-                 device: str = "auto", threads: int | None = None, master_gain: float = 0.5,
+                 device: str = "auto", threads: int | None = None, master_gain: float = 1.0,
                  queue_capacity: int = 4096, decoder: FrameDecoder | None = None,
                  phase_factory: Callable[..., object] | None = None, shed_load: bool = False) -> None:
         if channel is not None and not 1 <= channel <= 16:
@@ -280,6 +281,8 @@ class Engine:
         self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.z_current = self.z_target.copy()
+        self.knobs = TimbreKnobs(preset)
+        self.knobs.derive(self.z_target, unpick_moved=False)
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0
@@ -288,14 +291,16 @@ class Engine:
 
     # ------------------------------------------------------------------ controls (not real-time)
     def set_knob_ccs(self, cc_to_knob: dict[int, int]) -> None:
-        """Which CC drives which knob (knob i = latent dim ``knob_order[i]``)."""
+        """Which CC drives which knob (knob i moves along the preset's direction i; knob 0 varies most)."""
         self._knob_of_cc[:] = -1
         for cc, knob in cc_to_knob.items():
-            if 0 <= cc < 128 and 0 <= knob < self.preset.latent_size:
+            if 0 <= cc < 128 and 0 <= knob < self.knobs.count:
                 self._knob_of_cc[cc] = knob
 
     def set_latent(self, dim: int, value: float, absolute: bool = False) -> None:
-        """Set latent dim ``dim`` now: ``value`` in std units (z = mean + value*std), or absolute."""
+        """Set latent dim ``dim`` now: ``value`` in std units (z = mean + value*std), or absolute.
+
+        The knob coordinates follow z; knobs whose coordinate moved wait for pick-up."""
         if not 0 <= dim < self.preset.latent_size:
             raise ValueError(f"latent dim {dim} outside 0..{self.preset.latent_size - 1}")
         z = value if absolute else self.preset.latent_mean[dim] + value * self.preset.latent_std[dim]
@@ -303,13 +308,23 @@ class Engine:
             raise ValueError(f"latent value {value} is not finite")
         self.z_target[dim] = z
         self.z_current[dim] = z
+        self.knobs.derive(self.z_target)
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
-        """First 8 knobs (preset knob order) as -1..1 of mean ± 3 std."""
-        dims = self.preset.knob_order[:8]
-        p = self.preset
-        return ((self.z_target[dims] - p.latent_mean[dims]) / (KNOB_RANGE_STD * p.latent_std[dims])).astype(np.float32)
+        """The knob coordinates (K = min(8, latent size)): -1..1 spans a knob's travel, center ± 3 scale
+        along its direction; a recalled snapshot may sit outside."""
+        return self.knobs.coords.astype(np.float32)
+
+    @property
+    def knob_pickup(self) -> NDArray[np.bool_]:
+        """Per knob: True when its hardware control drives it, False while it waits for pick-up."""
+        return self.knobs.pickup.copy()
+
+    @property
+    def output_gain(self) -> float:
+        """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``."""
+        return self.master_gain * self.preset.mix_gain
 
     @property
     def providers(self) -> list[str]:
@@ -539,9 +554,7 @@ class Engine:
         elif kind == ev.CONTROL_CHANGE:
             self._control(t, d1, d2)
         elif kind == ev.PROGRAM_CHANGE:
-            snap = self.preset.snapshot_for_program(d1)
-            if snap is not None:
-                self.z_target[:] = snap.z
+            self.knobs.recall_program(d1, self.z_target)
         elif kind == ev.PITCH_BEND:
             self._bend = ((d2 << 7) | d1) - 8192
             self._bend = self._bend / 8192.0 * self.bend_range
@@ -564,9 +577,7 @@ class Engine:
             self._pedal = False
         knob = self._knob_of_cc[cc]
         if knob >= 0:
-            dim = self.preset.knob_order[knob]
-            u = value / 127.0 * 2.0 - 1.0
-            self.z_target[dim] = self.preset.latent_mean[dim] + u * KNOB_RANGE_STD * self.preset.latent_std[dim]
+            self.knobs.control(knob, value, self.z_target)
 
     # ------------------------------------------------------------------ render
     def _smooth_knobs(self, n: int) -> None:
@@ -632,7 +643,7 @@ class Engine:
     def _process_block(self, out: NDArray, n: int) -> None:
         if not self._resampling:
             self._render_internal(n, self.sample_time + n)
-            self.limiter.process(self._mix[:n], out, self.master_gain)
+            self.limiter.process(self._mix[:n], out, self.output_gain)
         else:
             self._resampled_block(out, n)
         self.sample_time += n
@@ -650,7 +661,7 @@ class Engine:
         self._out_mono[:n] = fifo[:n]
         fifo[: self._fifo_n - n] = fifo[n:self._fifo_n]
         self._fifo_n -= n
-        self.limiter.process(self._out_mono[:n], out, self.master_gain)
+        self.limiter.process(self._out_mono[:n], out, self.output_gain)
 
     @property
     def idle(self) -> bool:

@@ -162,11 +162,16 @@ class LiveSynth:
 
 
 def _knob_text(engine: Any) -> str:
+    """Knob coordinates; a ``*`` marks a knob waiting for pick-up (its control is ignored until it
+    reaches the value shown)."""
     values = getattr(engine, "knob_values", None)
     if values is None:
         return ""
+    picked = getattr(engine, "knob_pickup", None)
     try:
-        return " ".join(f"{float(v):+.2f}" for v in list(values)[:8])
+        values = list(values)[:8]
+        waiting = [False] * len(values) if picked is None else [not bool(p) for p in list(picked)[:8]]
+        return " ".join(f"{float(v):+.2f}{'*' if w else ''}" for v, w in zip(values, waiting))
     except TypeError:
         return ""
 
