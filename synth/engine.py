@@ -280,9 +280,13 @@ class Engine:
         self._shed_load = bool(shed_load)
         self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
-        self.z_current = self.z_target.copy()
         self.knobs = TimbreKnobs(preset)
-        self.knobs.derive(self.z_target, unpick_moved=False)
+        # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
+        # no instrument's timbre, and plays about 10 dB below the snapshots).
+        if self.knobs.recall_program(0, self.z_target) < 0:
+            self.knobs.derive(self.z_target, unpick_moved=False)
+        self.knobs.pickup[:] = True  # before any program change the knobs follow at once
+        self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0

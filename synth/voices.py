@@ -70,10 +70,14 @@ class VoiceBank:
         self.state[v] = FADING
 
     def steal_one(self, t: int) -> int:
-        """Fade out the voice ``find_voice_to_steal`` picks (5 ms, from sample ``t``); returns it or NO_VOICE."""
+        """Fade out the voice ``find_voice_to_steal`` picks (5 ms, from sample ``t``); returns it or NO_VOICE.
+
+        The voice also stops decoding frames at once: its ring already holds far more than the
+        5 ms the fade needs, and a stolen voice should cost nothing from now on."""
         v = int(find_voice_to_steal(self.state, self.key, self.order, self.release_t))
         if v != NO_VOICE:
             self.fade(v, t, float(self.steal_step))
+            self.muted[v] = True
         return v
 
     def allocate(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:

@@ -155,11 +155,12 @@ def test_knob_smoothing_and_heard_within_20ms(preset: Preset) -> None:
     plain = render(make(preset), [(0, ON, 57, 100)], 24000)
     eng = make(preset)
     start = eng.z_target.copy()
+    c0 = float(eng.knob_values[0])  # the start-up sound's (program 0's) coordinate on knob 1
     before = render(eng, [(0, ON, 57, 100), (t_knob, CC, 70, 127)], t_knob + 10)
     z0 = eng.z_current.copy()
     after = render(eng, [], 24000 - len(before))
     km = preset.knobs
-    target = km.center + 3 * km.scale[0] * km.directions[0]  # knob 1 fully up from the center
+    target = start + (1.0 - c0) * 3 * km.scale[0] * km.directions[0]  # knob 1 fully up, along its direction
     np.testing.assert_allclose(eng.z_target, target, atol=1e-5)
     assert np.linalg.norm(z0 - target) > 0.5 * np.linalg.norm(target - start), "jumped instead of gliding"
     np.testing.assert_allclose(eng.z_current, target, atol=1e-3)
@@ -333,11 +334,12 @@ def test_knob_moves_along_preset_direction(preset: Preset) -> None:
     plain = render(make(preset), [(0, ON, 57, 60)], SR // 2)
     eng = make(preset)
     z0 = eng.z_current.astype(np.float64)
+    coords0 = eng.knob_values.astype(np.float64)  # program 0's sound, where the engine starts
     moved = render(eng, [(0, CC, 70, 127), (0, ON, 57, 60)], SR // 2)
     dz = eng.z_current.astype(np.float64) - z0
-    assert np.linalg.norm(dz) == pytest.approx(3 * preset.knobs.scale[0], rel=1e-3)
+    assert np.linalg.norm(dz) == pytest.approx((1.0 - coords0[0]) * 3 * preset.knobs.scale[0], rel=1e-3)
     np.testing.assert_allclose(dz / np.linalg.norm(dz), d[0], atol=1e-4)
-    np.testing.assert_allclose(eng.knob_values, np.eye(len(d))[0], atol=1e-5)
+    np.testing.assert_allclose(eng.knob_values, np.r_[1.0, coords0[1:]], atol=1e-5)
     expected = dz @ timbre_weights(preset.latent_size)  # change of each harmonic's log-amplitude
     got = np.log(harmonic_levels(moved[SR // 4:], 57) / harmonic_levels(plain[SR // 4:], 57))
     assert np.ptp(expected) > 0.5, "precondition: the move changes the harmonic balance"
