@@ -115,7 +115,7 @@ def run_render(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     events = read_midi_events(args.render, rate)
     engine = Engine(preset, polyphony=args.polyphony, bend_range=args.bend_range, channel=args.channel,
-                    device=args.device, threads=args.threads)
+                    device=args.device, threads=args.threads, knob_pickup=False)
     for dim, value, absolute in latent:
         try:
             engine.set_latent(dim, value, absolute)

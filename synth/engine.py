@@ -259,12 +259,15 @@ class Engine:
     ``latent`` values: see :meth:`set_latent`. ``master_gain``: the user's trim; the output gain
     is ``master_gain * preset.mix_gain`` (see :attr:`output_gain`). ``shed_load`` (live mode):
     time every block and shed voices while blocks run over budget (``synth.overload``).
+    ``knob_pickup``: after a program change a knob CC waits until it reaches the snapshot's
+    position (hardware knobs); False applies every CC at once (a MIDI file's automation).
     """
 
     def __init__(self, preset: Preset, polyphony: int = 32, bend_range: float = 2.0, channel: int | None = None,
                  device: str = "auto", threads: int | None = None, master_gain: float = 1.0,
                  queue_capacity: int = 4096, decoder: FrameDecoder | None = None,
-                 phase_factory: Callable[..., object] | None = None, shed_load: bool = False) -> None:
+                 phase_factory: Callable[..., object] | None = None, shed_load: bool = False,
+                 knob_pickup: bool = True) -> None:
         if channel is not None and not 1 <= channel <= 16:
             raise ValueError(f"MIDI channel must be 1..16, got {channel}")
         self.preset = preset
@@ -278,6 +281,7 @@ class Engine:
         self._decoder = decoder
         self._phase_factory = phase_factory
         self._shed_load = bool(shed_load)
+        self._knob_pickup = bool(knob_pickup)
         self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.knobs = TimbreKnobs(preset)
@@ -559,6 +563,8 @@ class Engine:
             self._control(t, d1, d2)
         elif kind == ev.PROGRAM_CHANGE:
             self.knobs.recall_program(d1, self.z_target)
+            if not self._knob_pickup:
+                self.knobs.pickup[:] = True
         elif kind == ev.PITCH_BEND:
             self._bend = ((d2 << 7) | d1) - 8192
             self._bend = self._bend / 8192.0 * self.bend_range

@@ -370,8 +370,8 @@ def _start_learning(args: argparse.Namespace, preset: Any) -> LearnSession | Non
     knob = getattr(args, "learn", None)
     if knob is None:
         return None
-    session = LearnSession(int(knob), len(preset.knob_order))
-    _say(f"MIDI learn: move a controller to bind knob {session.knob} (latent dim {preset.knob_order[session.knob]})")
+    session = LearnSession(int(knob), preset.knobs.directions.shape[0])
+    _say(f"MIDI learn: move a controller to bind knob {session.knob + 1} of {preset.knobs.directions.shape[0]}")
     return session
 
 
