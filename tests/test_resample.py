@@ -215,3 +215,27 @@ def test_kernels_allocate_nothing_in_numba() -> None:
     per_resample, per_dequeue, rss_growth_kb = (float(v) for v in done.stdout.split())
     assert (per_resample, per_dequeue) == (5.0, 3.0)
     assert rss_growth_kb == 0
+
+
+def test_engine_at_44k1_is_its_48k_render_resampled(tmp_path: Path) -> None:
+    """The engine renders 44.1 kHz at 48 kHz and converts: same audio, same timeline, and
+    ``latency_samples`` adds exactly the resampler's delay (quiet enough that the limiter is identity)."""
+    from synth.engine import Engine
+    from synth.preset import load_preset
+    from tests.fake_preset import make_fake_preset
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake"))
+    renders = {}
+    for rate in (48000, 44100):
+        eng = Engine(preset, device="cpu", master_gain=0.05)
+        eng.prepare(rate, 128)
+        eng.push(0, 0x90, 69, 100)
+        out = np.zeros((rate // 4, 2), np.float32)
+        eng.process(out)
+        renders[rate] = (out[:, 0].copy(), eng)
+    x48, eng48 = renders[48000]
+    y, eng44 = renders[44100]
+    ref = one_shot(StreamResampler(48000, 44100, 4096), x48)
+    n = min(len(ref), len(y))
+    assert db(rms(y[:n] - ref[:n]) / rms(ref[:n])) < -70.0
+    assert eng44.latency_samples == round(eng48.latency_samples * 44100 / 48000) + eng44._resampler.delay_samples
