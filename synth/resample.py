@@ -49,6 +49,7 @@ def _resample(x: NDArray, table: NDArray, step: int, hist: NDArray, state: NDArr
         hist[fill + i] = x[i]
     fill += x.shape[0]
     pos, phase = state[_POS], state[_PHASE]
+    whole, frac = step // n_phase, step % n_phase  # M = whole * L + frac
     k = at
     while pos + taps <= fill:
         coef = table[phase]
@@ -60,9 +61,12 @@ def _resample(x: NDArray, table: NDArray, step: int, hist: NDArray, state: NDArr
             acc += coef[j] * seg[j]
         out[k] = acc
         k += 1
-        phase += step
-        pos += phase // n_phase
-        phase %= n_phase
+        # t += M without an integer division per output (~40 cycles each on x86)
+        pos += whole
+        phase += frac
+        if phase >= n_phase:
+            phase -= n_phase
+            pos += 1
     # keep only what later outputs read: from ``pos`` on (fewer than T-1+M samples)
     keep = fill - pos if fill > pos else 0
     for j in range(keep):  # forward loop: slice assignment of overlapping views would copy
