@@ -217,25 +217,52 @@ def test_kernels_allocate_nothing_in_numba() -> None:
     assert rss_growth_kb == 0
 
 
-def test_engine_at_44k1_is_its_48k_render_resampled(tmp_path: Path) -> None:
-    """The engine renders 44.1 kHz at 48 kHz and converts: same audio, same timeline, and
-    ``latency_samples`` adds exactly the resampler's delay (quiet enough that the limiter is identity)."""
-    from synth.engine import Engine
+@pytest.fixture(scope="module")
+def fake_preset(tmp_path_factory: pytest.TempPathFactory) -> object:
     from synth.preset import load_preset
     from tests.fake_preset import make_fake_preset
 
-    preset = load_preset(make_fake_preset(tmp_path / "fake"))
-    renders = {}
-    for rate in (48000, 44100):
-        eng = Engine(preset, device="cpu", master_gain=0.05)
-        eng.prepare(rate, 128)
-        eng.push(0, 0x90, 69, 100)
-        out = np.zeros((rate // 4, 2), np.float32)
-        eng.process(out)
-        renders[rate] = (out[:, 0].copy(), eng)
-    x48, eng48 = renders[48000]
-    y, eng44 = renders[44100]
+    return load_preset(make_fake_preset(tmp_path_factory.mktemp("resample") / "fake"))
+
+
+def engine_note(preset: object, rate: int, warm: bool = True) -> tuple[np.ndarray, object]:
+    """A4 from sample 0 for a quarter second (quiet: the limiter stays identity) -> (channel 0, engine)."""
+    from synth.engine import Engine
+
+    eng = Engine(preset, device="cpu", master_gain=0.05)  # type: ignore[arg-type]
+    eng.prepare(rate, 128, warm=warm)
+    eng.push(0, 0x90, 69, 100)
+    out = np.zeros((rate // 4, 2), np.float32)
+    eng.process(out)
+    return out[:, 0].copy(), eng
+
+
+def test_engine_at_44k1_is_its_48k_render_resampled(fake_preset: object) -> None:
+    """The engine renders 44.1 kHz at 48 kHz and converts: same audio, same timeline, and
+    ``latency_samples`` adds exactly the resampler's delay."""
+    x48, eng48 = engine_note(fake_preset, 48000)
+    y, eng44 = engine_note(fake_preset, 44100)
     ref = one_shot(StreamResampler(48000, 44100, 4096), x48)
     n = min(len(ref), len(y))
     assert db(rms(y[:n] - ref[:n]) / rms(ref[:n])) < -70.0
     assert eng44.latency_samples == round(eng48.latency_samples * 44100 / 48000) + eng44._resampler.delay_samples
+
+
+def test_engine_warm_up_leaves_no_trace_in_the_resampler(fake_preset: object) -> None:
+    """prepare()'s warm-up performance goes through the resampler; _reset_performance clears it."""
+    warm, eng = engine_note(fake_preset, 44100, warm=True)
+    cold, _ = engine_note(fake_preset, 44100, warm=False)
+    assert eng._resampler is not None
+    assert warm.tobytes() == cold.tobytes()
+
+
+def test_benchmark_runs() -> None:
+    from benchmarks import resample_speed
+
+    chunk = resample_speed._engine_chunk(48000, 44100)
+    x = np.zeros(4096, np.float32)
+    mean, p99, ahead = resample_speed._time_blocks(lambda: StreamResampler(48000, 44100, chunk), x, chunk, 20)
+    assert 0 < mean < 1e4 and 0 < p99 and 0 < ahead < chunk
+    assert resample_speed._impulse_peak(lambda: StreamResampler(48000, 44100, chunk), 48000, chunk) == 62
+    ripple, stop, e1, e15 = resample_speed._quality(48000, 44100)
+    assert ripple < 0.1 and stop < -80 and e1 < -70 and e15 < -70
