@@ -67,7 +67,7 @@ def _resample(x: NDArray, table: NDArray, step: int, hist: NDArray, state: NDArr
         if phase >= n_phase:
             phase -= n_phase
             pos += 1
-    # keep only what later outputs read: from ``pos`` on (fewer than T-1+M samples)
+    # keep only what later outputs read: from ``pos`` on (at most T-1 samples, as the loop ended)
     keep = fill - pos if fill > pos else 0
     for j in range(keep):  # forward loop: slice assignment of overlapping views would copy
         hist[j] = hist[fill - keep + j]
