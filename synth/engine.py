@@ -23,8 +23,7 @@ Per block (``process``):
 Grid: frame n of a voice is the model's centred frame j = n + n_fft/(2 hop), decoded at
 ``time_on = (n*hop + n_fft/2) / model_rate``, so the note's audio begins at the note-on
 sample itself. Output rates that are not k * model_rate (44.1 kHz) are rendered at k *
-model_rate and converted by ``soxr.ResampleStream`` (that path allocates a small array per
-internal block inside soxr's Python binding: not strictly real-time safe).
+model_rate and converted by ``synth.resample.StreamResampler`` (polyphase, allocation-free).
 """
 from __future__ import annotations
 
@@ -44,6 +43,7 @@ from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
 from synth.overload import LoadGovernor
 from synth.preset import Preset
+from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
 from synth.voices import FADING, FREE, HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
 
@@ -456,9 +456,7 @@ class Engine:
         if self._governor is not None:
             self._governor.reset()
         if self._resampler is not None:
-            self._resampler.clear()
-            self._fifo.fill(0.0)
-            self._fifo_n = 0
+            self._resampler.reset()
 
     def _build_windows(self) -> None:
         """Synthesis window with the zero-padding gain, and the OLA normalisation."""
@@ -482,16 +480,10 @@ class Engine:
         self._resampler_delay = 0
         if not self._resampling:
             return
-        import soxr
-
-        probe = soxr.ResampleStream(self.internal_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-        x = np.zeros(self.internal_rate // 10, np.float32)
-        x[0] = 1.0
-        y = np.concatenate([probe.resample_chunk(x), probe.resample_chunk(np.zeros(4096, np.float32), last=True)])
-        self._resampler_delay = int(np.argmax(np.abs(y)))  # peak of the impulse response
-        self._resampler = soxr.ResampleStream(self.internal_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-        self._fifo = np.zeros(4 * (self.max_block + self._chunk) + 64, np.float32)
-        self._fifo_n = 0
+        # _resampled_block pushes chunks until a block is queued: its default FIFO holds a
+        # block's shortfall plus one chunk's output
+        self._resampler = StreamResampler(self.internal_rate, self.sample_rate, self._chunk)
+        self._resampler_delay = self._resampler.delay_samples
         self._out_mono = np.zeros(self.max_block, np.float32)
 
     @property
@@ -502,7 +494,7 @@ class Engine:
         of the block that contains it, and the phase look-ahead frame is decoded in the same
         call, so neither adds delay); the periodic Hann window is zero at its first sample, so
         sound starts a sample in. A resampler (output rates that are not k x the model rate)
-        adds its filter's delay.
+        adds its filter's delay (exact, from its design; its pre-ringing starts before it).
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
@@ -660,17 +652,12 @@ class Engine:
         self.stats.blocks += 1
 
     def _resampled_block(self, out: NDArray, n: int) -> None:
-        fifo = self._fifo
-        while self._fifo_n < n:
-            c = self._chunk
+        resampler, c = self._resampler, self._chunk
+        while resampler.available < n:
             t_end_out = ((self._t_int + c) * self.sample_rate) // self.internal_rate
             self._render_internal(c, t_end_out)
-            y = self._resampler.resample_chunk(self._mix[:c])  # allocates inside soxr's binding
-            fifo[self._fifo_n:self._fifo_n + y.shape[0]] = y
-            self._fifo_n += y.shape[0]
-        self._out_mono[:n] = fifo[:n]
-        fifo[: self._fifo_n - n] = fifo[n:self._fifo_n]
-        self._fifo_n -= n
+            resampler.push(self._mix[:c])
+        resampler.read(self._out_mono[:n])
         self.limiter.process(self._out_mono[:n], out, self.output_gain)
 
     @property
