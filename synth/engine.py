@@ -45,7 +45,7 @@ from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
-from synth.voices import FADING, FREE, HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
+from synth.voices import FADING, FREE, RELEASE_END_FADE_S, VoiceBank, mix_voices
 
 KNOB_SMOOTH_S = 0.008
 # Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
@@ -405,7 +405,6 @@ class Engine:
         self._governor = LoadGovernor(self.polyphony, self.internal_rate) if self._shed_load else None
         self._alpha_per_sample = 1.0 / (KNOB_SMOOTH_S * self.internal_rate)
         self._t_int = 0
-        self._pedal = False
         self._bend = 0.0
         self._ln_floor = float(np.log(p.log_floor))
         self._decoder.bind(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog)
@@ -449,7 +448,6 @@ class Engine:
         self.z_current[:] = self.z_target
         self.sample_time = 0
         self._t_int = 0
-        self._pedal = False
         self._bend = 0.0
         self.stats.__init__()
         self.stats.voice_cap = self.polyphony
@@ -539,47 +537,47 @@ class Engine:
             self._dispatch(t, status & 0xF0, ch, d1, d2)
 
     def _dispatch(self, t: int, kind: int, ch: int, d1: int, d2: int) -> None:
-        vb = self.voices
+        """Route one channel message at internal sample ``t`` to its handler."""
         if kind == ev.NOTE_ON and d2 > 0:
-            for v in range(vb.slots):  # a re-struck key releases its previous voice
-                if vb.key[v] == d1 and vb.channel[v] == ch and (vb.state[v] == HELD or vb.state[v] == SUSTAINED):
-                    vb.release(v, t)
-            v, busy = vb.allocate(t, d1, ch, d2)
-            if busy:
-                self._ring[v].fill(0.0)
-            self.phase.reset(v)
-            self.stats.stolen_voices = vb.stolen
-        elif kind == ev.NOTE_OFF or kind == ev.NOTE_ON:
-            vb.note_off(t, d1, ch, self._pedal)
+            self._note_on(t, d1, ch, d2)
+        elif kind == ev.NOTE_OFF or kind == ev.NOTE_ON:  # velocity-0 note-on is a note-off
+            self.voices.note_off(t, d1, ch)
         elif kind == ev.CONTROL_CHANGE:
-            self._control(t, d1, d2)
+            self._control_change(t, d1, d2)
         elif kind == ev.PROGRAM_CHANGE:
-            self.knobs.recall_program(d1, self.z_target)
-            if not self._knob_pickup:
-                self.knobs.pickup[:] = True
+            self._program_change(d1)
         elif kind == ev.PITCH_BEND:
-            self._bend = ((d2 << 7) | d1) - 8192
-            self._bend = self._bend / 8192.0 * self.bend_range
+            self._pitch_bend((d2 << 7) | d1)
 
-    def _control(self, t: int, cc: int, value: int) -> None:
+    def _note_on(self, t: int, key: int, channel: int, velocity: int) -> None:
+        v, slot_was_busy = self.voices.note_on(t, key, channel, velocity)
+        if slot_was_busy:
+            self._ring[v].fill(0.0)
+        self.phase.reset(v)
+        self.stats.stolen_voices = self.voices.stolen
+
+    def _control_change(self, t: int, cc: int, value: int) -> None:
         vb = self.voices
         if cc == ev.CC_SUSTAIN:
-            down = value >= 64
-            if self._pedal and not down:
-                vb.pedal_up(t)
-            self._pedal = down
+            vb.sustain_pedal(t, value >= 64)
         elif cc == ev.CC_ALL_SOUND_OFF:
             vb.fade_all(t)
         elif cc == ev.CC_ALL_NOTES_OFF:
             vb.release_all(t)
-        elif cc == 121:  # reset all controllers
+        elif cc == ev.CC_RESET_ALL_CONTROLLERS:
             self._bend = 0.0
-            if self._pedal:
-                vb.pedal_up(t)
-            self._pedal = False
+            vb.sustain_pedal(t, False)
         knob = self._knob_of_cc[cc]
         if knob >= 0:
             self.knobs.control(knob, value, self.z_target)
+
+    def _program_change(self, program: int) -> None:
+        self.knobs.recall_program(program, self.z_target)
+        if not self._knob_pickup:
+            self.knobs.pickup[:] = True
+
+    def _pitch_bend(self, value14: int) -> None:
+        self._bend = (value14 - 8192) / 8192.0 * self.bend_range
 
     # ------------------------------------------------------------------ render
     def _smooth_knobs(self, n: int) -> None:

@@ -53,6 +53,7 @@ class VoiceBank:
         self.steal_step = np.float32(1.0 / max(1.0, STEAL_FADE_S * sample_rate))
         self.stolen = 0
         self.cap = self.polyphony  # sounding voices allowed now (the engine lowers it under overload)
+        self.pedal_down = False
 
     def active_count(self) -> int:
         return int(np.count_nonzero(self.state))
@@ -115,24 +116,36 @@ class VoiceBank:
         self.muted[slot] = False
         return slot, busy
 
+    def note_on(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
+        """A key goes down at sample ``t``: a re-struck key first releases its sounding voice (a
+        piano's damper lifts and strikes again), then a slot is allocated (see ``allocate``)."""
+        for v in range(self.slots):
+            if self.key[v] == key and self.channel[v] == channel and (self.state[v] == HELD or self.state[v] == SUSTAINED):
+                self.release(v, t)
+        return self.allocate(t, key, channel, velocity)
+
     def release(self, v: int, t: int) -> None:
         """Key (or pedal) up at sample ``t``: the decoder's time_off starts counting here."""
         if self.state[v] in (HELD, SUSTAINED):
             self.state[v] = RELEASED
             self.release_t[v] = t
 
-    def note_off(self, t: int, key: int, channel: int, pedal_down: bool) -> None:
+    def note_off(self, t: int, key: int, channel: int) -> None:
+        """A key comes up: its voice releases, or waits in SUSTAINED while the pedal is down."""
         for v in range(self.slots):
             if self.state[v] == HELD and self.key[v] == key and self.channel[v] == channel:
-                if pedal_down:
+                if self.pedal_down:
                     self.state[v] = SUSTAINED
                 else:
                     self.release(v, t)
 
-    def pedal_up(self, t: int) -> None:
-        for v in range(self.slots):
-            if self.state[v] == SUSTAINED:
-                self.release(v, t)
+    def sustain_pedal(self, t: int, down: bool) -> None:
+        """CC 64: lifting the pedal releases every voice it was holding."""
+        if self.pedal_down and not down:
+            for v in range(self.slots):
+                if self.state[v] == SUSTAINED:
+                    self.release(v, t)
+        self.pedal_down = down
 
     def release_all(self, t: int) -> None:
         for v in range(self.slots):
