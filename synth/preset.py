@@ -85,6 +85,7 @@ class Preset:
     pitch_min: float
     pitch_max: float
     decoder_path: Path
+    decoder_parts_path: Path | None  # optional: the decoder before its geometry (synth.partials)
     encoder_path: Path
     time_on_max: float
     release_seconds: float
@@ -159,6 +160,15 @@ def _check_onnx(path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...], l
         last = shapes[name][-1] if shapes[name] else None
         if isinstance(last, int) and last != dim:
             raise PresetError(f"{path}: '{name}' has last dimension {last}, the preset says {dim}")
+
+
+def _model_file(root: Path, table: dict[str, Any], key: str, where: str) -> Path:
+    """A model file named by the preset: a plain file name inside the preset folder (never an
+    absolute path or a way out of it, whatever a downloaded preset says)."""
+    name = _get(table, key, str, where)
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise PresetError(f"{where}: '{key}' must be a file name inside the preset folder, not {name!r}")
+    return root / name
 
 
 def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
@@ -270,8 +280,9 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
         knob_order=knob_order,
         pitch_min=pmin,
         pitch_max=pmax,
-        decoder_path=root / _get(dec, "file", str, w),
-        encoder_path=root / _get(enc, "file", str, w),
+        decoder_path=_model_file(root, dec, "file", w),
+        decoder_parts_path=_model_file(root, dec, "parts_file", w) if "parts_file" in dec else None,
+        encoder_path=_model_file(root, enc, "file", w),
         time_on_max=float(_get(dec, "time_on_max", (int, float), w)),
         release_seconds=float(_get(dec, "release_seconds", (int, float), w)),
         encoder_frame_stride=_get(enc, "frame_stride", int, w),
@@ -286,5 +297,9 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     if check_models:
         bins = params.n_bins
         _check_onnx(preset.decoder_path, DECODER_INPUTS, (DECODER_OUTPUT,), {"z": size, DECODER_OUTPUT: bins})
+        if preset.decoder_parts_path is not None:
+            from synth.partials import PARTS_OUTPUTS
+
+            _check_onnx(preset.decoder_parts_path, DECODER_INPUTS, PARTS_OUTPUTS, {"z": size, "noise_mag": bins})
         _check_onnx(preset.encoder_path, (ENCODER_INPUT,), ENCODER_OUTPUTS, {ENCODER_INPUT: bins, "mu": size})
     return preset

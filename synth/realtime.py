@@ -21,9 +21,9 @@ SWITCH_INTERVAL_S = 0.001  # CPython's default is 0.005: a whole 128-frame block
 
 
 def _kernel_modules() -> list[ModuleType]:
-    from synth import engine, knobs, limiter, phase, resample, voices
+    from synth import engine, knobs, limiter, partials, phase, resample, voices
 
-    return [engine, knobs, limiter, phase, resample, voices]
+    return [engine, knobs, limiter, partials, phase, resample, voices]
 
 
 def compiled_kernels() -> list[object]:

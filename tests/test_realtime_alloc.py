@@ -70,10 +70,10 @@ class _CountingKernel:
 
 def _count_kernel_allocations(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Swap every compiled engine kernel, where its callers look it up, for a counting one."""
-    from synth import engine, knobs, limiter, phase, resample, voices
+    from synth import decoder, engine, knobs, limiter, phase, resample, voices
 
     excess: dict[str, int] = {}
-    for module in (engine, knobs, limiter, phase, resample, voices):
+    for module in (decoder, engine, knobs, limiter, phase, resample, voices):
         for name, obj in list(vars(module).items()):
             if isinstance(obj, CPUDispatcher) and len(obj.signatures) == 1:
                 monkeypatch.setattr(module, name, _CountingKernel(obj, excess))
