@@ -76,6 +76,9 @@ def test_shipped_default_preset_loads() -> None:
 DAMAGE = {
     "no folder": (lambda r: None, "not found"),
     "wrong version": (lambda d: d["preset"].update(format_version=9), "format_version"),
+    "decoder outside the folder": (lambda d: d["decoder"].update(file="../decoder.onnx"), "inside the preset folder"),
+    "absolute decoder path": (lambda d: d["decoder"].update(file="/etc/passwd"), "inside the preset folder"),
+    "parts outside the folder": (lambda d: d["decoder"].update(parts_file="../../x.onnx"), "inside the preset folder"),
     "unknown audio key": (lambda d: d["audio"].update(colour=3), "unknown audio parameter"),
     "bad hop": (lambda d: d["audio"].update(hop=100), "hop"),
     "short mean": (lambda d: d["latent"].update(mean=[0.0]), "'mean' must be"),
