@@ -45,7 +45,7 @@ from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
-from synth.voices import FADING, FREE, RELEASE_END_FADE_S, VoiceBank, mix_voices
+from synth.voices import FADING, FREE, RELEASE_END_FADE_S, RELEASED, VoiceBank, mix_voices
 
 KNOB_SMOOTH_S = 0.008
 # Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
@@ -54,6 +54,8 @@ KNOB_SMOOTH_S = 0.008
 # errors in the window's tail. 0.02 brings a piano note within 20 dB of its peak 1.7-2.5 ms after
 # its first sample (0.25 took 12 ms), with an onset no sharper than the real instruments' own.
 START_NORM_FLOOR = 0.02
+QUIET_LOG_MAG = math.log(1e-4)  # a frame whose loudest bin is below -80 dB of a full-scale sine is silence
+QUIET_FRAMES = 4  # ~21 ms of such frames ends a release early
 
 
 @dataclass
@@ -179,19 +181,38 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
 
 
 @njit(nogil=True, cache=True)
-def _guard_rows(blog, rows, bidx, muted, state, fade_start, fade_step, t0, step, ln_floor) -> int:
-    """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf."""
+def _check_rows(blog, rows, bidx, muted, state, quiet, fade_start, fade_step, t0, step, release_step,
+                ln_floor) -> int:
+    """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf, and end the
+    releases that have gone silent.
+
+    A released voice whose frames all stay below ``QUIET_LOG_MAG`` for ``QUIET_FRAMES`` frames in
+    a row starts its end-of-release fade at once instead of decoding silence until
+    ``release_seconds``: most of a dense passage's voices are release tails. Returns the number
+    of voices muted for NaN/Inf.
+    """
     bad = 0
     for b in range(rows):
         ok = True
+        loudest = -np.inf
         for f in range(blog.shape[1]):
-            if not np.isfinite(blog[b, f]):
+            x = blog[b, f]
+            if not np.isfinite(x):
                 ok = False
                 break
+            loudest = max(loudest, x)
+        v = bidx[IDX_VOICE, b]
         if ok:
+            if state[v] == RELEASED:
+                quiet[v] = quiet[v] + 1 if loudest < QUIET_LOG_MAG else 0
+                if quiet[v] >= QUIET_FRAMES and not muted[v]:
+                    muted[v] = True
+                    if fade_start[v] > t0:
+                        fade_start[v] = t0
+                    fade_step[v] = max(fade_step[v], release_step)
+                    state[v] = FADING
             continue
         blog[b, :] = ln_floor
-        v = bidx[IDX_VOICE, b]
         if not muted[v]:
             muted[v] = True
             bad += 1
@@ -595,8 +616,8 @@ class Engine:
         if rows == 0:
             return
         self._decoder.decode(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog, rows)
-        bad = _guard_rows(self._blog, rows, self._bidx, vb.muted, vb.state, vb.fade_start, vb.fade_step,
-                          t0, float(vb.steal_step), self._ln_floor)
+        bad = _check_rows(self._blog, rows, self._bidx, vb.muted, vb.state, vb.quiet, vb.fade_start, vb.fade_step,
+                          t0, float(vb.steal_step), self._release_fade_step, self._ln_floor)
         if bad:
             self.stats.nan_voices += bad
         nf = 0

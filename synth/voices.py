@@ -49,6 +49,7 @@ class VoiceBank:
         self.gain = np.zeros(s, np.float32)
         self.order = np.zeros(s, np.int64)
         self.muted = np.zeros(s, np.bool_)
+        self.quiet = np.zeros(s, np.int32)  # frames in a row below audibility while released
         self._counter = 0
         self.steal_step = np.float32(1.0 / max(1.0, STEAL_FADE_S * sample_rate))
         self.stolen = 0
@@ -114,6 +115,7 @@ class VoiceBank:
         self.gain[slot] = 1.0
         self.order[slot] = self._counter
         self.muted[slot] = False
+        self.quiet[slot] = 0
         return slot, busy
 
     def note_on(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
