@@ -64,6 +64,9 @@ def _open_output(path: Path, rate: int, subtype: str):  # noqa: ANN202 - soundfi
         raise RenderError(f"{path}: cannot write ({str(exc).strip().splitlines()[0][:120]})") from None
 
 
+PROGRESS_AFTER_S = 5.0  # renders of more audio than this show a progress bar (on a terminal)
+
+
 def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, progress: bool = False) -> int:  # noqa: ANN001
     """Render ``events`` through ``engine`` (prepared) into ``writer.write``; returns samples written."""
     from tqdm import tqdm
@@ -112,15 +115,15 @@ def run_render(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     events = read_midi_events(args.render, rate)
     engine = Engine(preset, polyphony=args.polyphony, bend_range=args.bend_range, channel=args.channel,
-                    device=args.device, threads=args.threads)
+                    device=args.device, threads=args.threads, knob_pickup=False)
     for dim, value, absolute in latent:
         try:
             engine.set_latent(dim, value, absolute)
         except ValueError as exc:
             raise RenderError(f"--latent: {exc}") from None
-    engine.prepare(rate, args.block)
+    engine.prepare(rate, args.block, warm=False)  # no real-time deadline: kernels may compile on first use
     seconds = events_end(events) / rate
-    progress = sys.stderr.isatty() or seconds > 60.0
+    progress = sys.stderr.isatty() and seconds > PROGRESS_AFTER_S and not args.quiet
     out_path = Path(args.out)
     with _open_output(out_path, rate, "FLOAT" if args.float else "PCM_24") as writer:
         n = render(engine, events, writer, args.block, progress)

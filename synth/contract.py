@@ -96,8 +96,9 @@ HELD_TIME_OFF = -1.0
 # ---------------------------------------------------------------------------- preset format
 PRESET_FORMAT_VERSION = 2
 """Version 2 adds the ``[knobs]`` table (PCA directions of the aggregate posterior) and
-resolves every General MIDI program to a snapshot. Version 1 presets are refused with a
-one-line message that says to re-export them."""
+resolves every General MIDI program to a snapshot. The engine still reads version 1 (its knobs
+derived from ``[latent] knob_order``); any other version gets a one-line message that says to
+re-export the preset."""
 
 # ---------------------------------------------------------------------------- note timing
 NOTE_SECONDS = DEFAULT_PARAMS.note_seconds

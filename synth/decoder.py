@@ -2,8 +2,9 @@
 
 ``FrameDecoder.decode`` writes ``log_mag (B, F)`` into a caller-owned array. On the CPU it
 binds the caller's numpy arrays directly (io_binding, no copies, no output allocation);
-bindings for every batch size up to ``max_batch`` are built in advance, so the render path
-creates no numpy arrays.
+bindings for a bounded set of batch sizes up to ``max_batch`` are built and run once before
+the audio starts (``bind``, ``warm_up``), so the render path creates no numpy arrays and meets
+no first-call set-up.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.preset import DECODER_INPUTS, DECODER_OUTPUT, Preset
+from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
+from synth.partials import PARTS_OUTPUTS, place_partials
+from synth.preset import Preset
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -37,7 +40,21 @@ def _session_options(threads: int | None) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     opts.enable_mem_pattern = True
+    # Idle intra-op workers would otherwise spin after every call, taking the core the audio
+    # thread or the DAW needs; the caller's thread runs its share of the work either way.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes the decoder is bound and warmed for: every size up to 16, then steps of 4 up to
+    32, 8 up to 64, 16 up to 128 and 32 beyond (at most 3 rows in 16 wasted), ending at ``max_batch``."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b += 1 if b < 16 else 4 if b < 32 else 8 if b < 64 else 16 if b < 128 else 32
+    sizes.append(int(max_batch))
+    return sizes
 
 
 class FrameDecoder:
@@ -75,6 +92,18 @@ class FrameDecoder:
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises unrelated types
                 raise DecoderError(f"{preset.decoder_path}: cannot open decoder ({str(exc).strip()[:160]})") from None
         self._on_cuda = _CUDA in self._session.get_providers()
+        # On the CPU, a preset's parts decoder (the network without its geometry) plus
+        # synth.partials' placement is about three times faster than the full graph.
+        self._parts = None
+        if not self._on_cuda and preset.decoder_parts_path is not None:
+            try:
+                self._parts = ort.InferenceSession(str(preset.decoder_parts_path), opts, providers=[_CPU])
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises unrelated types
+                raise DecoderError(f"{preset.decoder_parts_path}: cannot open ({str(exc).strip()[:160]})") from None
+            self.n_harmonics = int(self._parts.get_outputs()[0].shape[-1])
+        self._bins_per_hz = preset.params.n_fft / preset.params.sample_rate
+        self._nyquist_hz = preset.params.sample_rate / 2.0
+        self._log_floor = preset.params.log_floor
         self.max_batch = 0
         self._bindings: list[Any] = []
         self._bound_to: tuple[NDArray, ...] | None = None
@@ -85,53 +114,106 @@ class FrameDecoder:
         """Execution providers in use, most preferred first."""
         return list(self._session.get_providers())
 
+    @property
+    def uses_parts(self) -> bool:
+        """True when frames come from the parts decoder plus ``synth.partials`` (CPU, preset has one)."""
+        return self._parts is not None
+
     def reserve(self, max_batch: int) -> None:
-        """Preallocate per-batch-size state for batches up to ``max_batch`` (not real-time safe)."""
+        """Preallocate per-batch-size state for batches up to ``max_batch`` (not real-time safe).
+
+        Batches are rounded up to one of a few bucket sizes (``batch_buckets``), so a bounded
+        set of bindings covers every batch the engine can make and ``warm_up`` can run each
+        one before the audio starts. The extra rows decode stale but finite inputs and are
+        never read.
+        """
         if max_batch <= self.max_batch:
             return
         self.max_batch = int(max_batch)
-        self._bindings = [self._session.io_binding() for _ in range(self.max_batch + 1)]
+        if self._parts is not None:  # the parts decoder's outputs, placed by synth.partials
+            self._amp = np.zeros((self.max_batch, self.n_harmonics), np.float32)
+            self._inharm = np.zeros(self.max_batch, np.float32)
+            self._noise = np.zeros((self.max_batch, self.n_bins), np.float32)
+        self.buckets = batch_buckets(self.max_batch)
+        self._bucket_of = np.zeros(self.max_batch + 1, np.int64)  # batch size -> bucket index
+        j = 0
+        for b in range(1, self.max_batch + 1):
+            while self.buckets[j] < b:
+                j += 1
+            self._bucket_of[b] = j
+        self._bindings = [(self._parts or self._session).io_binding() for _ in self.buckets]
         self._bound_to = None
 
-    def _bind_all(self, arrays: tuple[NDArray, ...], out: NDArray) -> None:
-        """Bind every batch size to row prefixes of the caller's arrays (done once per array set)."""
-        for b in range(1, self.max_batch + 1):
-            binding = self._bindings[b]
+    def bind(self, z: NDArray, pitch: NDArray, velocity: NDArray, time_on: NDArray, time_off: NDArray,
+             out: NDArray) -> None:
+        """Bind every bucket to row prefixes of these arrays (``z (B, L)``, others ``(B,)``,
+        ``out (B, F)``, B >= ``max_batch``, C-contiguous float32). Not real-time safe: the
+        engine calls it once in ``prepare``; the arrays must then keep their identity."""
+        arrays = (z, pitch, velocity, time_on, time_off)
+        for a in (*arrays, out):
+            if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape[0] < self.max_batch:
+                raise DecoderError(f"decoder buffers must be C-contiguous float32 with >= {self.max_batch} rows")
+        for binding, b in zip(self._bindings, self.buckets):
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
             for name, arr in zip(DECODER_INPUTS, arrays):
                 binding.bind_cpu_input(name, arr[:b])
             if self._on_cuda:
                 binding.bind_output(DECODER_OUTPUT, "cpu")
+            elif self._parts is not None:
+                for name, arr in zip(PARTS_OUTPUTS, (self._amp, self._inharm, self._noise)):
+                    binding.bind_output(name, "cpu", 0, np.float32, [b, *arr.shape[1:]], arr.ctypes.data)
             else:
                 binding.bind_output(DECODER_OUTPUT, "cpu", 0, np.float32, [b, self.n_bins], out.ctypes.data)
         self._bound_to = (*arrays, out)  # kept alive: the bindings point into these arrays
+
+    def warm_up(self) -> None:
+        """Run every bucket once on the bound arrays, so onnxruntime's per-shape set-up (memory
+        plans, kernel selection) happens now rather than in the audio callback. Call after
+        ``bind`` with finite inputs in the buffers."""
+        if self._bound_to is None:
+            raise DecoderError("bind() the decoder buffers before warm_up()")
+        session = self._parts or self._session
+        for binding, b in zip(self._bindings, self.buckets):
+            session.run_with_iobinding(binding)
+            if self._parts is not None:
+                self._place(b)
 
     def decode(self, z: NDArray, pitch: NDArray, velocity: NDArray, time_on: NDArray, time_off: NDArray,
                out: NDArray, batch: int | None = None) -> None:
         """Decode the first ``batch`` rows: ``z (B, L)``, the others ``(B,)`` -> ``out (B, F)`` float32.
 
         The arrays must be C-contiguous float32 and keep their identity between calls (the
-        engine's preallocated batch buffers); bindings are rebuilt only when they change.
+        engine's preallocated batch buffers, bound once in ``prepare``); other arrays are bound
+        here on first use (tools and tests; not real-time safe). Rows from ``batch`` up to its
+        bucket size are decoded too and may be overwritten.
         """
         b = int(batch if batch is not None else z.shape[0])
         if b <= 0:
             return
         if b > self.max_batch:
             raise DecoderError(f"batch {b} exceeds the reserved {self.max_batch}")
-        arrays = (z, pitch, velocity, time_on, time_off)
         bound = self._bound_to
         if bound is None or any(a is not b for a, b in zip((z, pitch, velocity, time_on, time_off, out), bound)):
-            self._bind_all(arrays, out)
-        binding = self._bindings[b]
+            self.bind(z, pitch, velocity, time_on, time_off, out)
+        binding = self._bindings[self._bucket_of[b]]
         if self._on_cuda:
+            size = self.buckets[self._bucket_of[b]]
             # inputs are copied to the device each run; re-bind so the new values are seen
-            for name, arr in zip(DECODER_INPUTS, arrays):
-                binding.bind_cpu_input(name, arr[:b])
+            for name, arr in zip(DECODER_INPUTS, (z, pitch, velocity, time_on, time_off)):
+                binding.bind_cpu_input(name, arr[:size])
             self._session.run_with_iobinding(binding)
-            out[:b] = binding.get_outputs()[0].numpy()
+            out[:size] = binding.get_outputs()[0].numpy()
+        elif self._parts is not None:
+            self._parts.run_with_iobinding(binding)
+            self._place(b)
         else:
             self._session.run_with_iobinding(binding)
+
+    def _place(self, rows: int) -> None:
+        """Finish the first ``rows`` frames of a parts decode into the bound output."""
+        place_partials(self._amp, self._inharm, self._noise, self._bound_to[1], rows, self._bins_per_hz,
+                       self._nyquist_hz, self._log_floor, self._bound_to[5])
 
     def decode_array(self, z: NDArray, pitch: NDArray, velocity: NDArray, time_on: NDArray, time_off: NDArray) -> NDArray[np.float32]:
         """Convenience (allocating) form for tests and tools: returns ``(B, F)``."""

@@ -23,12 +23,12 @@ Per block (``process``):
 Grid: frame n of a voice is the model's centred frame j = n + n_fft/(2 hop), decoded at
 ``time_on = (n*hop + n_fft/2) / model_rate``, so the note's audio begins at the note-on
 sample itself. Output rates that are not k * model_rate (44.1 kHz) are rendered at k *
-model_rate and converted by ``soxr.ResampleStream`` (that path allocates a small array per
-internal block inside soxr's Python binding: not strictly real-time safe).
+model_rate and converted by ``synth.resample.StreamResampler`` (polyphase, allocation-free).
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,15 +37,25 @@ from numba import njit
 from numpy.typing import NDArray
 
 from synth import events as ev
+from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
+from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
+from synth.overload import LoadGovernor
 from synth.preset import Preset
+from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
-from synth.voices import HELD, RELEASE_END_FADE_S, SUSTAINED, VoiceBank, mix_voices
+from synth.voices import FADING, FREE, RELEASE_END_FADE_S, RELEASED, VoiceBank, mix_voices
 
-KNOB_RANGE_STD = 3.0
 KNOB_SMOOTH_S = 0.008
-START_NORM_FLOOR = 0.25  # relative to the steady overlap sum: caps the boost of a note's first window
+# Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
+# frame is a true STFT frame whose window starts at the note-on, so dividing by the window's
+# overlap sum restores the attack; the cap keeps the boost (50x at most) from amplifying phase
+# errors in the window's tail. 0.02 brings a piano note within 20 dB of its peak 1.7-2.5 ms after
+# its first sample (0.25 took 12 ms), with an onset no sharper than the real instruments' own.
+START_NORM_FLOOR = 0.02
+QUIET_LOG_MAG = math.log(1e-4)  # a frame whose loudest bin is below -80 dB of a full-scale sine is silence
+QUIET_FRAMES = 4  # ~21 ms of such frames ends a release early
 
 
 @dataclass
@@ -53,6 +63,9 @@ class EngineStats:
     nan_voices: int = 0
     dropped_events: int = 0
     stolen_voices: int = 0
+    shed_voices: int = 0  # taken away under overload (live mode)
+    voice_cap: int = 0  # sounding voices allowed now (the polyphony, or less while shedding)
+    load: float = 0.0  # smoothed block render time / block duration (live mode)
     active_voices: int = 0
     blocks: int = 0
 
@@ -61,62 +74,87 @@ class EngineStats:
         return self.nan_voices
 
 
+# Decoder batch layout: row r of the batch is one log-mag frame of one voice.
+# ``bcol (5, B)`` float32 columns (the decoder binds to the first four as its inputs):
+COL_PITCH, COL_VELOCITY, COL_TIME_ON, COL_TIME_OFF, COL_F0 = range(5)
+# ``bidx (3, B)`` int64: which voice, which of its log-mag frames, and its phase round (a voice
+# with two rows in one batch pushes them to the phase reconstruction in two rounds, in order).
+IDX_VOICE, IDX_FRAME, IDX_ROUND = range(3)
+
+FRAME_GRID = np.dtype([
+    ("hop_out", np.int64),  # output samples between frames
+    ("half_out", np.int64),  # half a synthesis window in output samples (a frame's centre)
+    ("rate", np.float64),  # internal sample rate
+    ("hop_s", np.float64),  # seconds between frames (model)
+    ("half_s", np.float64),  # half a window in seconds: time_on of frame 0's centre
+    ("time_on_max", np.float64),  # the decoder's time_on clamp (sustain)
+])
+"""Where a voice's frames sit in time; one record, fixed at ``prepare``."""
+
+PITCH_CONTROL = np.dtype([
+    ("bend", np.float64),  # semitones added to every key (pitch bend)
+    ("lowest", np.float64),  # the preset's pitch range: keys are clamped into it
+    ("highest", np.float64),
+])
+"""The pitch inputs shared by every voice; one record, updated per block."""
+
+
 @njit(nogil=True, cache=True)
-def _add_frame(v, n, b, rank, onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz, bcol, bidx) -> tuple:
+def _add_frame(v, n, b, phase_round, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol,
+               bidx) -> tuple:
     """Decoder rows for frame ``n`` of voice ``v``: log-mag n+1 (and log-mag 0 when n == 0).
 
-    ``bcol (5, B)`` = pitch, velocity, time_on, time_off, f0 (Hz) of the frame that row's phase
-    push writes (frame m-1: the voice's previous row, kept in ``vf0``); ``bidx (3, B)`` = voice,
-    log-mag frame m, phase round. Returns (rows, next round of this voice).
+    ``grid`` (FRAME_GRID) and ``pitch`` (PITCH_CONTROL) are one-record arrays. Column COL_F0
+    holds the f0 (Hz) of the frame that row's phase push writes (frame m-1: the voice's previous
+    row, kept in ``vf0``). Returns (rows, next phase round of this voice).
     """
-    hop_out, half_out, sr = int(geo[0]), int(geo[1]), geo[2]
-    hop_s, half_s, t_max = geo[3], geo[4], geo[5]
-    p = min(max(key[v] + ctl[0], ctl[1]), ctl[2])
+    g, pc = grid[0], pitch[0]
+    p = min(max(key[v] + pc.bend, pc.lowest), pc.highest)
     f0 = 440.0 * 2.0 ** ((p - 69.0) / 12.0)
     first = 0 if n == 0 else n + 1
     for m in range(first, n + 2):
         bz[b, :] = z_cur
-        bcol[0, b] = p
-        bcol[1, b] = velocity[v]
-        bcol[2, b] = min(m * hop_s + half_s, t_max)
-        centre = onset[v] + m * hop_out + half_out
+        bcol[COL_PITCH, b] = p
+        bcol[COL_VELOCITY, b] = velocity[v]
+        bcol[COL_TIME_ON, b] = min(m * g.hop_s + g.half_s, g.time_on_max)
+        centre = onset[v] + m * g.hop_out + g.half_out
         if release_t[v] >= 0 and centre >= release_t[v]:
-            bcol[3, b] = (centre - release_t[v]) / sr
+            bcol[COL_TIME_OFF, b] = (centre - release_t[v]) / g.rate
         else:
-            bcol[3, b] = -1.0  # the training contract's value while the key is held
-        bcol[4, b] = vf0[v]
+            bcol[COL_TIME_OFF, b] = HELD_TIME_OFF
+        bcol[COL_F0, b] = vf0[v]
         vf0[v] = f0
-        bidx[0, b] = v
-        bidx[1, b] = m
-        bidx[2, b] = rank
-        rank += 1
+        bidx[IDX_VOICE, b] = v
+        bidx[IDX_FRAME, b] = m
+        bidx[IDX_ROUND, b] = phase_round
+        phase_round += 1
         b += 1
-    return b, rank
+    return b, phase_round
 
 
 @njit(nogil=True, cache=True)
-def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, vrank, t_end, horizon, geo, ctl,
-                 z_cur, bz, bcol, bidx) -> tuple:
+def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, vround, t_end, horizon, grid,
+                 pitch, z_cur, bz, bcol, bidx) -> tuple:
     """Fill the decoder batch: every frame due before ``t_end``, plus early frames to balance blocks.
 
     A frame is due when its window starts before ``t_end`` (so a note-on's first frames are made
     in its own block: no added latency). Frames whose windows start in the next block
     (``t_end .. horizon``) may be made now, with the inputs known now: about half of the
     difference between the next block's due frames and this block's, so all voices starting
-    together no longer load every second block with all their frames. ``ctl`` = pitch offset
-    (bend), lowest and highest pitch. Returns (rows, highest phase round).
+    together no longer load every second block with all their frames. Returns (rows, highest
+    phase round).
     """
-    hop_out = int(geo[0])
+    hop_out = grid[0].hop_out
     cap = bz.shape[0]
     b, frames, due = 0, 0, 0
     for v in range(state.shape[0]):
-        vrank[v] = 0
-        if state[v] == 0 or muted[v]:
+        vround[v] = 0
+        if state[v] == FREE or muted[v]:
             continue
         n = next_frame[v]
         while onset[v] + n * hop_out < t_end and b + 2 <= cap:
-            b, vrank[v] = _add_frame(v, n, b, vrank[v], onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz,
-                                     bcol, bidx)
+            b, vround[v] = _add_frame(v, n, b, vround[v], onset, release_t, key, velocity, vf0, grid, pitch, z_cur,
+                                      bz, bcol, bidx)
             n += 1
             frames += 1
         next_frame[v] = n
@@ -127,55 +165,74 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
     for v in range(state.shape[0]):
         if take <= 0:
             break
-        if state[v] == 0 or muted[v]:
+        if state[v] == FREE or muted[v]:
             continue
         n = next_frame[v]
         while take > 0 and onset[v] + n * hop_out < horizon and b + 2 <= cap:
-            b, vrank[v] = _add_frame(v, n, b, vrank[v], onset, release_t, key, velocity, vf0, geo, ctl, z_cur, bz,
-                                     bcol, bidx)
+            b, vround[v] = _add_frame(v, n, b, vround[v], onset, release_t, key, velocity, vf0, grid, pitch, z_cur,
+                                      bz, bcol, bidx)
             n += 1
             take -= 1
         next_frame[v] = n
-    max_rank = -1
+    max_round = -1
     for v in range(state.shape[0]):
-        max_rank = max(max_rank, vrank[v] - 1)
-    return b, max_rank
+        max_round = max(max_round, vround[v] - 1)
+    return b, max_round
 
 
 @njit(nogil=True, cache=True)
-def _guard_rows(blog, rows, bidx, muted, state, fade_start, fade_step, t0, step, ln_floor) -> int:
-    """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf."""
+def _check_rows(blog, rows, bidx, muted, state, quiet, fade_start, fade_step, t0, step, release_step,
+                ln_floor) -> int:
+    """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf, and end the
+    releases that have gone silent.
+
+    A released voice whose frames all stay below ``QUIET_LOG_MAG`` for ``QUIET_FRAMES`` frames in
+    a row starts its end-of-release fade at once instead of decoding silence until
+    ``release_seconds``: most of a dense passage's voices are release tails. Returns the number
+    of voices muted for NaN/Inf.
+    """
     bad = 0
     for b in range(rows):
         ok = True
+        loudest = -np.inf
         for f in range(blog.shape[1]):
-            if not np.isfinite(blog[b, f]):
+            x = blog[b, f]
+            if not np.isfinite(x):
                 ok = False
                 break
+            loudest = max(loudest, x)
+        v = bidx[IDX_VOICE, b]
         if ok:
+            if state[v] == RELEASED:
+                quiet[v] = quiet[v] + 1 if loudest < QUIET_LOG_MAG else 0
+                if quiet[v] >= QUIET_FRAMES and not muted[v]:
+                    muted[v] = True
+                    if fade_start[v] > t0:
+                        fade_start[v] = t0
+                    fade_step[v] = max(fade_step[v], release_step)
+                    state[v] = FADING
             continue
         blog[b, :] = ln_floor
-        v = bidx[0, b]
         if not muted[v]:
             muted[v] = True
             bad += 1
             if fade_start[v] > t0:
                 fade_start[v] = t0
             fade_step[v] = max(fade_step[v], step)
-            state[v] = 4
+            state[v] = FADING
     return bad
 
 
 @njit(nogil=True, cache=True)
-def _gather_round(rank, rows, bidx, bcol, blog, sv, sm, sf0, slog, contiguous) -> int:
-    """Collect phase round ``rank`` (each voice at most once); ``contiguous``: only round 0 exists,
-    so the rows already are the round and the log-magnitudes need no copy."""
+def _gather_round(phase_round, rows, bidx, bcol, blog, sv, sm, sf0, slog, contiguous) -> int:
+    """Collect the rows of ``phase_round`` (each voice at most once); ``contiguous``: only round 0
+    exists, so the rows already are the round and the log-magnitudes need no copy."""
     k = 0
     for b in range(rows):
-        if bidx[2, b] == rank:
-            sv[k] = bidx[0, b]
-            sm[k] = bidx[1, b]
-            sf0[k] = bcol[4, b]
+        if bidx[IDX_ROUND, b] == phase_round:
+            sv[k] = bidx[IDX_VOICE, b]
+            sm[k] = bidx[IDX_FRAME, b]
+            sf0[k] = bcol[COL_F0, b]
             if not contiguous:
                 slog[k, :] = blog[b]
             k += 1
@@ -220,13 +277,18 @@ class Engine:
     """Polyphonic renderer around one preset. Call ``prepare`` before ``process``.
 
     ``channel``: MIDI channel 1..16 to listen to, None for all. ``bend_range`` in semitones.
-    ``latent`` values: see :meth:`set_latent`.
+    ``latent`` values: see :meth:`set_latent`. ``master_gain``: the user's trim; the output gain
+    is ``master_gain * preset.mix_gain`` (see :attr:`output_gain`). ``shed_load`` (live mode):
+    time every block and shed voices while blocks run over budget (``synth.overload``).
+    ``knob_pickup``: after a program change a knob CC waits until it reaches the snapshot's
+    position (hardware knobs); False applies every CC at once (a MIDI file's automation).
     """
 
     def __init__(self, preset: Preset, polyphony: int = 32, bend_range: float = 2.0, channel: int | None = None,
-                 device: str = "auto", threads: int | None = None, master_gain: float = 0.5,
+                 device: str = "auto", threads: int | None = None, master_gain: float = 1.0,
                  queue_capacity: int = 4096, decoder: FrameDecoder | None = None,
-                 phase_factory: Callable[..., object] | None = None) -> None:
+                 phase_factory: Callable[..., object] | None = None, shed_load: bool = False,
+                 knob_pickup: bool = True) -> None:
         if channel is not None and not 1 <= channel <= 16:
             raise ValueError(f"MIDI channel must be 1..16, got {channel}")
         self.preset = preset
@@ -239,7 +301,16 @@ class Engine:
         self._device, self._threads = device, threads
         self._decoder = decoder
         self._phase_factory = phase_factory
+        self._shed_load = bool(shed_load)
+        self._knob_pickup = bool(knob_pickup)
+        self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
+        self.knobs = TimbreKnobs(preset)
+        # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
+        # no instrument's timbre, and plays about 10 dB below the snapshots).
+        if self.knobs.recall_program(0, self.z_target) < 0:
+            self.knobs.derive(self.z_target, unpick_moved=False)
+        self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
@@ -249,14 +320,16 @@ class Engine:
 
     # ------------------------------------------------------------------ controls (not real-time)
     def set_knob_ccs(self, cc_to_knob: dict[int, int]) -> None:
-        """Which CC drives which knob (knob i = latent dim ``knob_order[i]``)."""
+        """Which CC drives which knob (knob i moves along the preset's direction i; knob 0 varies most)."""
         self._knob_of_cc[:] = -1
         for cc, knob in cc_to_knob.items():
-            if 0 <= cc < 128 and 0 <= knob < self.preset.latent_size:
+            if 0 <= cc < 128 and 0 <= knob < self.knobs.count:
                 self._knob_of_cc[cc] = knob
 
     def set_latent(self, dim: int, value: float, absolute: bool = False) -> None:
-        """Set latent dim ``dim`` now: ``value`` in std units (z = mean + value*std), or absolute."""
+        """Set latent dim ``dim`` now: ``value`` in std units (z = mean + value*std), or absolute.
+
+        The knob coordinates follow z; knobs whose coordinate moved wait for pick-up."""
         if not 0 <= dim < self.preset.latent_size:
             raise ValueError(f"latent dim {dim} outside 0..{self.preset.latent_size - 1}")
         z = value if absolute else self.preset.latent_mean[dim] + value * self.preset.latent_std[dim]
@@ -264,21 +337,38 @@ class Engine:
             raise ValueError(f"latent value {value} is not finite")
         self.z_target[dim] = z
         self.z_current[dim] = z
+        self.knobs.derive(self.z_target)
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
-        """First 8 knobs (preset knob order) as -1..1 of mean ± 3 std."""
-        dims = self.preset.knob_order[:8]
-        p = self.preset
-        return ((self.z_target[dims] - p.latent_mean[dims]) / (KNOB_RANGE_STD * p.latent_std[dims])).astype(np.float32)
+        """The knob coordinates (K = min(8, latent size)): -1..1 spans a knob's travel, center ± 3 scale
+        along its direction; a recalled snapshot may sit outside."""
+        return self.knobs.coords.astype(np.float32)
+
+    @property
+    def knob_pickup(self) -> NDArray[np.bool_]:
+        """Per knob: True when its hardware control drives it, False while it waits for pick-up."""
+        return self.knobs.pickup.copy()
+
+    @property
+    def output_gain(self) -> float:
+        """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``."""
+        return self.master_gain * self.preset.mix_gain
 
     @property
     def providers(self) -> list[str]:
         return self._decoder.providers if self._decoder is not None else []
 
     # ------------------------------------------------------------------ setup
-    def prepare(self, sample_rate: int, max_block: int) -> None:
-        """Allocate everything ``process`` needs for blocks up to ``max_block`` frames."""
+    def prepare(self, sample_rate: int, max_block: int, warm: bool = True) -> None:
+        """Allocate, bind and warm everything ``process`` needs for blocks up to ``max_block`` frames.
+
+        With ``warm`` (live mode), every numba kernel is compiled (or loaded from numba's cache),
+        the decoder is run once at each bucket batch size and a short performance is rendered and
+        forgotten, so the first note in the audio callback meets no compilation or first-call
+        set-up. Offline rendering may skip it (``warm=False``): the kernels then compile on
+        first use, which only delays the render.
+        """
         if sample_rate < 8000 or max_block < 1:
             raise ValueError(f"bad sample rate {sample_rate} / block {max_block}")
         p = self.preset.params
@@ -304,13 +394,16 @@ class Engine:
         self.phase = factory(p, slots)
         f32 = np.float32
         self._bz = np.zeros((bmax, lat), f32)
-        self._bcol = np.zeros((5, bmax), f32)  # pitch, velocity, time_on, time_off (decoder), f0 (phase)
-        self._bidx = np.zeros((3, bmax), np.int64)  # voice, log-mag frame, phase round
+        self._bcol = np.zeros((5, bmax), f32)  # COL_*: the decoder's inputs, and f0 for the phase
+        self._bidx = np.zeros((3, bmax), np.int64)  # IDX_*: voice, log-mag frame, phase round
         # fixed views: the decoder binds once to arrays that keep their identity
-        self._bp, self._bv, self._bon, self._boff = self._bcol[0], self._bcol[1], self._bcol[2], self._bcol[3]
+        self._bp, self._bv = self._bcol[COL_PITCH], self._bcol[COL_VELOCITY]
+        self._bon, self._boff = self._bcol[COL_TIME_ON], self._bcol[COL_TIME_OFF]
         self._vf0 = np.zeros(slots, np.float64)  # f0 of each voice's last planned frame
-        self._vrank = np.zeros(slots, np.int64)
-        self._ctl = np.array([0.0, 0.0, 127.0], np.float64)  # bend, lowest and highest pitch
+        self._vround = np.zeros(slots, np.int64)
+        self._pitch = np.zeros(1, PITCH_CONTROL)
+        self._pitch["lowest"], self._pitch["highest"] = 0.0, 127.0
+        self._bend_field = self._pitch["bend"]  # (1,) float64 view: per-block writes allocate nothing
         self._blog = np.zeros((bmax, nb), f32)
         self._sv, self._sm, self._sf0 = np.zeros(slots, np.int32), np.zeros(slots, np.int64), np.zeros(slots, f32)
         self._slog, self._sspec = np.zeros((slots, nb), f32), np.zeros((slots, nb), np.complex64)
@@ -321,19 +414,68 @@ class Engine:
         self._ring = np.zeros((slots, self.n_out + 2 * self._chunk + self.hop_out), f32)
         self._mix = np.zeros(self._chunk, f32)
         self._events = np.zeros((self.queue.capacity, 4), np.int64)
-        self._geo = np.array([self.hop_out, self.n_out // 2, self.internal_rate, p.hop / p.sample_rate,
-                              p.n_fft / 2 / p.sample_rate, self.preset.time_on_max], np.float64)
+        self._grid = np.zeros(1, FRAME_GRID)
+        grid = self._grid[0]
+        grid["hop_out"], grid["half_out"], grid["rate"] = self.hop_out, self.n_out // 2, self.internal_rate
+        grid["hop_s"], grid["half_s"] = p.hop / p.sample_rate, p.n_fft / 2 / p.sample_rate
+        grid["time_on_max"] = self.preset.time_on_max
         self._build_windows()
         self.limiter = Limiter(self.sample_rate)
         self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
         self._release_fade_step = 1.0 / max(1.0, RELEASE_END_FADE_S * self.internal_rate)
+        self._governor = LoadGovernor(self.polyphony, self.internal_rate) if self._shed_load else None
         self._alpha_per_sample = 1.0 / (KNOB_SMOOTH_S * self.internal_rate)
         self._t_int = 0
-        self._pedal = False
         self._bend = 0.0
         self._ln_floor = float(np.log(p.log_floor))
+        self._decoder.bind(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog)
         self._setup_resampler()
         self._prepared = True
+        if warm:
+            self._warm_up()
+        self._reset_performance()
+
+    def _warm_up(self) -> None:
+        """Run once everything the audio callback runs (see ``prepare``); ``_reset_performance`` forgets it."""
+        self._bz[:] = self.z_current
+        self._bp.fill(60.0)
+        self._bv.fill(100.0)
+        self._bon.fill(0.1)
+        self._boff.fill(HELD_TIME_OFF)
+        self._decoder.warm_up()
+        out = np.zeros((self.max_block, 2), np.float32)
+        frame = self.hop_out * self.sample_rate // self.internal_rate + 1  # output samples per frame
+        for i in range(min(4, self.polyphony)):  # a chord: several voices, phase rounds, stealing
+            self.push(0, ev.NOTE_ON, 60 + 4 * i, 100)
+        self.push(frame, ev.PITCH_BEND, 0, 80)
+        self.push(2 * frame, ev.NOTE_OFF, 60, 0)
+        self.push(3 * frame, ev.CONTROL_CHANGE, ev.CC_ALL_SOUND_OFF, 0)
+        for _ in range(max(8, (6 * frame) // self.max_block + 2)):
+            self.process(out)
+            self.voices.steal_one(self._t_int)  # the voice-stealing kernel, as overload would call it
+        self.process(out[:1])  # odd block lengths take the same compiled paths
+
+    def _reset_performance(self) -> None:
+        """Silence and forget every note, event and counter (not real-time safe)."""
+        self.queue.clear()
+        self.queue.dropped = 0
+        self.voices = VoiceBank(self.polyphony, self.internal_rate)
+        for v in range(self.voices.slots):
+            self.phase.reset(v)
+        self._ring.fill(0.0)
+        self._mix.fill(0.0)
+        self._vf0.fill(0.0)
+        self.limiter.reset()
+        self.z_current[:] = self.z_target
+        self.sample_time = 0
+        self._t_int = 0
+        self._bend = 0.0
+        self.stats.__init__()
+        self.stats.voice_cap = self.polyphony
+        if self._governor is not None:
+            self._governor.reset()
+        if self._resampler is not None:
+            self._resampler.reset()
 
     def _build_windows(self) -> None:
         """Synthesis window with the zero-padding gain, and the OLA normalisation."""
@@ -357,33 +499,35 @@ class Engine:
         self._resampler_delay = 0
         if not self._resampling:
             return
-        import soxr
-
-        probe = soxr.ResampleStream(self.internal_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-        x = np.zeros(self.internal_rate // 10, np.float32)
-        x[0] = 1.0
-        y = np.concatenate([probe.resample_chunk(x), probe.resample_chunk(np.zeros(4096, np.float32), last=True)])
-        self._resampler_delay = int(np.argmax(np.abs(y)))  # peak of the impulse response
-        self._resampler = soxr.ResampleStream(self.internal_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-        self._fifo = np.zeros(4 * (self.max_block + self._chunk) + 64, np.float32)
-        self._fifo_n = 0
+        # _resampled_block pushes chunks until a block is queued: its default FIFO holds a
+        # block's shortfall plus one chunk's output
+        self._resampler = StreamResampler(self.internal_rate, self.sample_rate, self._chunk)
+        self._resampler_delay = self._resampler.delay_samples
         self._out_mono = np.zeros(self.max_block, np.float32)
 
     @property
-    def latency_samples(self) -> int:
-        """Output samples from a note-on's timestamp to its first non-zero output sample.
+    def stage_delays(self) -> dict[str, int]:
+        """Output samples each stage adds between a note-on's timestamp and its first sound.
 
-        A voice's first window starts at the note-on sample (no pipeline delay: its frames are
-        decoded at the start of the block that contains it); the periodic Hann window is zero at
-        its first sample, so sound starts ``_first_nonzero`` samples in. Resampled rates add the
-        resampler's delay (approximate there).
+        A voice's first window starts at the note-on sample (its frames are decoded at the start
+        of the block that contains it, and the phase look-ahead frame is decoded in the same
+        call, so neither adds delay); the periodic Hann window is zero at its first sample, so
+        sound starts a sample in. A resampler (output rates that are not k x the model rate)
+        adds its filter's delay (exact, from its design; its pre-ringing starts before it).
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
-        lat = self._first_nonzero
-        if self._resampling:
-            return int(round(lat * self.sample_rate / self.internal_rate)) + self._resampler_delay
-        return lat
+        window = self._first_nonzero
+        if not self._resampling:
+            return {"synthesis window": window}
+        return {"synthesis window": int(round(window * self.sample_rate / self.internal_rate)),
+                "resampler": int(self._resampler_delay)}
+
+    @property
+    def latency_samples(self) -> int:
+        """Output samples from a note-on's timestamp to its first non-zero output sample: the
+        sum of ``stage_delays``."""
+        return sum(self.stage_delays.values())
 
     # ------------------------------------------------------------------ MIDI in
     def push_event(self, sample_time: int, message: bytes) -> bool:
@@ -414,49 +558,47 @@ class Engine:
             self._dispatch(t, status & 0xF0, ch, d1, d2)
 
     def _dispatch(self, t: int, kind: int, ch: int, d1: int, d2: int) -> None:
-        vb = self.voices
+        """Route one channel message at internal sample ``t`` to its handler."""
         if kind == ev.NOTE_ON and d2 > 0:
-            for v in range(vb.slots):  # a re-struck key releases its previous voice
-                if vb.key[v] == d1 and vb.channel[v] == ch and (vb.state[v] == HELD or vb.state[v] == SUSTAINED):
-                    vb.release(v, t)
-            v, busy = vb.allocate(t, d1, ch, d2)
-            if busy:
-                self._ring[v].fill(0.0)
-            self.phase.reset(v)
-            self.stats.stolen_voices = vb.stolen
-        elif kind == ev.NOTE_OFF or kind == ev.NOTE_ON:
-            vb.note_off(t, d1, ch, self._pedal)
+            self._note_on(t, d1, ch, d2)
+        elif kind == ev.NOTE_OFF or kind == ev.NOTE_ON:  # velocity-0 note-on is a note-off
+            self.voices.note_off(t, d1, ch)
         elif kind == ev.CONTROL_CHANGE:
-            self._control(t, d1, d2)
+            self._control_change(t, d1, d2)
         elif kind == ev.PROGRAM_CHANGE:
-            snap = self.preset.snapshot_for_program(d1)
-            if snap is not None:
-                self.z_target[:] = snap.z
+            self._program_change(d1)
         elif kind == ev.PITCH_BEND:
-            self._bend = ((d2 << 7) | d1) - 8192
-            self._bend = self._bend / 8192.0 * self.bend_range
+            self._pitch_bend((d2 << 7) | d1)
 
-    def _control(self, t: int, cc: int, value: int) -> None:
+    def _note_on(self, t: int, key: int, channel: int, velocity: int) -> None:
+        v, slot_was_busy = self.voices.note_on(t, key, channel, velocity)
+        if slot_was_busy:
+            self._ring[v].fill(0.0)
+        self.phase.reset(v)
+        self.stats.stolen_voices = self.voices.stolen
+
+    def _control_change(self, t: int, cc: int, value: int) -> None:
         vb = self.voices
         if cc == ev.CC_SUSTAIN:
-            down = value >= 64
-            if self._pedal and not down:
-                vb.pedal_up(t)
-            self._pedal = down
+            vb.sustain_pedal(t, value >= 64)
         elif cc == ev.CC_ALL_SOUND_OFF:
             vb.fade_all(t)
         elif cc == ev.CC_ALL_NOTES_OFF:
             vb.release_all(t)
-        elif cc == 121:  # reset all controllers
+        elif cc == ev.CC_RESET_ALL_CONTROLLERS:
             self._bend = 0.0
-            if self._pedal:
-                vb.pedal_up(t)
-            self._pedal = False
+            vb.sustain_pedal(t, False)
         knob = self._knob_of_cc[cc]
         if knob >= 0:
-            dim = self.preset.knob_order[knob]
-            u = value / 127.0 * 2.0 - 1.0
-            self.z_target[dim] = self.preset.latent_mean[dim] + u * KNOB_RANGE_STD * self.preset.latent_std[dim]
+            self.knobs.control(knob, value, self.z_target)
+
+    def _program_change(self, program: int) -> None:
+        self.knobs.recall_program(program, self.z_target)
+        if not self._knob_pickup:
+            self.knobs.pickup[:] = True
+
+    def _pitch_bend(self, value14: int) -> None:
+        self._bend = (value14 - 8192) / 8192.0 * self.bend_range
 
     # ------------------------------------------------------------------ render
     def _smooth_knobs(self, n: int) -> None:
@@ -466,22 +608,22 @@ class Engine:
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
         vb = self.voices
-        self._ctl[0] = self._bend
+        self._bend_field[0] = self._bend
         bc = self._bcol
-        rows, max_rank = _plan_frames(
-            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0, self._vrank,
-            t_end, t_end + (t_end - t0), self._geo, self._ctl, self.z_current, self._bz, bc, self._bidx)
+        rows, max_round = _plan_frames(
+            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0, self._vround,
+            t_end, t_end + (t_end - t0), self._grid, self._pitch, self.z_current, self._bz, bc, self._bidx)
         if rows == 0:
             return
         self._decoder.decode(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog, rows)
-        bad = _guard_rows(self._blog, rows, self._bidx, vb.muted, vb.state, vb.fade_start, vb.fade_step,
-                          t0, float(vb.steal_step), self._ln_floor)
+        bad = _check_rows(self._blog, rows, self._bidx, vb.muted, vb.state, vb.quiet, vb.fade_start, vb.fade_step,
+                          t0, float(vb.steal_step), self._release_fade_step, self._ln_floor)
         if bad:
             self.stats.nan_voices += bad
         nf = 0
-        one_round = max_rank == 0  # the usual block: each voice once, rows already in push order
-        for rank in range(max_rank + 1):
-            k = _gather_round(rank, rows, self._bidx, bc, self._blog, self._sv, self._sm, self._sf0, self._slog,
+        one_round = max_round == 0  # the usual block: each voice once, rows already in push order
+        for phase_round in range(max_round + 1):
+            k = _gather_round(phase_round, rows, self._bidx, bc, self._blog, self._sv, self._sm, self._sf0, self._slog,
                               one_round)
             logs = self._blog[:k] if one_round else self._slog[:k]
             self.phase.push(self._sv[:k], logs, self._sspec[:k], self._sf0[:k])
@@ -505,34 +647,37 @@ class Engine:
     def process(self, out: NDArray[np.float32]) -> None:
         """Render ``out (n, C)`` float32 in place (C = 1 or 2). Real-time safe at integer rates."""
         n = out.shape[0]
+        started = time.perf_counter()
         start = 0
         while start < n:
             m = min(self.max_block, n - start)
             self._process_block(out[start:start + m], m)
             start += m
+        governor = self._governor
+        if governor is not None and n:
+            load = (time.perf_counter() - started) * self.sample_rate / n
+            governor.after_block(load, n, self.voices, self._t_int)
+            self.stats.load = governor.load
+            self.stats.shed_voices = governor.shed
+            self.stats.voice_cap = self.voices.cap
 
     def _process_block(self, out: NDArray, n: int) -> None:
         if not self._resampling:
             self._render_internal(n, self.sample_time + n)
-            self.limiter.process(self._mix[:n], out, self.master_gain)
+            self.limiter.process(self._mix[:n], out, self.output_gain)
         else:
             self._resampled_block(out, n)
         self.sample_time += n
         self.stats.blocks += 1
 
     def _resampled_block(self, out: NDArray, n: int) -> None:
-        fifo = self._fifo
-        while self._fifo_n < n:
-            c = self._chunk
+        resampler, c = self._resampler, self._chunk
+        while resampler.available < n:
             t_end_out = ((self._t_int + c) * self.sample_rate) // self.internal_rate
             self._render_internal(c, t_end_out)
-            y = self._resampler.resample_chunk(self._mix[:c])  # allocates inside soxr's binding
-            fifo[self._fifo_n:self._fifo_n + y.shape[0]] = y
-            self._fifo_n += y.shape[0]
-        self._out_mono[:n] = fifo[:n]
-        fifo[: self._fifo_n - n] = fifo[n:self._fifo_n]
-        self._fifo_n -= n
-        self.limiter.process(self._out_mono[:n], out, self.master_gain)
+            resampler.push(self._mix[:c])
+        resampler.read(self._out_mono[:n])
+        self.limiter.process(self._out_mono[:n], out, self.output_gain)
 
     @property
     def idle(self) -> bool:

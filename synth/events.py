@@ -22,9 +22,10 @@ PITCH_BEND = 0xE0
 
 CC_SUSTAIN = 64
 CC_ALL_SOUND_OFF = 120
+CC_RESET_ALL_CONTROLLERS = 121
 CC_ALL_NOTES_OFF = 123
 KNOB_CCS = tuple(range(70, 78))
-"""Default CCs for latent knobs 0..7 (positions in the preset's knob_order)."""
+"""Default CCs for timbre knobs 0..7 (the preset's ``[knobs]`` directions, most varied first)."""
 
 
 @dataclass(frozen=True)

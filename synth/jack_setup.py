@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from typing import Any
 
 AUDIO_CLIENT_NAME = "vaesynth"
@@ -92,9 +93,13 @@ def list_output_devices() -> str:
     import sounddevice as sd
 
     try:
-        return str(sd.query_devices())
+        listing = str(sd.query_devices())
     except sd.PortAudioError as exc:
         raise AudioSetupError(f"cannot list audio devices: {exc}") from None
+    if not listing.strip():
+        raise AudioSetupError("no audio devices found — start JACK (e.g. jackd -d dummy -r 48000 -p 128) "
+                              "or connect a sound card")
+    return listing
 
 
 def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:
@@ -115,6 +120,49 @@ def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:
     finally:
         helper.close()
     return removed
+
+
+class JackWatch:
+    """JACK's own xrun count and the server's shutdown, seen by a small JACK client of ours.
+
+    PortAudio's underflow flags miss most JACK xruns (a client that overruns its cycle in
+    sync mode is logged by jackd but never flagged to PortAudio), and without this the synth
+    only noticed a dead server when callbacks stopped. The client has no process callback:
+    it is activated only because JACK sends notifications to active clients alone. Its
+    callbacks run on JACK's notification thread, never the audio thread.
+    """
+
+    def __init__(self, name: str = f"{AUDIO_CLIENT_NAME}-watch") -> None:
+        import jack
+
+        self.xruns = 0
+        self.shutdown_reason: str | None = None
+        self.server_gone = threading.Event()
+        self._client = jack.Client(name, no_start_server=True)
+        self._client.set_xrun_callback(self._on_xrun)
+        self._client.set_shutdown_callback(self._on_shutdown)
+        self._client.activate()
+
+    def _on_xrun(self, delay_usecs: float) -> None:
+        self.xruns += 1
+
+    def _on_shutdown(self, status: object, reason: str) -> None:
+        self.shutdown_reason = reason or "the JACK server shut down"
+        self.server_gone.set()
+
+    def close(self) -> None:
+        if not self.server_gone.is_set():
+            self._client.deactivate()
+            self._client.close()
+
+
+def open_jack_watch() -> JackWatch | None:
+    """A JackWatch, or None where JACK-Client or libjack is missing (the status line then
+    counts PortAudio's underflow flags instead)."""
+    try:
+        return JackWatch()
+    except Exception:  # noqa: BLE001 - ImportError, OSError (no libjack), jack.JackError alike
+        return None
 
 
 def jack_server_env() -> str | None:

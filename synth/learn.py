@@ -4,10 +4,10 @@ The mapping file is TOML, by default ``~/.config/vaesynth/mappings.toml``
 (``$VAESYNTH_CONFIG_DIR/mappings.toml`` when that variable is set)::
 
     [cc_to_knob]
-    "74" = 0     # CC 74 drives knob 0 (the first dim of the preset's knob_order)
+    "74" = 0     # CC 74 drives knob 0 (the preset's first knob direction)
 
-Knob numbers are positions in the preset's ``knob_order``, not raw latent dims,
-so a mapping keeps meaning "the most useful knob" across presets.
+Knob numbers are positions in the preset's knob list (most varied direction first), not raw
+latent dims, so a mapping keeps meaning "the most useful knob" across presets.
 """
 from __future__ import annotations
 

@@ -32,6 +32,8 @@ MIDI_PORT_NAME = "midi_in"
 STATUS_PERIOD_S = 0.25
 # No callback for this long while running means the audio server went away.
 STALL_TIMEOUT_S = 3.0
+# This many failing blocks in a row (about a second at 48 kHz / 128) is a persistent fault.
+FAULT_EXIT_BLOCKS = 400
 
 
 class LiveError(RuntimeError):
@@ -72,7 +74,9 @@ class LiveStats:
 
     frames: int = 0
     callbacks: int = 0
-    xruns: int = 0
+    underflows: int = 0  # blocks PortAudio flagged (JACK's own xrun count is JackWatch's)
+    faults: int = 0  # blocks whose rendering raised (output silenced)
+    consecutive_faults: int = 0
     load: float = 0.0  # last callback's render time / block duration
     load_peak: float = 0.0
     last_callback_wall: float = 0.0
@@ -83,12 +87,15 @@ class LiveStats:
 class LiveSynth:
     """The engine wrapped for real-time use: audio callback, MIDI callback, status text."""
 
-    def __init__(self, engine: Any, sample_rate: int, learn: LearnSession | None = None) -> None:
+    def __init__(self, engine: Any, sample_rate: int, learn: LearnSession | None = None,
+                 watch: jack_setup.JackWatch | None = None) -> None:
         self.engine = engine
         self.sample_rate = sample_rate
         self.clock = SampleClock(sample_rate)
         self.stats = LiveStats()
         self.learn = learn
+        self.watch = watch
+        self.fault: BaseException | None = None  # the first exception the callback caught
         # Several rtmidi inputs (virtual + hardware) call on_midi from their own threads,
         # but the engine queue has a single producer: serialise them. The audio thread
         # never takes this lock.
@@ -98,10 +105,18 @@ class LiveSynth:
         """sounddevice callback: render ``outdata (frames, 2) float32``; no IO, no locks."""
         start = time.perf_counter()
         st = self.stats
-        if status:
-            st.xruns += 1
+        if status.output_underflow:
+            st.underflows += 1
         self.clock.mark_block(st.frames, start, frames)
-        self.engine.process(outdata)
+        try:
+            self.engine.process(outdata)
+            st.consecutive_faults = 0
+        except Exception as exc:  # noqa: BLE001 - any failure costs one silent block, never the stream
+            outdata.fill(0.0)
+            st.faults += 1
+            st.consecutive_faults += 1
+            if self.fault is None:
+                self.fault = exc  # reported once by the main thread
         st.frames += frames
         st.callbacks += 1
         st.load = (time.perf_counter() - start) * self.sample_rate / frames
@@ -120,6 +135,11 @@ class LiveSynth:
         if self.learn is not None:
             self.learn.offer(message)
 
+    @property
+    def xruns(self) -> int:
+        """JACK's own xrun count where a JackWatch runs, else PortAudio's underflow flags."""
+        return self.watch.xruns if self.watch is not None else self.stats.underflows
+
     def status_line(self) -> str:
         """One line: voices, callback load, xruns, last MIDI event, knob values."""
         st = self.stats
@@ -129,21 +149,29 @@ class LiveSynth:
         midi = " ".join(f"{b:02x}" for b in st.last_midi) or "-"
         line = (
             f"voices {voices:>3} | load {100 * st.load:5.1f}% (peak {100 * st.load_peak:5.1f}%) | "
-            f"xruns {st.xruns} | midi {midi}"
+            f"xruns {self.xruns} | midi {midi}"
         )
         dropped = getattr(est, "dropped_events", 0)
         nans = getattr(est, "nan_count", 0)
+        shed = getattr(est, "shed_voices", 0)
+        if shed:
+            line += f" | overload: shed {shed}, cap {getattr(est, 'voice_cap', '?')}"
         if dropped or nans:
             line += f" | dropped {dropped} nan {nans}"
         return line + (f" | knobs {knobs}" if knobs else "")
 
 
 def _knob_text(engine: Any) -> str:
+    """Knob coordinates; a ``*`` marks a knob waiting for pick-up (its control is ignored until it
+    reaches the value shown)."""
     values = getattr(engine, "knob_values", None)
     if values is None:
         return ""
+    picked = getattr(engine, "knob_pickup", None)
     try:
-        return " ".join(f"{float(v):+.2f}" for v in list(values)[:8])
+        values = list(values)[:8]
+        waiting = [False] * len(values) if picked is None else [not bool(p) for p in list(picked)[:8]]
+        return " ".join(f"{float(v):+.2f}{'*' if w else ''}" for v, w in zip(values, waiting))
     except TypeError:
         return ""
 
@@ -272,10 +300,30 @@ def build_engine(args: argparse.Namespace, audio: AudioConfig) -> tuple[Any, Any
         raise LiveError(str(exc)) from None
     engine = Engine(preset, polyphony=getattr(args, "polyphony", 32), bend_range=getattr(args, "bend_range", 2.0),
                     channel=getattr(args, "channel", None), device=getattr(args, "device", "auto"),
-                    threads=getattr(args, "threads", None))
-    max_block = audio.blocksize or 8192  # JACK's largest period
-    engine.prepare(audio.sample_rate, max_block)
+                    threads=getattr(args, "threads", None), shed_load=True)
+    max_block = audio.blocksize or _jack_period() or 1024
+    _prepare_announced(engine, audio.sample_rate, max_block, quiet=bool(getattr(args, "quiet", False)))
     return engine, preset
+
+
+def _prepare_announced(engine: Any, sample_rate: int, max_block: int, quiet: bool) -> None:
+    """``engine.prepare`` (warm) under one line: 'preparing the engine... ready in X s'."""
+    from synth import realtime
+
+    if not quiet:
+        print("vaesynth: preparing the engine... ", end="", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        engine.prepare(sample_rate, max_block, warm=True)
+    except BaseException:
+        if not quiet:
+            print(file=sys.stderr)  # end the line before the error message
+        raise
+    took = time.perf_counter() - started
+    compiled = sum(sum(k.stats.cache_misses.values()) for k in realtime.compiled_kernels() if k.signatures)
+    if not quiet:
+        note = " (first start: DSP kernels compiled and cached for the next one)" if compiled else ""
+        print(f"ready in {took:.1f} s{note}", file=sys.stderr, flush=True)
 
 
 def apply_mapping(engine: Any, mapping: dict[int, int]) -> None:
@@ -322,8 +370,8 @@ def _start_learning(args: argparse.Namespace, preset: Any) -> LearnSession | Non
     knob = getattr(args, "learn", None)
     if knob is None:
         return None
-    session = LearnSession(int(knob), len(preset.knob_order))
-    _say(f"MIDI learn: move a controller to bind knob {session.knob} (latent dim {preset.knob_order[session.knob]})")
+    session = LearnSession(int(knob), preset.knobs.directions.shape[0])
+    _say(f"MIDI learn: move a controller to bind knob {session.knob + 1} of {preset.knobs.directions.shape[0]}")
     return session
 
 
@@ -348,10 +396,20 @@ def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished:
     tty = sys.stderr.isatty()
     learn, path = synth.learn, mapping_path(args)
     learned = False
+    reported_fault = False
     while True:
-        time.sleep(STATUS_PERIOD_S)
+        if synth.watch is not None and synth.watch.server_gone.wait(STATUS_PERIOD_S):
+            _server_gone(f"the JACK server went away ({synth.watch.shutdown_reason}); exiting")
+        elif synth.watch is None:
+            time.sleep(STATUS_PERIOD_S)
         if finished[0]:
             _server_gone("the audio stream stopped (audio server gone?); exiting")
+        if synth.fault is not None and not reported_fault:
+            reported_fault = True
+            _say(f"error while rendering audio ({_one_line(synth.fault)}); that block was silenced")
+        if synth.stats.consecutive_faults > FAULT_EXIT_BLOCKS:
+            _say(f"rendering keeps failing ({_one_line(synth.fault)}); exiting")
+            raise KeyboardInterrupt  # the normal shutdown path: stream stopped, MIDI closed
         stalled = time.perf_counter() - synth.stats.last_callback_wall
         if synth.stats.callbacks and stalled > STALL_TIMEOUT_S:
             _server_gone(f"no audio callback for {stalled:.1f} s (audio server gone?); exiting")
@@ -364,16 +422,22 @@ def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished:
 
 
 def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
+    from synth import realtime
+
     engine, preset = build_engine(args, audio)
     path = mapping_path(args)
     apply_mapping(engine, load_mapping(path))
-    synth = LiveSynth(engine, audio.sample_rate, _start_learning(args, preset))
+    watch = jack_setup.open_jack_watch() if audio.under_jack else None
+    synth = LiveSynth(engine, audio.sample_rate, _start_learning(args, preset), watch)
     midi = MidiInputs(audio.under_jack)
     finished = [False]
 
     def on_finished() -> None:
         finished[0] = True
 
+    # Last set-up step: the MIDI and audio ports below appear only once the engine is ready.
+    realtime.freeze_kernels()
+    realtime.settle_process()
     # MIDI is opened before the stream starts and closed after it stops: python-rtmidi
     # holds the GIL while its JACK client (de)activates, and activation waits for a
     # JACK cycle, which waits for our Python audio callback: a deadlock.
@@ -395,9 +459,26 @@ def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
             stream.stop()
             stream.close()
         midi.close()
+        if watch is not None:
+            watch.close()
     if stopping and not getattr(args, "quiet", False):
         print(file=sys.stderr)
+    _say_trouble(synth)
     return 0
+
+
+def _say_trouble(synth: LiveSynth) -> None:
+    """One closing line, even with --quiet, when the session had overloads or faults."""
+    est = synth.engine.stats
+    shed = getattr(est, "shed_voices", 0)
+    if shed or synth.stats.faults or synth.xruns:
+        _say(f"session summary: {synth.xruns} xruns, {shed} voices shed under overload, "
+             f"{synth.stats.faults} blocks silenced by errors")
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -15,9 +15,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from synth.contract import (DECODER_CONTRACT, DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS,
-                            SpectrogramParams)
+                            PRESET_FORMAT_VERSION, SpectrogramParams, gm_group)
 
-FORMAT_VERSION = 1  # what this loader reads today; synth.contract.PRESET_FORMAT_VERSION is what export writes next
+READ_VERSIONS = (1, PRESET_FORMAT_VERSION)
+"""Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``) and
+the current one, which export writes (``[knobs]`` directions, optional ``[mix]``)."""
+MAX_KNOBS = 8
+V1_MIX_GAIN = 1.65
+"""Output gain for version-1 presets (they have no ``[mix]``): puts the shipped default preset's
+velocity-100 single C4 at a median of about -11 dBFS over its snapshots (guitar's pluck, the
+loudest attack, at about -6; see README)."""
+MAX_MIX_GAIN = 100.0
+"""``[mix] gain`` above this (+40 dB) is refused as a broken export."""
+ORTHONORMAL_TOL = 1e-3
+"""Largest allowed deviation of ``directions @ directions.T`` from the identity."""
 
 
 class PresetError(Exception):
@@ -34,6 +45,34 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class KnobMap:
+    """The K = min(8, L) timbre knobs: knob i at u in -1..1 puts the timbre at
+    ``center + 3 * scale[i] * u`` along ``directions[i]`` (orthonormal rows, most variance first)."""
+
+    center: NDArray[np.float64]  # (L,)
+    directions: NDArray[np.float64]  # (K, L)
+    scale: NDArray[np.float64]  # (K,)
+
+    @property
+    def count(self) -> int:
+        return int(self.directions.shape[0])
+
+
+def program_map(snapshots: list[Snapshot]) -> tuple[int, ...]:
+    """Snapshot index for each MIDI program 0..127 (all -1 when there are no snapshots).
+
+    Program p recalls the snapshot whose program is p; else the nearest-numbered snapshot in
+    p's General MIDI group (``gm_group``: p // 8); else the nearest-numbered one overall.
+    Ties go to the lower program number, then to the earlier snapshot.
+    """
+    def closest(p: int, pool: list[int] | range) -> int:
+        return min(pool, key=lambda i: (abs(snapshots[i].program - p), snapshots[i].program, i), default=-1)
+
+    return tuple(closest(p, [i for i, s in enumerate(snapshots) if gm_group(s.program) == gm_group(p)]
+                         or range(len(snapshots))) for p in range(128))
+
+
+@dataclass(frozen=True)
 class Preset:
     root: Path
     name: str
@@ -42,22 +81,26 @@ class Preset:
     latent_size: int
     latent_mean: NDArray[np.float32]  # (L,)
     latent_std: NDArray[np.float32]  # (L,)
-    knob_order: list[int]
+    knob_order: list[int]  # the latent dim each knob leans on most (v1: [latent] knob_order[:K])
     pitch_min: float
     pitch_max: float
     decoder_path: Path
+    decoder_parts_path: Path | None  # optional: the decoder before its geometry (synth.partials)
     encoder_path: Path
     time_on_max: float
     release_seconds: float
     encoder_frame_stride: int
+    knobs: KnobMap
+    format_version: int = PRESET_FORMAT_VERSION
+    mix_gain: float = 1.0  # linear output gain before the limiter ([mix] gain; V1_MIX_GAIN for v1)
     snapshots: list[Snapshot] = field(default_factory=list)
+    programs: tuple[int, ...] = ()  # program 0..127 -> snapshot index (see program_map), -1 for none
 
     def snapshot_for_program(self, program: int) -> Snapshot | None:
-        """The snapshot bound to ``program``, else the one at that index, else None."""
-        for snap in self.snapshots:
-            if snap.program == program:
-                return snap
-        return self.snapshots[program] if 0 <= program < len(self.snapshots) else None
+        """The snapshot program change ``program`` recalls (see :func:`program_map`), None if none."""
+        if not 0 <= program < len(self.programs) or self.programs[program] < 0:
+            return None
+        return self.snapshots[self.programs[program]]
 
 
 def _table(doc: dict[str, Any], name: str, where: Path) -> dict[str, Any]:
@@ -119,6 +162,15 @@ def _check_onnx(path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...], l
             raise PresetError(f"{path}: '{name}' has last dimension {last}, the preset says {dim}")
 
 
+def _model_file(root: Path, table: dict[str, Any], key: str, where: str) -> Path:
+    """A model file named by the preset: a plain file name inside the preset folder (never an
+    absolute path or a way out of it, whatever a downloaded preset says)."""
+    name = _get(table, key, str, where)
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise PresetError(f"{where}: '{key}' must be a file name inside the preset folder, not {name!r}")
+    return root / name
+
+
 def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
     raw = doc.get("snapshots", [])
     if not isinstance(raw, list):
@@ -135,6 +187,46 @@ def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
     return snaps
 
 
+def _v1_knobs(latent: dict[str, Any], mean: NDArray, std: NDArray, w: str) -> KnobMap:
+    """Version 1: knob i moves latent dim ``knob_order[i]`` over mean +- 3 std."""
+    size = mean.shape[0]
+    knob_order = [int(k) for k in _get(latent, "knob_order", list, w)]
+    if sorted(knob_order) != list(range(size)):
+        raise PresetError(f"{w}: knob_order must be a permutation of 0..{size - 1}")
+    dims = knob_order[:MAX_KNOBS]
+    directions = np.zeros((len(dims), size))
+    directions[np.arange(len(dims)), dims] = 1.0
+    return KnobMap(mean.astype(np.float64), directions, std[dims].astype(np.float64))
+
+
+def _knobs(table: dict[str, Any], size: int, w: str) -> KnobMap:
+    """Version 2 ``[knobs]``: center (L,), K = min(8, L) orthonormal direction rows, K positive scales."""
+    w = f"{w} [knobs]"
+    k = min(MAX_KNOBS, size)
+    rows = _get(table, "directions", list, w)
+    if len(rows) != k:
+        raise PresetError(f"{w}: 'directions' must have {k} rows (min(8, latent size)), got {len(rows)}")
+    directions = np.stack([_vector({"directions": r}, "directions", size, f"{w} row {i + 1}")
+                           for i, r in enumerate(rows)]).astype(np.float64)
+    gram_error = float(np.abs(directions @ directions.T - np.eye(k)).max())
+    if gram_error > ORTHONORMAL_TOL:
+        raise PresetError(f"{w}: 'directions' rows are not orthonormal (off by {gram_error:.2g})")
+    scale = _vector(table, "scale", k, w).astype(np.float64)
+    if np.any(scale <= 0):
+        raise PresetError(f"{w}: 'scale' must be positive")
+    return KnobMap(_vector(table, "center", size, w).astype(np.float64), directions, scale)
+
+
+def _mix_gain(doc: dict[str, Any], w: str) -> float:
+    """Optional ``[mix] gain`` (linear), 1.0 when absent."""
+    if "mix" not in doc:
+        return 1.0
+    gain = float(_get(_table(doc, "mix", Path(w)), "gain", (int, float), f"{w} [mix]"))
+    if not (math.isfinite(gain) and 0 < gain <= MAX_MIX_GAIN):
+        raise PresetError(f"{w} [mix]: gain {gain} must be a finite number in (0, {MAX_MIX_GAIN:g}]")
+    return gain
+
+
 def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     """Read and validate a preset folder; raises :class:`PresetError` with a one-line message."""
     root = Path(path)
@@ -145,8 +237,10 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     w = str(toml_path)
     meta = _table(doc, "preset", toml_path)
     version = _get(meta, "format_version", int, w)
-    if version != FORMAT_VERSION:
-        raise PresetError(f"{w}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        readable = " and ".join(str(v) for v in READ_VERSIONS)
+        raise PresetError(f"{w}: format_version {version} is not supported (this engine reads {readable}); "
+                          f"re-export the preset with python -m export.onnx")
     try:
         params = SpectrogramParams.from_dict(_table(doc, "audio", toml_path))
         params.validate()
@@ -159,9 +253,12 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     std = _vector(latent, "std", size, w)
     if np.any(std <= 0):
         raise PresetError(f"{w}: latent std must be positive")
-    knob_order = [int(k) for k in _get(latent, "knob_order", list, w)]
-    if sorted(knob_order) != list(range(size)):
-        raise PresetError(f"{w}: knob_order must be a permutation of 0..{size - 1}")
+    mean = _vector(latent, "mean", size, w)
+    if version == 1:
+        knobs, mix_gain = _v1_knobs(latent, mean, std, w), V1_MIX_GAIN
+    else:
+        knobs, mix_gain = _knobs(_table(doc, "knobs", toml_path), size, w), _mix_gain(doc, w)
+    knob_order = [int(np.argmax(np.abs(d))) for d in knobs.directions]
     pitch = _table(doc, "pitch", toml_path)
     pmin, pmax = float(_get(pitch, "min", (int, float), w)), float(_get(pitch, "max", (int, float), w))
     if not 0 <= pmin < pmax <= 127:
@@ -171,28 +268,38 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     if contract != DECODER_CONTRACT:
         raise PresetError(f"{w}: decoder contract '{contract}' is not supported (expected {DECODER_CONTRACT})")
     enc = _table(doc, "encoder", toml_path)
+    snaps = _snapshots(doc, size, w)
     preset = Preset(
         root=root,
         name=_get(meta, "name", str, w),
         description=str(meta.get("description", "")),
         params=params,
         latent_size=size,
-        latent_mean=_vector(latent, "mean", size, w),
+        latent_mean=mean,
         latent_std=std,
         knob_order=knob_order,
         pitch_min=pmin,
         pitch_max=pmax,
-        decoder_path=root / _get(dec, "file", str, w),
-        encoder_path=root / _get(enc, "file", str, w),
+        decoder_path=_model_file(root, dec, "file", w),
+        decoder_parts_path=_model_file(root, dec, "parts_file", w) if "parts_file" in dec else None,
+        encoder_path=_model_file(root, enc, "file", w),
         time_on_max=float(_get(dec, "time_on_max", (int, float), w)),
         release_seconds=float(_get(dec, "release_seconds", (int, float), w)),
         encoder_frame_stride=_get(enc, "frame_stride", int, w),
-        snapshots=_snapshots(doc, size, w),
+        knobs=knobs,
+        format_version=version,
+        mix_gain=mix_gain,
+        snapshots=snaps,
+        programs=program_map(snaps),
     )
     if not (0 < preset.time_on_max <= params.note_seconds and math.isfinite(preset.release_seconds) and preset.release_seconds > 0):
         raise PresetError(f"{w}: time_on_max / release_seconds out of range")
     if check_models:
         bins = params.n_bins
         _check_onnx(preset.decoder_path, DECODER_INPUTS, (DECODER_OUTPUT,), {"z": size, DECODER_OUTPUT: bins})
+        if preset.decoder_parts_path is not None:
+            from synth.partials import PARTS_OUTPUTS
+
+            _check_onnx(preset.decoder_parts_path, DECODER_INPUTS, PARTS_OUTPUTS, {"z": size, "noise_mag": bins})
         _check_onnx(preset.encoder_path, (ENCODER_INPUT,), ENCODER_OUTPUTS, {ENCODER_INPUT: bins, "mu": size})
     return preset

@@ -15,8 +15,14 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-FREE, HELD, SUSTAINED, RELEASED, FADING = 0, 1, 2, 3, 4
+# Voice states (numba reads these module constants as compile-time values).
+FREE = 0  # slot unused
+HELD = 1  # key down
+SUSTAINED = 2  # key up, sustain pedal down
+RELEASED = 3  # key (and pedal) up: the decoder's release is playing
+FADING = 4  # stolen, shed, muted or past its release: a short fade to silence, then FREE
 NEVER = np.iinfo(np.int64).max // 4
+NO_VOICE = -1
 STEAL_FADE_S = 0.005
 RELEASE_END_FADE_S = 0.030
 
@@ -43,19 +49,19 @@ class VoiceBank:
         self.gain = np.zeros(s, np.float32)
         self.order = np.zeros(s, np.int64)
         self.muted = np.zeros(s, np.bool_)
+        self.quiet = np.zeros(s, np.int32)  # frames in a row below audibility while released
         self._counter = 0
         self.steal_step = np.float32(1.0 / max(1.0, STEAL_FADE_S * sample_rate))
         self.stolen = 0
+        self.cap = self.polyphony  # sounding voices allowed now (the engine lowers it under overload)
+        self.pedal_down = False
 
     def active_count(self) -> int:
         return int(np.count_nonzero(self.state))
 
     def sounding_count(self) -> int:
         """Voices that count against the polyphony limit (not fading out)."""
-        n = 0
-        for st in (HELD, SUSTAINED, RELEASED):
-            n += int(np.count_nonzero(self.state == st))
-        return n
+        return int(_count_sounding(self.state))
 
     def fade(self, v: int, t: int, step: float) -> None:
         """Start (or speed up) a fade to silence of voice ``v`` at sample ``t``."""
@@ -65,28 +71,26 @@ class VoiceBank:
             self.fade_step[v] = step
         self.state[v] = FADING
 
-    def _steal_one(self, t: int) -> None:
-        """Free a polyphony place: the earliest-released voice, else the oldest held one."""
-        best, best_key = -1, NEVER
-        for v in range(self.slots):
-            if self.state[v] == RELEASED and self.release_t[v] < best_key:
-                best, best_key = v, int(self.release_t[v])
-        if best < 0:
-            for v in range(self.slots):
-                if self.state[v] in (HELD, SUSTAINED) and self.order[v] < best_key:
-                    best, best_key = v, int(self.order[v])
-        if best >= 0:
-            self.fade(best, t, float(self.steal_step))
-            self.stolen += 1
+    def steal_one(self, t: int) -> int:
+        """Fade out the voice ``find_voice_to_steal`` picks (5 ms, from sample ``t``); returns it or NO_VOICE.
+
+        The voice also stops decoding frames at once: its ring already holds far more than the
+        5 ms the fade needs, and a stolen voice should cost nothing from now on."""
+        v = int(find_voice_to_steal(self.state, self.key, self.order, self.release_t))
+        if v != NO_VOICE:
+            self.fade(v, t, float(self.steal_step))
+            self.muted[v] = True
+        return v
 
     def allocate(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
         """Take a slot for a note starting at sample ``t``; returns (slot, slot_was_busy).
 
-        ``slot_was_busy`` is True when every slot was fading and the quietest one was taken
-        over (its ring must be cleared by the caller).
+        At the polyphony limit (``cap``: the user's polyphony, lowered while the engine sheds
+        load) a sounding voice is stolen first. ``slot_was_busy`` is True when every slot was
+        fading and the quietest one was taken over (its ring must be cleared by the caller).
         """
-        if self.sounding_count() >= self.polyphony:
-            self._steal_one(t)
+        if self.sounding_count() >= self.cap and self.steal_one(t) != NO_VOICE:
+            self.stolen += 1
         slot, busy = -1, False
         for v in range(self.slots):
             if self.state[v] == FREE:
@@ -111,7 +115,16 @@ class VoiceBank:
         self.gain[slot] = 1.0
         self.order[slot] = self._counter
         self.muted[slot] = False
+        self.quiet[slot] = 0
         return slot, busy
+
+    def note_on(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
+        """A key goes down at sample ``t``: a re-struck key first releases its sounding voice (a
+        piano's damper lifts and strikes again), then a slot is allocated (see ``allocate``)."""
+        for v in range(self.slots):
+            if self.key[v] == key and self.channel[v] == channel and (self.state[v] == HELD or self.state[v] == SUSTAINED):
+                self.release(v, t)
+        return self.allocate(t, key, channel, velocity)
 
     def release(self, v: int, t: int) -> None:
         """Key (or pedal) up at sample ``t``: the decoder's time_off starts counting here."""
@@ -119,18 +132,22 @@ class VoiceBank:
             self.state[v] = RELEASED
             self.release_t[v] = t
 
-    def note_off(self, t: int, key: int, channel: int, pedal_down: bool) -> None:
+    def note_off(self, t: int, key: int, channel: int) -> None:
+        """A key comes up: its voice releases, or waits in SUSTAINED while the pedal is down."""
         for v in range(self.slots):
             if self.state[v] == HELD and self.key[v] == key and self.channel[v] == channel:
-                if pedal_down:
+                if self.pedal_down:
                     self.state[v] = SUSTAINED
                 else:
                     self.release(v, t)
 
-    def pedal_up(self, t: int) -> None:
-        for v in range(self.slots):
-            if self.state[v] == SUSTAINED:
-                self.release(v, t)
+    def sustain_pedal(self, t: int, down: bool) -> None:
+        """CC 64: lifting the pedal releases every voice it was holding."""
+        if self.pedal_down and not down:
+            for v in range(self.slots):
+                if self.state[v] == SUSTAINED:
+                    self.release(v, t)
+        self.pedal_down = down
 
     def release_all(self, t: int) -> None:
         for v in range(self.slots):
@@ -140,6 +157,44 @@ class VoiceBank:
         for v in range(self.slots):
             if self.state[v] != FREE:
                 self.fade(v, t, float(self.steal_step))
+
+
+@njit(nogil=True, cache=True)
+def _count_sounding(state: NDArray) -> int:
+    n = 0
+    for v in range(state.shape[0]):
+        if state[v] == HELD or state[v] == SUSTAINED or state[v] == RELEASED:
+            n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def find_voice_to_steal(state: NDArray, key: NDArray, order: NDArray, release_t: NDArray) -> int:
+    """The sounding voice a new note (or an overloaded block) should take, as JUCE's
+    ``Synthesiser::findVoiceToSteal`` chooses: the earliest-released voice (the quietest, most
+    likely), else the oldest held voice that is neither the lowest nor the highest held note (a
+    player hears a lost bass or top line at once), else the oldest held voice. NO_VOICE if none.
+    """
+    best, best_key = NO_VOICE, NEVER
+    for v in range(state.shape[0]):
+        if state[v] == RELEASED and release_t[v] < best_key:
+            best, best_key = v, release_t[v]
+    if best != NO_VOICE:
+        return best
+    low, high = 1 << 30, -1
+    for v in range(state.shape[0]):
+        if state[v] == HELD or state[v] == SUSTAINED:
+            low = min(low, key[v])
+            high = max(high, key[v])
+    oldest = NO_VOICE
+    oldest_key = NEVER
+    for v in range(state.shape[0]):
+        if state[v] == HELD or state[v] == SUSTAINED:
+            if order[v] < oldest_key:
+                oldest, oldest_key = v, order[v]
+            if key[v] != low and key[v] != high and order[v] < best_key:
+                best, best_key = v, order[v]
+    return best if best != NO_VOICE else oldest
 
 
 @njit(nogil=True, cache=True)
@@ -160,7 +215,7 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
         out[i] = 0.0
     active = 0
     for v in range(state.shape[0]):
-        if state[v] == 0:
+        if state[v] == FREE:
             continue
         g = gain[v]
         for i in range(n):
@@ -168,10 +223,10 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
             s = t - onset[v]
             if s < 0:
                 continue
-            if state[v] == 3 and t >= release_t[v] + release_samples and fade_start[v] > t:
+            if state[v] == RELEASED and t >= release_t[v] + release_samples and fade_start[v] > t:
                 fade_start[v] = t
                 fade_step[v] = release_fade_step
-                state[v] = 4
+                state[v] = FADING
             idx = s % r
             y = ring[v, idx]
             ring[v, idx] = 0.0
@@ -180,11 +235,11 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
                 g -= fade_step[v]
                 if g <= 0.0:
                     g = 0.0
-                    state[v] = 0
+                    state[v] = FREE
                     ring[v, :] = 0.0
                     break
             out[i] += g * y
         gain[v] = g
-        if state[v] != 0:
+        if state[v] != FREE:
             active += 1
     return active

@@ -5,8 +5,13 @@ The decoder follows the "framewise-v1" contract: ``z (B, L)``, ``pitch``, ``velo
 Hann main lobes (|sin(pi d) / (pi d (1 - d^2))|, |d| < 2 bins) at exact multiples of
 f0 = 440 * 2^((pitch - 69) / 12), so a rendered note is in tune by construction; the
 amplitude follows velocity, a slow decay in ``time_on`` and a fast one after note-off,
-and ``z`` tilts the harmonic amplitudes (timbre). ``nan_above_pitch`` makes the decoder
-return NaN for pitches above it (to test the engine's NaN guard).
+and ``z`` tilts the harmonic amplitudes (timbre): harmonic h is scaled by
+``exp(z @ timbre_weights(L))[h]``. ``nan_above_pitch`` makes the decoder return NaN for
+pitches above it (to test the engine's NaN guard).
+
+``preset.toml`` is format version 2 by default: ``[knobs]`` with random orthonormal,
+non-axis-aligned directions (``knob_directions``) and ``[mix] gain = MIX_GAIN``;
+``format_version=1`` writes the old ``[latent] knob_order`` instead.
 """
 from __future__ import annotations
 
@@ -24,6 +29,20 @@ LATENT = 8
 OPSET = 17
 # Keeps d away from the removable singularities of the Hann kernel at d = 0, +-1.
 LOBE_NUDGE = 3.1e-4
+MIX_GAIN = 0.5  # keeps the engine's output level at what the tests were written for (old master 0.5)
+PROGRAMS = (0, 5, 9)
+KNOB_SCALE = 0.8  # [knobs] scale of knob i: KNOB_SCALE ** i (most variance first)
+
+
+def timbre_weights(latent: int = LATENT) -> np.ndarray:
+    """``(L, HARMONICS)``: the decoder's log-amplitude of harmonic h grows by ``(z @ W)[h]``."""
+    return (0.3 * np.random.default_rng(7).standard_normal((latent, HARMONICS))).astype(np.float32)
+
+
+def knob_directions(latent: int = LATENT) -> np.ndarray:
+    """``(min(8, L), L)`` orthonormal rows, none of them close to a latent axis."""
+    q, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((latent, latent)))
+    return q.T[: min(8, latent)]
 
 
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
@@ -33,7 +52,6 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
 def _decoder_nodes(params: SpectrogramParams, latent: int, nan_above_pitch: float | None) -> list[onnx.NodeProto]:
     f = params.n_bins
     bin_hz = params.sample_rate / params.n_fft
-    rng = np.random.default_rng(7)
     f32 = np.float32
     consts = [
         _const("c69", f32(69.0)), _const("c12", f32(12.0)), _const("c2", f32(2.0)), _const("c440", f32(440.0)),
@@ -43,7 +61,7 @@ def _decoder_nodes(params: SpectrogramParams, latent: int, nan_above_pitch: floa
         _const("bins", np.arange(f, dtype=f32)[None, None, :]),
         _const("nudge", f32(LOBE_NUDGE)), _const("pi", f32(np.pi)), _const("one", f32(1.0)),
         _const("two", f32(2.0)), _const("zero_f", f32(0.0)),
-        _const("wz", (0.3 * rng.standard_normal((latent, HARMONICS))).astype(f32)),
+        _const("wz", timbre_weights(latent)),
         _const("inv127", f32(1.0 / 127.0)), _const("decay_on", f32(-0.4)), _const("decay_off", f32(-12.0)),
         _const("floor", f32(params.log_floor)), _const("ax1", np.array([1], np.int64)),
         _const("ax2", np.array([2], np.int64)),
@@ -117,8 +135,14 @@ def make_fake_preset(
     nan_above_pitch: float | None = None,
     time_on_max: float = 2.5,
     release_seconds: float = 0.5,
+    format_version: int = 2,
+    programs: tuple[int, ...] = PROGRAMS,
+    mix_gain: float | None = MIX_GAIN,
 ) -> Path:
-    """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``."""
+    """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``.
+
+    ``programs``: one snapshot (``snap0``, ``snap1``, ...) per program number. ``mix_gain``: the
+    ``[mix] gain`` of a version-2 preset, None for no ``[mix]`` table."""
     params = params or SpectrogramParams()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -126,19 +150,27 @@ def make_fake_preset(
     make_encoder(root / "encoder.onnx", params, latent)
     rng = np.random.default_rng(11)
     doc = {
-        "preset": {"name": "fake", "format_version": 1, "description": "test preset built by tests/fake_preset.py",
+        "preset": {"name": "fake", "format_version": format_version,
+                   "description": "test preset built by tests/fake_preset.py",
                    "reproduce": "python -c 'from tests.fake_preset import make_fake_preset; make_fake_preset(DIR)'"},
         "audio": params.to_dict(),
-        "latent": {"size": latent, "mean": [0.0] * latent, "std": [1.0] * latent,
-                   "knob_order": list(range(latent))[::-1]},
+        "latent": {"size": latent, "mean": [0.0] * latent, "std": [1.0] * latent},
         "pitch": {"min": 21, "max": 108},
         "decoder": {"file": "decoder.onnx", "contract": "framewise-v1", "time_on_max": time_on_max,
                     "release_seconds": release_seconds},
         "encoder": {"file": "encoder.onnx", "frame_stride": 2},
         "snapshots": [
             {"name": f"snap{i}", "program": p, "z": [float(x) for x in rng.uniform(-2, 2, latent)]}
-            for i, p in enumerate((0, 5, 9))
+            for i, p in enumerate(programs)
         ],
     }
+    if format_version == 1:
+        doc["latent"]["knob_order"] = list(range(latent))[::-1]
+    else:
+        dirs = knob_directions(latent)
+        doc["knobs"] = {"center": [0.0] * latent, "directions": [[float(x) for x in row] for row in dirs],
+                        "scale": [KNOB_SCALE ** i for i in range(len(dirs))]}
+        if mix_gain is not None:
+            doc["mix"] = {"gain": mix_gain}
     (root / "preset.toml").write_bytes(tomli_w.dumps(doc).encode())
     return root

@@ -40,8 +40,9 @@ def control(cc: int, value: int) -> bytes:
 class SynthProcess:
     """``python run_synth.py ARGS`` under JACK, started and stopped cleanly (SIGTERM)."""
 
-    def __init__(self, args: list[str], server: str, command: list[str] | None = None) -> None:
-        env = dict(os.environ, JACK_DEFAULT_SERVER=server)
+    def __init__(self, args: list[str], server: str, command: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, **(env or {}), JACK_DEFAULT_SERVER=server)
         cmd = command or [sys.executable, str(REPO / "run_synth.py")]
         self.proc = subprocess.Popen(cmd + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -86,6 +87,7 @@ class Take:
     xruns: int
     lost_cycles: int  # cycles whose frame time skipped ahead (real-time mode only)
     dsp_load_max: float = 0.0
+    dsp_load_mean: float = 0.0  # JACK's DSP load (percent of the cycle), sampled every 50 ms
 
 
 @dataclass
@@ -159,22 +161,22 @@ class JackProbe:
         """Send ``events`` (frame, message) and record ``frames`` frames from now."""
         xruns0 = self.xruns
         run = _Run(sorted(events, key=lambda e: e[0]), np.zeros((frames, 2), np.float32))
-        load_max = 0.0
+        loads: list[float] = []
         if freewheel:
             self.client.set_freewheel(True)
         self._run = run
         try:
             deadline = time.monotonic() + timeout
             while not run.done.wait(0.05):
-                load_max = max(load_max, float(self.client.cpu_load()))
+                loads.append(float(self.client.cpu_load()))
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"recording of {frames} frames took over {timeout} s")
         finally:
             if freewheel:
                 self.client.set_freewheel(False)
             self._run = None
-        return Take(run.audio, run.events, self.period, self.sample_rate,
-                    self.xruns - xruns0, run.lost_cycles, load_max)
+        return Take(run.audio, run.events, self.period, self.sample_rate, self.xruns - xruns0, run.lost_cycles,
+                    max(loads, default=0.0), float(np.mean(loads)) if loads else 0.0)
 
     def close(self) -> None:
         self.client.deactivate()

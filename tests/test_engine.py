@@ -10,8 +10,9 @@ import pytest
 from synth.engine import Engine
 from synth.limiter import Limiter
 from synth.preset import Preset, load_preset
-from tests.fake_preset import make_fake_preset
+from tests.fake_preset import HARMONICS, make_fake_preset, timbre_weights
 
+REPO = Path(__file__).resolve().parents[1]
 SR = 48000
 BLOCK = 128
 ON, OFF, CC, PC, BEND = 0x90, 0x80, 0xB0, 0xC0, 0xE0
@@ -153,14 +154,16 @@ def test_knob_smoothing_and_heard_within_20ms(preset: Preset) -> None:
     t_knob = 12000 + 50
     plain = render(make(preset), [(0, ON, 57, 100)], 24000)
     eng = make(preset)
-    dim = preset.knob_order[0]
+    start = eng.z_target.copy()
+    c0 = float(eng.knob_values[0])  # the start-up sound's (program 0's) coordinate on knob 1
     before = render(eng, [(0, ON, 57, 100), (t_knob, CC, 70, 127)], t_knob + 10)
-    z0 = float(eng.z_current[dim])
+    z0 = eng.z_current.copy()
     after = render(eng, [], 24000 - len(before))
-    target = float(preset.latent_mean[dim] + 3 * preset.latent_std[dim])
-    assert eng.z_target[dim] == pytest.approx(target)
-    assert abs(z0 - target) > 0.5 * abs(target - preset.latent_mean[dim]), "jumped instead of gliding"
-    assert float(eng.z_current[dim]) == pytest.approx(target, abs=1e-3)
+    km = preset.knobs
+    target = start + (1.0 - c0) * 3 * km.scale[0] * km.directions[0]  # knob 1 fully up, along its direction
+    np.testing.assert_allclose(eng.z_target, target, atol=1e-5)
+    assert np.linalg.norm(z0 - target) > 0.5 * np.linalg.norm(target - start), "jumped instead of gliding"
+    np.testing.assert_allclose(eng.z_current, target, atol=1e-3)
     moved = np.concatenate([before, after])
     np.testing.assert_array_equal(moved[:t_knob - BLOCK], plain[:t_knob - BLOCK])
     diff = np.flatnonzero(np.abs(moved - plain) > 1e-3)
@@ -225,6 +228,9 @@ def test_process_allocates_nothing(preset: Preset) -> None:
     for _ in range(200):  # warm-up: numba dispatch, onnxruntime arenas, bindings
         eng.process(out)
     eng.push(eng.sample_time + 500, CC, 70, 100)
+    eng.push(eng.sample_time + 700, PC, 9, 0)  # recall: knob coordinates, pick-up state
+    eng.push(eng.sample_time + 800, CC, 71, 0)  # a knob waiting for pick-up
+    eng.push(eng.sample_time + 850, CC, 71, 127)  # crossed: picked up, z recomposed
     eng.push(eng.sample_time + 900, OFF, 56, 0)
     tracemalloc.start()
     try:
@@ -244,6 +250,7 @@ def test_process_allocates_nothing(preset: Preset) -> None:
     # push the peak far above 4 kB.
     assert peak - base < 4096, f"process() allocated up to {peak - base} bytes at once"
     assert np.abs(out).max() > 0
+    assert eng.knob_pickup.tolist() == [False, True] + [False] * (len(eng.knob_pickup) - 2)
 
 
 class CountingDecoder:
@@ -285,6 +292,7 @@ def test_frames_balanced_across_blocks(preset: Preset) -> None:
     spy = CountingDecoder(FrameDecoder(preset, "cpu"))
     eng = Engine(preset, polyphony=16, device="cpu", decoder=spy)  # type: ignore[arg-type]
     eng.prepare(SR, BLOCK)
+    spy.batches.clear()  # the warm-up's performance
     x = render(eng, [(0, ON, 40 + k, 100) for k in range(16)], 60 * BLOCK)
     assert rms(x[SR // 100:]) > 0.01
     due = -(-len(x) // eng.hop_out)  # frames whose window starts inside the render, per voice
@@ -298,9 +306,191 @@ def test_frames_balanced_across_blocks(preset: Preset) -> None:
 def test_phase_gets_f0_with_bend(preset: Preset) -> None:
     eng = Engine(preset, device="cpu", bend_range=2.0, phase_factory=RecordingPhase)
     eng.prepare(SR, BLOCK)
-    render(eng, [(0, BEND, 0, 0x60), (0, ON, 57, 100)], 20 * BLOCK)  # bend +1 semitone
     phase = eng.phase
     assert isinstance(phase, RecordingPhase)
+    phase.f0.clear()  # the warm-up's performance
+    render(eng, [(0, BEND, 0, 0x60), (0, ON, 57, 100)], 20 * BLOCK)  # bend +1 semitone
     hints = [f for _, f in phase.f0[1:]]  # the first push writes no frame
     assert len(hints) >= 9
     np.testing.assert_allclose(hints, midi_hz(57 + 2.0 * (0x60 * 128 - 8192) / 8192), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- knobs, programs, level (issue 8)
+def harmonic_levels(x: np.ndarray, key: int) -> np.ndarray:
+    """Magnitude of the strongest spectral peak within a quarter tone of each harmonic of ``key``."""
+    zp = 4 * len(x)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), zp))
+    df = SR / zp
+    f0 = midi_hz(key)
+    return np.array([spec[int(h * f0 * 2 ** (-1 / 24) / df):int(h * f0 * 2 ** (1 / 24) / df) + 1].max()
+                     for h in range(1, HARMONICS + 1)])
+
+
+def test_knob_moves_along_preset_direction(preset: Preset) -> None:
+    """Knob 1 of a version-2 preset moves z along directions[0] (not a latent axis), and the spectrum
+    changes the way the decoder's timbre weights say a move along that direction does."""
+    d = preset.knobs.directions
+    assert np.abs(d[0]).max() < 0.9, "precondition: the fake preset's first direction is no latent axis"
+    plain = render(make(preset), [(0, ON, 57, 60)], SR // 2)
+    eng = make(preset)
+    z0 = eng.z_current.astype(np.float64)
+    coords0 = eng.knob_values.astype(np.float64)  # program 0's sound, where the engine starts
+    moved = render(eng, [(0, CC, 70, 127), (0, ON, 57, 60)], SR // 2)
+    dz = eng.z_current.astype(np.float64) - z0
+    assert np.linalg.norm(dz) == pytest.approx((1.0 - coords0[0]) * 3 * preset.knobs.scale[0], rel=1e-3)
+    np.testing.assert_allclose(dz / np.linalg.norm(dz), d[0], atol=1e-4)
+    np.testing.assert_allclose(eng.knob_values, np.r_[1.0, coords0[1:]], atol=1e-5)
+    expected = dz @ timbre_weights(preset.latent_size)  # change of each harmonic's log-amplitude
+    got = np.log(harmonic_levels(moved[SR // 4:], 57) / harmonic_levels(plain[SR // 4:], 57))
+    assert np.ptp(expected) > 0.5, "precondition: the move changes the harmonic balance"
+    np.testing.assert_allclose(got - got.mean(), expected - expected.mean(), atol=0.05)
+    axis = 3 * preset.knobs.scale[0] * timbre_weights(preset.latent_size)[int(np.argmax(np.abs(d[0])))]
+    assert np.abs((got - got.mean()) - (axis - axis.mean())).max() > 0.2, "moved along a latent axis instead"
+
+
+def test_program_change_then_knob_does_not_jump(preset: Preset) -> None:
+    """After a recall the knobs hold the snapshot's coordinates; a knob elsewhere is ignored until
+    it reaches or crosses its coordinate (pick-up), then it follows from there."""
+    km = preset.knobs
+    snap = preset.snapshot_for_program(5)
+    eng = make(preset)
+    render(eng, [(0, ON, 60, 100), (0, PC, 5, 0)], 4 * BLOCK)
+    coords = km.directions @ (snap.z - km.center) / (3 * km.scale)
+    np.testing.assert_allclose(eng.knob_values, coords, atol=1e-5)
+    assert not eng.knob_pickup.any()
+    c = float(coords[0])
+    assert -0.9 < c < 0.9, "precondition: knob 1's coordinate lies inside its travel"
+    on_coord = (c + 1) / 2 * 127  # CC value (fractional) at the coordinate
+    far = 0 if on_coord > 63.5 else 127
+    twin = make(preset)
+    render(twin, [(0, ON, 60, 100), (0, PC, 5, 0)], 4 * BLOCK)
+    t = eng.sample_time
+    z_snap = eng.z_target.copy()
+    x = render(eng, [(t + 10, CC, 70, far), (t + 300, CC, 70, far)], 20 * BLOCK)
+    np.testing.assert_array_equal(x, render(twin, [], 20 * BLOCK))  # the knob far away changes nothing
+    np.testing.assert_array_equal(eng.z_target, z_snap)
+    # move the knob towards the coordinate in steps of 5: nothing until it crosses, then it follows
+    step = 5 if far == 0 else -5
+    values = list(range(far, 128 if step > 0 else -1, step))
+    crossed = next(i for i, v in enumerate(values) if (v - on_coord) * step >= 0)
+    for v in values[:crossed]:
+        render(eng, [(eng.sample_time, CC, 70, v)], BLOCK)
+        np.testing.assert_array_equal(eng.z_target, z_snap)
+        assert not eng.knob_pickup[0]
+    render(eng, [(eng.sample_time, CC, 70, values[crossed])], BLOCK)
+    assert eng.knob_pickup[0] and not eng.knob_pickup[1:].any()
+    from synth.live import _knob_text
+
+    assert _knob_text(eng).count("*") == len(coords) - 1  # the status line marks knobs still waiting
+    u = values[crossed] / 127 * 2 - 1
+    assert abs(u - c) <= 5 / 127 + 1e-6, "picked up more than one step away from the coordinate"
+    dz = eng.z_target.astype(np.float64) - z_snap
+    np.testing.assert_allclose(dz, (u - c) * 3 * km.scale[0] * km.directions[0], atol=1e-5)
+    render(eng, [(eng.sample_time, CC, 70, far)], BLOCK)  # now it follows all the way
+    assert eng.knob_values[0] == pytest.approx(far / 127 * 2 - 1)
+
+
+def test_fresh_engine_knobs_follow_at_once(preset: Preset) -> None:
+    eng = make(preset)
+    assert eng.knob_pickup.all()
+    render(eng, [(0, CC, 71, 0)], BLOCK)
+    assert eng.knob_values[1] == pytest.approx(-1.0)
+
+
+def test_latent_option_moves_coordinates(preset: Preset) -> None:
+    eng = make(preset)
+    dim = int(np.argmax(np.abs(preset.knobs.directions[0])))
+    eng.set_latent(dim, 1.5)
+    km = preset.knobs
+    z = eng.z_target.astype(np.float64)
+    assert z[dim] == pytest.approx(preset.latent_mean[dim] + 1.5 * preset.latent_std[dim])
+    np.testing.assert_allclose(eng.knob_values, km.directions @ (z - km.center) / (3 * km.scale), atol=1e-5)
+    assert not eng.knob_pickup.any()  # every fake direction has a component along every dim
+
+
+@pytest.fixture(scope="module")
+def gm_preset(tmp_path_factory: pytest.TempPathFactory) -> Preset:
+    """A fake preset with the default preset's snapshot programs (keyboard, organ, guitar, ...)."""
+    return load_preset(make_fake_preset(tmp_path_factory.mktemp("gm") / "fake",
+                                        programs=(0, 19, 24, 33, 48, 61, 65, 73, 80)))
+
+
+def test_every_program_recalls_a_snapshot(gm_preset: Preset) -> None:
+    eng = make(gm_preset)
+    recalled = []
+    for p in range(128):
+        render(eng, [(eng.sample_time, PC, p, 0)], BLOCK)
+        hits = [s.program for s in gm_preset.snapshots if np.array_equal(s.z, eng.z_target)]
+        assert len(hits) == 1, p
+        recalled.append(hits[0])
+    for p in (0, 19, 24, 33, 48, 61, 65, 73, 80):
+        assert recalled[p] == p
+    assert recalled[41] == 48  # violin: no strings snapshot, nearest overall is the string ensemble
+    assert recalled[23] == 19  # accordion: the organ group's snapshot, not the nearer guitar (24)
+    assert recalled[31] == 24  # guitar harmonics: guitar, not the nearer bass (33)
+    assert recalled[56] == 61 and recalled[64] == 65 and recalled[72] == 73  # trumpet, sax, piccolo
+    assert recalled[81] == 80 and recalled[127] == 80
+    for p in range(128):  # the group rule holds wherever p's group has a snapshot
+        group = [s.program for s in gm_preset.snapshots if s.program // 8 == p // 8]
+        if group:
+            assert recalled[p] in group and abs(recalled[p] - p) == min(abs(g - p) for g in group), p
+
+
+def test_version_1_preset_knobs_move_latent_axes(tmp_path: Path) -> None:
+    old = load_preset(make_fake_preset(tmp_path / "v1", format_version=1))
+    eng = make(old)
+    start = eng.z_target.copy()
+    render(eng, [(0, CC, 70, 127)], BLOCK)
+    dim = old.knob_order[0]
+    moved = np.flatnonzero(eng.z_target != start)
+    assert moved.tolist() == [dim]
+    assert eng.z_target[dim] == pytest.approx(old.latent_mean[dim] + 3 * old.latent_std[dim])
+
+
+def test_mix_gain_scales_output(tmp_path: Path) -> None:
+    loud = load_preset(make_fake_preset(tmp_path / "loud", mix_gain=0.2))
+    quiet = load_preset(make_fake_preset(tmp_path / "quiet", mix_gain=0.1))
+    a = render(make(loud), [(0, ON, 60, 60)], 8 * 1024)
+    b = render(make(quiet), [(0, ON, 60, 60)], 8 * 1024)
+    assert np.abs(a).max() < 0.8, "precondition: below the limiter"
+    assert rms(a) / rms(b) == pytest.approx(2.0, rel=1e-3)
+    c = render(make(quiet, master_gain=2.0), [(0, ON, 60, 60)], 8 * 1024)
+    np.testing.assert_allclose(c, a, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def default_preset() -> Preset:
+    return load_preset(REPO / "presets" / "default")
+
+
+@pytest.mark.parametrize("program", [0, 24, 33, 61])  # keyboard, guitar, bass, brass
+def test_single_note_level_on_default_preset(default_preset: Preset, program: int) -> None:
+    # the note starts 0.1 s after the program change, once the timbre has glided to the snapshot
+    x = render(make(default_preset), [(0, PC, program, 0), (SR // 10, ON, 60, 100)], SR // 2)
+    peak_db = 20 * np.log10(np.abs(x).max())
+    assert -12.0 <= peak_db <= -6.0, f"program {program}: C4 velocity 100 peaks at {peak_db:.1f} dBFS"
+
+
+def test_full_velocity_chord_stays_below_full_scale_on_default_preset(default_preset: Preset) -> None:
+    x = render(make(default_preset), [(0, PC, 61, 0)] + [(0, ON, k, 127) for k in (48, 52, 55, 60, 64, 67, 72)],
+               SR // 2)
+    assert 0.8 < np.abs(x).max() <= 1.0
+
+
+def test_pickup_by_reaching_and_beyond_the_travel(preset: Preset) -> None:
+    """A CC within half a step of the coordinate picks up without crossing it; a coordinate beyond
+    the knob's travel is picked up at the end of the travel."""
+    from synth.knobs import TimbreKnobs
+
+    knobs = TimbreKnobs(preset)
+    z = np.zeros(preset.latent_size, np.float32)
+    knobs.recall_program(0, z)
+    knobs.coords[0], knobs.coords[1] = 0.5, 1.4  # as a recall would leave them
+    knobs.control(0, 10, z)  # first message, far away: ignored
+    knobs.control(0, round(1.5 / 2 * 127), z)  # 95: within half a step of 0.5, from below, no crossing
+    assert knobs.pickup[0] and knobs.coords[0] == pytest.approx(95 / 127 * 2 - 1)
+    for v in (0, 64, 126):
+        knobs.control(1, v, z)
+        assert not knobs.pickup[1] and knobs.coords[1] == 1.4
+    knobs.control(1, 127, z)
+    assert knobs.pickup[1] and knobs.coords[1] == pytest.approx(1.0)

@@ -1,13 +1,14 @@
 """Preset validation: a good preset loads, every kind of damage is one clear line."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 import tomllib
 
 from synth.contract import SpectrogramParams
-from synth.preset import PresetError, load_preset
-from tests.fake_preset import make_decoder, make_fake_preset
+from synth.preset import V1_MIX_GAIN, PresetError, load_preset
+from tests.fake_preset import MIX_GAIN, knob_directions, make_decoder, make_fake_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,11 +25,44 @@ def _edit(root: Path, change) -> None:
     path.write_bytes(tomli_w.dumps(doc).encode())
 
 
+@pytest.fixture
+def v1_dir(tmp_path: Path) -> Path:
+    return make_fake_preset(tmp_path / "v1", format_version=1)
+
+
 def test_fake_preset_loads(preset_dir: Path) -> None:
     p = load_preset(preset_dir)
-    assert p.latent_size == len(p.latent_mean) == len(p.knob_order)
+    assert p.format_version == 2
+    assert p.latent_size == len(p.latent_mean) == p.knobs.directions.shape[1]
+    assert p.knobs.count == len(p.knob_order) == 8
+    np.testing.assert_allclose(p.knobs.directions, knob_directions(p.latent_size), atol=1e-6)
+    assert p.mix_gain == pytest.approx(MIX_GAIN)
     assert p.params == SpectrogramParams()
     assert p.snapshot_for_program(5).name == "snap1"
+
+
+def test_version_1_preset_still_loads(v1_dir: Path) -> None:
+    p = load_preset(v1_dir)
+    order = tomllib.loads((v1_dir / "preset.toml").read_text())["latent"]["knob_order"]
+    assert p.format_version == 1 and p.knob_order == order[:8]
+    np.testing.assert_array_equal(p.knobs.directions, np.eye(p.latent_size)[order[:8]])
+    np.testing.assert_allclose(p.knobs.scale, p.latent_std[order[:8]])
+    np.testing.assert_allclose(p.knobs.center, p.latent_mean)
+    assert p.mix_gain == V1_MIX_GAIN
+
+
+def test_mix_table_is_optional(tmp_path: Path) -> None:
+    assert load_preset(make_fake_preset(tmp_path / "p", mix_gain=None)).mix_gain == 1.0
+
+
+@pytest.mark.parametrize("version", [0, 3, 9])
+def test_unknown_version_says_what_is_read(preset_dir: Path, version: int) -> None:
+    _edit(preset_dir, lambda d: d["preset"].update(format_version=version))
+    with pytest.raises(PresetError) as info:
+        load_preset(preset_dir)
+    message = str(info.value)
+    assert f"format_version {version}" in message and "reads 1 and 2" in message and "re-export" in message
+    assert "\n" not in message
 
 
 def test_shipped_default_preset_loads() -> None:
@@ -42,11 +76,29 @@ def test_shipped_default_preset_loads() -> None:
 DAMAGE = {
     "no folder": (lambda r: None, "not found"),
     "wrong version": (lambda d: d["preset"].update(format_version=9), "format_version"),
+    "decoder outside the folder": (lambda d: d["decoder"].update(file="../decoder.onnx"), "inside the preset folder"),
+    "absolute decoder path": (lambda d: d["decoder"].update(file="/etc/passwd"), "inside the preset folder"),
+    "parts outside the folder": (lambda d: d["decoder"].update(parts_file="../../x.onnx"), "inside the preset folder"),
     "unknown audio key": (lambda d: d["audio"].update(colour=3), "unknown audio parameter"),
     "bad hop": (lambda d: d["audio"].update(hop=100), "hop"),
     "short mean": (lambda d: d["latent"].update(mean=[0.0]), "'mean' must be"),
     "zero std": (lambda d: d["latent"].update(std=[0.0] * d["latent"]["size"]), "std must be positive"),
-    "knob order": (lambda d: d["latent"].update(knob_order=[0] * d["latent"]["size"]), "permutation"),
+    "no knobs": (lambda d: d.pop("knobs"), "missing [knobs]"),
+    "knob rows": (lambda d: d["knobs"]["directions"].pop(), "must have 8 rows"),
+    "knob row size": (lambda d: d["knobs"]["directions"][2].pop(), "row 3: 'directions' must be"),
+    "knob not unit": (lambda d: d["knobs"].update(directions=[[2 * x for x in r] for r in d["knobs"]["directions"]]),
+                      "not orthonormal"),
+    "knobs not orthogonal": (lambda d: d["knobs"]["directions"].__setitem__(1, d["knobs"]["directions"][0]),
+                             "not orthonormal"),
+    "knob center": (lambda d: d["knobs"].update(center=[0.0]), "'center' must be"),
+    "knob scale zero": (lambda d: d["knobs"]["scale"].__setitem__(3, 0.0), "'scale' must be positive"),
+    "knob scale nan": (lambda d: d["knobs"]["scale"].__setitem__(0, float("nan")), "NaN or Inf"),
+    "knob scale size": (lambda d: d["knobs"]["scale"].pop(), "'scale' must be 8 numbers"),
+    "mix zero": (lambda d: d["mix"].update(gain=0.0), "gain 0.0 must be"),
+    "mix negative": (lambda d: d["mix"].update(gain=-1), "gain -1.0 must be"),
+    "mix inf": (lambda d: d["mix"].update(gain=float("inf")), "gain inf must be"),
+    "mix huge": (lambda d: d["mix"].update(gain=1e4), "gain 10000.0 must be"),
+    "mix type": (lambda d: d["mix"].update(gain="loud"), "'gain' has the wrong type"),
     "contract": (lambda d: d["decoder"].update(contract="whole-note"), "contract"),
     "missing table": (lambda d: d.pop("pitch"), "missing [pitch]"),
     "snapshot program": (lambda d: d["snapshots"][0].update(program=300), "outside 0..127"),
@@ -64,6 +116,35 @@ def test_damaged_preset_is_one_line(preset_dir: Path, case: str) -> None:
         load_preset(target)
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+V1_DAMAGE = {
+    "knob order": (lambda d: d["latent"].update(knob_order=[0] * d["latent"]["size"]), "permutation"),
+    "no knob order": (lambda d: d["latent"].pop("knob_order"), "missing key 'knob_order'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(V1_DAMAGE))
+def test_damaged_version_1_preset_is_one_line(v1_dir: Path, case: str) -> None:
+    change, expected = V1_DAMAGE[case]
+    _edit(v1_dir, change)
+    with pytest.raises(PresetError) as info:
+        load_preset(v1_dir)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_program_resolves_on_default_layout() -> None:
+    """Own snapshot, else the GM group's nearest, else the nearest overall (shipped default preset)."""
+    p = load_preset(REPO / "presets" / "default", check_models=False)
+    name = {q: p.snapshot_for_program(q).name for q in range(128)}
+    by_program = {s.program: s.name for s in p.snapshots}
+    for q, snap in by_program.items():
+        assert name[q] == snap
+    assert name[41] == "string"  # violin: strings group 40-47 has none, the nearest is 48
+    assert name[23] == "organ"  # accordion, organ group 16-23, though guitar (24) is nearer
+    assert name[31] == "guitar"  # guitar harmonics, though bass (33) is nearer
+    assert name[56] == "brass" and name[71] == "reed" and name[79] == "flute" and name[87] == "synth_lead"
+    assert name[0] == "keyboard" and name[8] == "keyboard" and name[127] == "synth_lead"
 
 
 def test_corrupt_onnx_and_toml(preset_dir: Path) -> None:

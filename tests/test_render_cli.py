@@ -106,3 +106,43 @@ def test_errors_are_one_line_exit_2(case: str, tmp_path: Path, preset_dir: Path,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_render_applies_cc_automation_after_a_program_change(tmp_path: Path) -> None:
+    """A file's knob CC right after a program change is heard (no pick-up offline)."""
+    import mido
+
+    from synth.cli_render import render
+    from synth.engine import Engine
+    from synth.midifile import read_midi_events
+    from synth.preset import load_preset
+    from tests.fake_preset import make_fake_preset
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake"))
+    takes = []
+    for cc in (None, 127):
+        mid = mido.MidiFile(ticks_per_beat=480)
+        track = mido.MidiTrack()
+        mid.tracks.append(track)
+        track.append(mido.Message("program_change", program=5, time=0))
+        if cc is not None:
+            track.append(mido.Message("control_change", control=70, value=cc, time=0))
+        track.append(mido.Message("note_on", note=60, velocity=100, time=10))
+        track.append(mido.Message("note_off", note=60, velocity=0, time=480))
+        path = tmp_path / f"cc{cc}.mid"
+        mid.save(str(path))
+        eng = Engine(preset, device="cpu", knob_pickup=False)
+        eng.prepare(48000, 1024, warm=False)
+
+        class Sink:
+            chunks: list = []
+
+            def write(self, x):  # noqa: ANN001, ANN202
+                self.chunks.append(x.copy())
+
+        sink = Sink()
+        sink.chunks = []
+        render(eng, read_midi_events(path, 48000), sink, 1024)
+        takes.append(np.concatenate(sink.chunks))
+    n = min(len(t) for t in takes)
+    assert np.abs(takes[0][:n] - takes[1][:n]).max() > 1e-3, "the CC after the program change was ignored"

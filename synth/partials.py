@@ -1,0 +1,69 @@
+"""Spectra from a decoder's parts: the harmonic lobes placed in numba, not in the ONNX graph.
+
+A framewise-v1 decoder ends with geometry: K partials at k * f0 * sqrt(1 + B k^2), each a Hann
+main lobe of four bins scattered into the spectrum, plus a smooth noise floor, then a log. In
+onnxruntime that tail is some 80 small float64 nodes and costs two thirds of a decoder call;
+written as one loop it is a few microseconds a frame. A preset may therefore ship
+``decoder_parts.onnx`` (same inputs; outputs ``harm_amp (B, K)``, ``inharm (B,)``,
+``noise_mag (B, F)``: the network before its geometry) and the engine finishes each frame here.
+The arithmetic follows ``training.model.FrameDecoder.place_harmonics`` (float64 geometry,
+float32 magnitudes), so both paths give the same log-magnitudes to float32 rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+PARTS_OUTPUTS = ("harm_amp", "inharm", "noise_mag")
+"""Output names of a parts decoder (see the module docstring)."""
+
+_LOBE_EDGE = 1e-5  # the fractional bin position is kept this far from 0 and 1 (as in training)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _lobe(frac: float, m: int) -> float:
+    """Normalised Hann main-lobe magnitude at integer offset ``m`` from a partial ``frac`` bins
+    past bin ``floor(centre)``: |sin(pi d) / (pi d (1 - d^2))| with d = m - frac, written with
+    integer +- frac factors so it stays exact near the removable singularities."""
+    f = min(max(frac, _LOBE_EDGE), 1.0 - _LOBE_EDGE)
+    d = m - f
+    den = math.pi * abs(d * (1.0 - m + f) * (1.0 + m - f))
+    return math.sin(math.pi * min(f, 1.0 - f)) / den
+
+
+@njit(nogil=True, cache=True)
+def place_partials(amp: NDArray, inharm: NDArray, noise: NDArray, pitch: NDArray, rows: int,
+                   bins_per_hz: float, nyquist_hz: float, log_floor: float, out: NDArray) -> None:
+    """``out[:rows] (B, F) = ln(partials + noise + log_floor)``.
+
+    ``amp (B, K)`` harmonic amplitudes, ``inharm (B,)`` stretching B (0: exact harmonics),
+    ``noise (B, F)`` the noise floor's magnitudes, ``pitch (B,)`` MIDI numbers; float32 in and out.
+    """
+    n_bins = out.shape[1]
+    n_harm = amp.shape[1]
+    for b in range(rows):
+        row = out[b]
+        for i in range(n_bins):
+            row[i] = 0.0
+        f0 = 440.0 * 2.0 ** ((np.float64(pitch[b]) - 69.0) / 12.0)
+        stretch = np.float64(inharm[b])
+        for j in range(n_harm):
+            k = j + 1.0
+            freq = f0 * k
+            if stretch != 0.0:
+                freq *= math.sqrt(1.0 + stretch * k * k)
+            if freq >= nyquist_hz:
+                continue  # training masks these partials to zero
+            a = amp[b, j]
+            centre = freq * bins_per_hz
+            base = math.floor(centre)
+            frac = centre - base
+            for m in range(-1, 3):
+                idx = int(base) + m
+                if 0 <= idx < n_bins:
+                    row[idx] += a * np.float32(_lobe(frac, m))
+        for i in range(n_bins):
+            row[i] = np.log(row[i] + noise[b, i] + np.float32(log_floor))
