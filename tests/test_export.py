@@ -96,6 +96,39 @@ def test_onnx_matches_pytorch_on_new_batch_sizes(cache: FeatureCache, tmp_path: 
     assert np.abs(mu - ref_mu.numpy()).max() < 1e-4
 
 
+def test_parts_decoder_plays_the_same_notes(cache: FeatureCache, tmp_path: Path) -> None:
+    """The CPU engine decodes through decoder_parts.onnx plus its own lobe placement; a render is
+    the one the full decoder gives, and the export checked that parity itself."""
+    import shutil
+
+    from synth.engine import Engine
+    from synth.preset import load_preset
+
+    trainer = _train_run(CONFIGS[0], cache, tmp_path / "run")
+    errors = export_preset(tmp_path / "run" / "checkpoint.pt", tmp_path / "p")
+    tol = INHARMONIC_TOLERANCE if trainer.run.model.max_inharmonicity > 0 else TOLERANCE
+    assert errors["decoder_parts"] <= tol
+    with_parts = load_preset(tmp_path / "p")
+    assert with_parts.decoder_parts_path is not None and with_parts.decoder_parts_path.is_file()
+    shutil.copytree(tmp_path / "p", tmp_path / "full")
+    doc = (tmp_path / "full" / "preset.toml").read_text().replace('parts_file = "decoder_parts.onnx"\n', "")
+    (tmp_path / "full" / "preset.toml").write_text(doc)
+    without = load_preset(tmp_path / "full")
+    assert without.decoder_parts_path is None
+    renders = []
+    for preset in (with_parts, without):
+        eng = Engine(preset, device="cpu")
+        eng.prepare(48000, 256, warm=False)
+        assert eng._decoder.uses_parts == (preset is with_parts)
+        for i, key in enumerate((52, 57, 64)):
+            eng.push(100 * i, 0x90, key, 100)
+        out = np.zeros((24000, 2), np.float32)
+        eng.process(out)
+        renders.append(out)
+    peak = np.abs(renders[1]).max()
+    assert peak > 1e-4 and np.abs(renders[0] - renders[1]).max() < 1e-3 * peak
+
+
 def test_fp16_export_loads_and_stays_close(cache: FeatureCache, tmp_path: Path) -> None:
     _train_run(CONFIGS[0], cache, tmp_path / "run")
     errors = export_preset(tmp_path / "run" / "checkpoint.pt", tmp_path / "p16", fp16=True)
