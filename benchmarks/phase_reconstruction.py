@@ -24,7 +24,7 @@ from synth.phase import StreamingPhase, pghi_spectrum, streaming_spectrum
 from synth.stft import istft, log_magnitude, spectral_convergence_db, stft
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-PROGRAMS = (0, 4, 19, 24, 33, 48, 61, 73, 80, 89)  # the ten programs of FACTS.md
+PROGRAMS = (0, 4, 19, 24, 33, 48, 61, 73, 80, 89)  # ten GM programs across the families
 PITCHES = (48, 72)
 VELOCITY = 100
 

@@ -21,7 +21,7 @@ class SpectrogramParams:
     ``ln(magnitude + log_floor)``.
 
     Why 24 kHz, 1024/128: a 1024-sample window is 42.7 ms (the 2048/256 @ 48 kHz
-    point that FACTS.md measured at -32.8 dB with streaming RTPGHI) with the same
+    point where streaming RTPGHI measured -32.8 dB spectral convergence on soundfont notes) with the same
     redundancy of 8, at half the bins; the engine doubles it to 48 kHz by
     zero-padding the inverse FFT, so no resampler sits in the 48 kHz path.
     """

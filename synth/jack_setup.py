@@ -1,7 +1,7 @@
 """PortAudio / JACK plumbing for live mode: client naming, device lookup, port wiring.
 
 Why this module exists: PortAudio names its JACK client "PortAudio" unless
-``PaJack_SetClientName`` is called before ``Pa_Initialize`` (FACTS.md), and
+``PaJack_SetClientName`` is called before ``Pa_Initialize``, and
 PortAudio enumerates host APIs only at initialisation, so a JACK server started
 after ``import sounddevice`` is invisible until PortAudio is re-initialised.
 """

@@ -385,7 +385,7 @@ def _finish_learning(learn: LearnSession, engine: Any, path: Path) -> None:
 
 
 def _server_gone(message: str) -> None:
-    """Exit now without touching PortAudio: closing a stream after jackd died hangs (FACTS.md)."""
+    """Exit now without touching PortAudio: closing a stream after jackd died was seen to hang."""
     _say(message)
     sys.stderr.flush()
     os._exit(3)

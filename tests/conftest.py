@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 ``jack_server``: one private jackd (dummy driver, sync mode, 48 kHz, period 128)
-for the whole session. FACTS.md: use a fixed server name (JACK's registry has 8
+for the whole session. A fixed server name (JACK's registry has 8
 slots), stop by PID with SIGTERM, never assert on jackd's exit code.
 """
 from __future__ import annotations
