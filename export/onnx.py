@@ -342,7 +342,8 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
 
 
 def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = None, fp16: bool = False,
-                  command: str | None = None, reference: str | None = None) -> dict[str, float]:
+                  command: str | None = None, reference: str | None = None,
+                  data_commands: Sequence[str] = ()) -> dict[str, float]:
     """Export ``checkpoint``'s run into the preset folder ``out``; returns the parity errors."""
     checkpoint, out = Path(checkpoint), Path(out)
     run, model, stats = load_run(checkpoint)
@@ -353,7 +354,7 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     name = name or out.name
     command = command or shlex.join(["python", "-m", "export.onnx", str(checkpoint), "--out", str(out),
                                      "--name", name] + (["--fp16"] if fp16 else []))
-    reproduce = f"{run.data.get('command', '')}\n{command}\n"
+    reproduce = "".join(f"{c}\n" for c in data_commands) + f"{run.data.get('command', '')}\n{command}\n"
     if "knobs" not in stats:
         raise ExportError(f"{checkpoint.parent / 'latent_stats.json'}: no [knobs] (written by an older "
                           "training.train; re-run finish or retrain)")
@@ -382,11 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reference-soundfont", default=None, metavar="TAG",
                    help="soundfont tag whose programs become snapshots (default: fluidr3 when trained on, "
                         "else the one with the most programs)")
+    p.add_argument("--data-command", action="append", default=[], metavar="CMD",
+                   help="a command that made the training data (render, features); repeat in order; "
+                        "written first in [preset] reproduce")
     args = p.parse_args(argv)
     try:
         errors = export_preset(args.checkpoint, args.out, args.name, args.fp16,
-                               command=shlex.join(["python", "-m", "export.onnx", *(argv or sys.argv[1:])]),
-                               reference=args.reference_soundfont)
+                               command=shlex.join(["python", "-m", "export.onnx", args.checkpoint, "--out", args.out,
+                                                   "--name", args.name or Path(args.out).name]
+                                                  + (["--fp16"] if args.fp16 else [])
+                                                  + (["--reference-soundfont", args.reference_soundfont]
+                                                     if args.reference_soundfont else [])),
+                               reference=args.reference_soundfont, data_commands=args.data_command)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
