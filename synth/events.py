@@ -5,7 +5,9 @@ engine's clock, ``status`` the full MIDI status byte (type | channel). The queue
 preallocated ring; the producer (MIDI thread or file reader) only writes slots and then
 advances ``_tail``, the consumer (render thread) only reads and advances ``_head``. Each index
 is written by one thread alone and a Python attribute store is atomic, so no lock is needed.
-A full queue drops the new event and counts it.
+A full queue drops the new event and counts it, except that the last ``RELEASE_RESERVE`` slots
+are kept for messages that end sound (note-offs, velocity-0 note-ons, sustain up, all notes or
+sound off): a flood of notes and knobs must never leave a note stuck.
 """
 from __future__ import annotations
 
@@ -46,6 +48,17 @@ class MidiEvent:
         return self.status & 0x0F
 
 
+RELEASE_RESERVE = 64
+
+
+def ends_sound(status: int, d1: int, d2: int) -> bool:
+    """Note-off, velocity-0 note-on, sustain pedal up, all sound off or all notes off."""
+    kind = status & 0xF0
+    if kind == NOTE_OFF or (kind == NOTE_ON and d2 == 0):
+        return True
+    return kind == CONTROL_CHANGE and ((d1 == CC_SUSTAIN and d2 < 64) or d1 in (CC_ALL_SOUND_OFF, CC_ALL_NOTES_OFF))
+
+
 class EventQueue:
     """Bounded lock-free SPSC ring of ``(sample_time, status, d1, d2)`` int64 rows."""
 
@@ -54,12 +67,14 @@ class EventQueue:
         self._buf = np.zeros((self.capacity, 4), dtype=np.int64)
         self._head = 0  # next slot to read (consumer only)
         self._tail = 0  # next slot to write (producer only)
+        self._reserve = min(RELEASE_RESERVE, self.capacity // 4)
         self.dropped = 0
 
     def push(self, sample_time: int, status: int, d1: int = 0, d2: int = 0) -> bool:
         """Producer side: append an event; False (and counted) when the queue is full."""
         tail = self._tail
-        if tail - self._head >= self.capacity:
+        used = tail - self._head
+        if used >= self.capacity or (used >= self.capacity - self._reserve and not ends_sound(status, d1, d2)):
             self.dropped += 1
             return False
         row = self._buf[tail % self.capacity]

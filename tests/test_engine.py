@@ -500,3 +500,17 @@ def test_pickup_by_reaching_and_beyond_the_travel(preset: Preset) -> None:
         assert not knobs.pickup[1] and knobs.coords[1] == 1.4
     knobs.control(1, 127, z)
     assert knobs.pickup[1] and knobs.coords[1] == pytest.approx(1.0)
+
+
+def test_full_queue_still_takes_note_offs(preset: Preset) -> None:
+    """A flood of note-ons and knob moves fills the queue; the note-offs behind it still get in,
+    so no note is left stuck."""
+    eng = Engine(preset, device="cpu", queue_capacity=256)
+    eng.prepare(SR, BLOCK, warm=False)
+    for i in range(256):
+        eng.push(i, ON if i < 8 else CC, 50 + i if i < 8 else 70, 100 if i < 8 else i % 128)
+    assert eng.stats.dropped_events > 0, "precondition: the queue overflowed"
+    for i in range(8):
+        assert eng.push(300 + i, OFF, 50 + i, 0), "a note-off was dropped from a full queue"
+    render(eng, [], SR)
+    assert eng.voices.sounding_count() == 0, "a note stuck"
