@@ -166,6 +166,7 @@ class FrameDecoder:
             else:
                 binding.bind_output(DECODER_OUTPUT, "cpu", 0, np.float32, [b, self.n_bins], out.ctypes.data)
         self._bound_to = (*arrays, out)  # kept alive: the bindings point into these arrays
+        self._bound_pitch, self._bound_out = pitch, out  # what a parts decode's placement reads and writes
 
     def warm_up(self) -> None:
         """Run every bucket once on the bound arrays, so onnxruntime's per-shape set-up (memory
@@ -212,8 +213,8 @@ class FrameDecoder:
 
     def _place(self, rows: int) -> None:
         """Finish the first ``rows`` frames of a parts decode into the bound output."""
-        place_partials(self._amp, self._inharm, self._noise, self._bound_to[1], rows, self._bins_per_hz,
-                       self._nyquist_hz, self._log_floor, self._bound_to[5])
+        place_partials(self._amp, self._inharm, self._noise, self._bound_pitch, rows, self._bins_per_hz,
+                       self._nyquist_hz, self._log_floor, self._bound_out)
 
     def decode_array(self, z: NDArray, pitch: NDArray, velocity: NDArray, time_on: NDArray, time_off: NDArray) -> NDArray[np.float32]:
         """Convenience (allocating) form for tests and tools: returns ``(B, F)``."""

@@ -181,6 +181,16 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
 
 
 @njit(nogil=True, cache=True)
+def _start_fade(v, t0, step, muted, state, fade_start, fade_step) -> None:
+    """Voice ``v`` decodes no more frames and fades out from sample ``t0`` at ``step`` per sample."""
+    muted[v] = True
+    if fade_start[v] > t0:
+        fade_start[v] = t0
+    fade_step[v] = max(fade_step[v], step)
+    state[v] = FADING
+
+
+@njit(nogil=True, cache=True)
 def _check_rows(blog, rows, bidx, muted, state, quiet, fade_start, fade_step, t0, step, release_step,
                 ln_floor) -> int:
     """Mute (fast fade, no more frames) every voice whose decoded row holds NaN/Inf, and end the
@@ -206,20 +216,12 @@ def _check_rows(blog, rows, bidx, muted, state, quiet, fade_start, fade_step, t0
             if state[v] == RELEASED:
                 quiet[v] = quiet[v] + 1 if loudest < QUIET_LOG_MAG else 0
                 if quiet[v] >= QUIET_FRAMES and not muted[v]:
-                    muted[v] = True
-                    if fade_start[v] > t0:
-                        fade_start[v] = t0
-                    fade_step[v] = max(fade_step[v], release_step)
-                    state[v] = FADING
+                    _start_fade(v, t0, release_step, muted, state, fade_start, fade_step)
             continue
         blog[b, :] = ln_floor
         if not muted[v]:
-            muted[v] = True
             bad += 1
-            if fade_start[v] > t0:
-                fade_start[v] = t0
-            fade_step[v] = max(fade_step[v], step)
-            state[v] = FADING
+            _start_fade(v, t0, step, muted, state, fade_start, fade_step)
     return bad
 
 
@@ -470,8 +472,7 @@ class Engine:
         self.sample_time = 0
         self._t_int = 0
         self._bend = 0.0
-        self.stats.__init__()
-        self.stats.voice_cap = self.polyphony
+        self.stats = EngineStats(voice_cap=self.polyphony)
         if self._governor is not None:
             self._governor.reset()
         if self._resampler is not None:
@@ -647,13 +648,13 @@ class Engine:
     def process(self, out: NDArray[np.float32]) -> None:
         """Render ``out (n, C)`` float32 in place (C = 1 or 2). Real-time safe at integer rates."""
         n = out.shape[0]
-        started = time.perf_counter()
+        governor = self._governor
+        started = time.perf_counter() if governor is not None else 0.0
         start = 0
         while start < n:
             m = min(self.max_block, n - start)
             self._process_block(out[start:start + m], m)
             start += m
-        governor = self._governor
         if governor is not None and n:
             load = (time.perf_counter() - started) * self.sample_rate / n
             governor.after_block(load, n, self.voices, self._t_int)

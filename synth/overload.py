@@ -5,15 +5,14 @@ would miss cycles (a dropout a listener hears as a crack); taking a voice away i
 voice ``find_voice_to_steal`` picks (released first, never the lowest or highest held note)
 stops decoding, fades out over 5 ms and the polyphony cap drops to what the machine carries.
 After each shed the governor waits a few blocks for the smoothed load to show the effect, so
-it does not overshoot. When the load has
-stayed low for a while the cap rises again, one voice at a time. Offline rendering has no
-budget and never sheds.
+it does not overshoot. When the load has stayed low for a while the cap rises again, one voice
+at a time. Offline rendering has no budget and never sheds.
 """
 from __future__ import annotations
 
 from synth.voices import NO_VOICE, VoiceBank
 
-SHED_LOAD = 0.85  # smoothed block load above which a voice is shed (each block while it stays there)
+SHED_LOAD = 0.85  # smoothed block load above which a voice is shed (one per hold-off while it stays there)
 SPIKE_LOAD = 1.0  # one block over its whole budget, twice in a row, sheds too
 SMOOTHING = 0.25  # one-pole smoothing of the block load: frames fall due every other block
 RECOVER_LOAD = 0.5  # below this (smoothed) for RECOVER_S, the cap rises by one voice

@@ -80,8 +80,9 @@ def _count_kernel_allocations(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]
     return excess
 
 
-def _traced_blocks(eng: Engine, out: np.ndarray, blocks: int) -> tuple[int, int]:
-    """(largest allocation peak of one ``process`` call, bytes the calls kept) under tracemalloc."""
+def _traced_blocks(eng: Engine, out: np.ndarray, blocks: int) -> tuple[int, int, str]:
+    """(largest allocation peak of one ``process`` call, bytes the calls kept, where the most was
+    kept) under tracemalloc."""
     # Left out: this test's own books, and what onnxruntime's binding holds on to for a while
     # (a few kB that come and go between passes, never growing; the resident-memory test below
     # would catch a real leak there).
@@ -101,12 +102,10 @@ def _traced_blocks(eng: Engine, out: np.ndarray, blocks: int) -> tuple[int, int]
         last = tracemalloc.take_snapshot().filter_traces(ours)
     finally:
         tracemalloc.stop()
-    global LAST_DIFF
-    LAST_DIFF = last.compare_to(first, "traceback")[:4]
-    return worst, sum(d.size_diff for d in last.compare_to(first, "filename"))
-
-
-LAST_DIFF: list = []
+    where = " | ".join(f"{d.size_diff} B at " + " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}"
+                                                          for f in list(d.traceback)[::-1][:5])
+                       for d in last.compare_to(first, "traceback")[:4])
+    return worst, sum(d.size_diff for d in last.compare_to(first, "filename")), where
 
 
 def _fresh_engine(preset: Preset) -> Engine:
@@ -132,17 +131,15 @@ def test_first_note_steal_and_events_allocate_nothing(preset: Preset) -> None:
     eng = _fresh_engine(preset)
     out = np.zeros((BLOCK, 2), np.float32)
     blocks = 4 * 6000 // BLOCK + 40
-    worst_first, _ = _traced_blocks(eng, out, blocks)
+    worst_first, _, _ = _traced_blocks(eng, out, blocks)
     assert eng.stats.stolen_voices > 0, "the performance never stole a voice"
     # The same performance again: now nothing may be kept either (a leak, or a cache still filling).
     _performance(eng, eng.sample_time, 4)
-    worst_again, kept = _traced_blocks(eng, out, blocks)
+    worst_again, kept, where = _traced_blocks(eng, out, blocks)
     # Python's own small objects (views, argument tuples, floats) peak at about 2 kB in one call;
     # any working array (decoder rows 16 kB, spectra 32 kB, frames 64 kB) would be far above.
     worst = max(worst_first, worst_again)
     assert worst < 4096, f"one process() call allocated up to {worst} bytes at once"
-    where = " | ".join(f"{d.size_diff} B at " + " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}"
-                                                          for f in list(d.traceback)[::-1][:5]) for d in LAST_DIFF)
     assert kept < 1024, f"process() kept {kept} bytes: {where}"
 
 
