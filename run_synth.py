@@ -70,14 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_live(args)
     from synth.cli_render import USER_ERRORS, run_render
-    from synth.decoder import DecoderError
-    from synth.preset import PresetError
+    from synth.errors import VaesynthError, report
 
     try:
         return run_render(args)
-    except (*USER_ERRORS, PresetError, DecoderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (VaesynthError, *USER_ERRORS) as exc:
+        return report(exc)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from synth.engine import Engine
-from synth.events import CONTROL_CHANGE, CC_ALL_NOTES_OFF, CC_SUSTAIN, MidiEvent
+from synth.errors import VaesynthError
+from synth.events import CC_ALL_NOTES_OFF, CC_SUSTAIN, CONTROL_CHANGE, MidiEvent
 from synth.midifile import MidiFileError, events_end, read_midi_events
 
 DEFAULT_SAMPLE_RATE = 48000
@@ -21,7 +22,7 @@ WRITE_CHUNK = 48000
 END_SILENCE = 512
 
 
-class RenderError(Exception):
+class RenderError(VaesynthError):
     """A user-facing render failure (one line)."""
 
 
@@ -134,4 +135,4 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (RenderError, MidiFileError)
+USER_ERRORS: tuple[type[Exception], ...] = (RenderError, MidiFileError)  # both VaesynthError; kept for callers

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
+from synth.errors import VaesynthError
 from synth.partials import PARTS_OUTPUTS, place_partials
 from synth.preset import Preset
 
@@ -22,7 +23,7 @@ _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
 
-class DecoderError(RuntimeError):
+class DecoderError(VaesynthError, RuntimeError):
     """The decoder could not be opened or run; one-line message."""
 
 

@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Any
 
+from synth.errors import VaesynthError
+
 AUDIO_CLIENT_NAME = "vaesynth"
 JACK_HOSTAPI_NAME = "JACK Audio Connection Kit"
 
@@ -20,7 +22,7 @@ JACK_HOSTAPI_NAME = "JACK Audio Connection Kit"
 _name_buffer: ctypes.Array[ctypes.c_char] | None = None
 
 
-class AudioSetupError(RuntimeError):
+class AudioSetupError(VaesynthError, RuntimeError):
     """One-line, user-facing error about the audio output (no device, bad rate...)."""
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import tomli_w
 
+from synth.errors import VaesynthError
+
 MAPPING_FILE_NAME = "mappings.toml"
 CONFIG_DIR_ENV = "VAESYNTH_CONFIG_DIR"
 
 
-class MappingError(ValueError):
+class MappingError(VaesynthError, ValueError):
     """The mapping file or a learn request is invalid (one-line message)."""
 
 

@@ -21,8 +21,16 @@ from typing import Any, Callable
 import numpy as np
 
 from synth import jack_setup
+from synth.errors import VaesynthError
 from synth.jack_setup import AudioSetupError
-from synth.learn import LearnSession, MappingError, bind, default_mapping_path, load_mapping, save_mapping
+from synth.learn import (
+    LearnSession,
+    MappingError,
+    bind,
+    default_mapping_path,
+    load_mapping,
+    save_mapping,
+)
 
 MIDI_CLIENT_NAME = "vaesynth"
 # Under JACK, PortAudio's client already holds "vaesynth", and rtmidi is a second
@@ -36,7 +44,7 @@ STALL_TIMEOUT_S = 3.0
 FAULT_EXIT_BLOCKS = 400
 
 
-class LiveError(RuntimeError):
+class LiveError(VaesynthError, RuntimeError):
     """A user-facing, one-line failure of live mode (printed without a traceback)."""
 
 

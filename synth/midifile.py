@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from synth.errors import VaesynthError
 from synth.events import MidiEvent
 
 _CHANNEL_TYPES = {"note_on", "note_off", "control_change", "program_change", "pitchwheel", "polytouch", "aftertouch"}
 
 
-class MidiFileError(Exception):
+class MidiFileError(VaesynthError):
     """A MIDI file that cannot be read; one-line message."""
 
 

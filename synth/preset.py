@@ -14,8 +14,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.contract import (DECODER_CONTRACT, DECODER_INPUTS, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS,
-                            PRESET_FORMAT_VERSION, SpectrogramParams, gm_group)
+from synth.contract import (
+    DECODER_CONTRACT,
+    DECODER_INPUTS,
+    DECODER_OUTPUT,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    PRESET_FORMAT_VERSION,
+    SpectrogramParams,
+    gm_group,
+)
+from synth.errors import VaesynthError
 
 READ_VERSIONS = (1, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``) and
@@ -31,7 +40,7 @@ ORTHONORMAL_TOL = 1e-3
 """Largest allowed deviation of ``directions @ directions.T`` from the identity."""
 
 
-class PresetError(Exception):
+class PresetError(VaesynthError):
     """A preset that cannot be played; the message is one line for the user."""
 
 

@@ -35,7 +35,10 @@ import soxr
 from numpy.typing import NDArray
 from scipy.signal import butter, sosfilt
 
-from synth.contract import GM_MELODIC_PROGRAMS, HOLD_SECONDS as RENDER_HOLDS, NOTE_SECONDS as NOTE_LENGTH
+from synth.contract import GM_MELODIC_PROGRAMS
+from synth.contract import HOLD_SECONDS as RENDER_HOLDS
+from synth.contract import NOTE_SECONDS as NOTE_LENGTH
+from synth.errors import VaesynthError
 
 OnError = Literal["stop", "skip"]
 
@@ -66,7 +69,7 @@ SILENCE_PEAK = 1e-4  # -80 dBFS: FluidR3 has no samples for some keys; such note
 HIGHPASS_HZ = 10.0
 
 
-class DatasetError(Exception):
+class DatasetError(VaesynthError):
     """Bad data in a note dataset; the message names the file."""
 
 

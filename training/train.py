@@ -30,12 +30,20 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from synth.contract import SpectrogramParams
-from training.model import TimbreVAE, VAEConfig, beta_at, frame_times, rank_latents, vae_loss
+from synth.errors import VaesynthError
+from training.model import (
+    TimbreVAE,
+    VAEConfig,
+    beta_at,
+    frame_times,
+    rank_latents,
+    vae_loss,
+)
 
 LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "kl", "beta", "val_loss", "lr", "notes_per_s")
 
 
-class TrainError(Exception):
+class TrainError(VaesynthError):
     """A bad config, data folder or run folder; the message says which."""
 
 
