@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import shlex
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -25,10 +26,10 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
-from synth.contract import DECODER_INPUTS, PRESET_FORMAT_VERSION
+from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
 from synth.partials import PARTS_OUTPUTS
 from training.data import GM_PROGRAM_NAMES, parse_instrument
-from training.model import CONTRACT, TimbreVAE, frame_times
+from training.model import CONTRACT, TimbreVAE
 from training.train import RunConfig, TrainError, load_config
 
 OPSET = 17
@@ -309,7 +310,8 @@ def validate_doc(doc: dict[str, Any]) -> None:
 
 
 def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
-               snaps: list[dict[str, Any]], gain: float, median_peak: float, parts: bool = True) -> dict[str, Any]:
+               snaps: list[dict[str, Any]], gain: float, median_peak: float, parts: bool = True,
+               latent_map: bool = False) -> dict[str, Any]:
     """The preset.toml content (format version 2, ARCHITECTURE.md layout)."""
     p = run.audio
     k = stats["knobs"]
@@ -335,6 +337,7 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                     **({"parts_file": PARTS_FILE} if parts else {})},
         "encoder": {"file": "encoder.onnx", "frame_stride": int(run.train.frame_stride)},
         "mix": {"gain": float(gain)},
+        **({"map": {"file": LATENT_MAP_FILE}} if latent_map else {}),
         "snapshots": snaps,
     }
     validate_doc(doc)
@@ -360,11 +363,14 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
                           "training.train; re-run finish or retrain)")
     snaps = snapshots(stats, reference)
     parts = (out / PARTS_FILE).is_file()
+    has_map = (checkpoint.parent / LATENT_MAP_FILE).is_file()  # runs trained before the map have none
+    if has_map:
+        shutil.copyfile(checkpoint.parent / LATENT_MAP_FILE, out / LATENT_MAP_FILE)
     # Written once at unity gain so the engine can play it, then again with the measured gain.
-    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts))
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts, has_map))
     gain, median_peak = mix_gain(out, snaps)
     errors["mix_gain"] = gain
-    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts))
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
     return errors
 
 

@@ -100,6 +100,17 @@ resolves every General MIDI program to a snapshot. The engine still reads versio
 derived from ``[latent] knob_order``); any other version gets a one-line message that says to
 re-export the preset."""
 
+# ---------------------------------------------------------------------------- latent map
+LATENT_MAP_FILE = "latent_map.npz"
+"""Optional preset file (``[map] file``): a sample of the training notes' posteriors, for the
+timbre map, random timbres drawn from the aggregate posterior, and capture's distance to the data.
+Arrays (N points, L latent dims): ``mu (N, L) float32``, ``sigma (N, L) float32``, ``family (N,)
+int16`` (index into ``families``), ``program (N,) int16`` (GM program, -1 when unknown),
+``pitch (N,) float32``, ``families (F,) str``. See ``synth.latent_map``."""
+LATENT_MAP_POINTS = 3000
+"""Points training keeps (a seeded random sample of its notes): enough for a map and for random
+draws, a few hundred KB in the preset."""
+
 # ---------------------------------------------------------------------------- note timing
 NOTE_SECONDS = DEFAULT_PARAMS.note_seconds
 HOLD_SECONDS = (0.1, 0.3, 1.0, 3.0)

@@ -25,6 +25,7 @@ from synth.contract import (
     gm_group,
 )
 from synth.errors import VaesynthError
+from synth.latent_map import LatentMap, LatentMapError, load_latent_map
 
 READ_VERSIONS = (1, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``) and
@@ -104,6 +105,7 @@ class Preset:
     mix_gain: float = 1.0  # linear output gain before the limiter ([mix] gain; V1_MIX_GAIN for v1)
     snapshots: list[Snapshot] = field(default_factory=list)
     programs: tuple[int, ...] = ()  # program 0..127 -> snapshot index (see program_map), -1 for none
+    latent_map: LatentMap | None = None  # optional [map] file: a sample of the training posteriors
 
     def snapshot_for_program(self, program: int) -> Snapshot | None:
         """The snapshot program change ``program`` recalls (see :func:`program_map`), None if none."""
@@ -178,6 +180,17 @@ def _model_file(root: Path, table: dict[str, Any], key: str, where: str) -> Path
     if not name or Path(name).name != name or name in (".", ".."):
         raise PresetError(f"{where}: '{key}' must be a file name inside the preset folder, not {name!r}")
     return root / name
+
+
+def _latent_map(root: Path, doc: dict[str, Any], size: int, where: str) -> LatentMap | None:
+    """The optional ``[map] file`` (see synth.latent_map); None when the preset has none."""
+    if "map" not in doc:
+        return None
+    path = _model_file(root, _table(doc, "map", Path(where)), "file", where)
+    try:
+        return load_latent_map(path, size)
+    except LatentMapError as exc:
+        raise PresetError(str(exc)) from None
 
 
 def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
@@ -300,6 +313,7 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
         mix_gain=mix_gain,
         snapshots=snaps,
         programs=program_map(snaps),
+        latent_map=_latent_map(root, doc, size, w),
     )
     if not (0 < preset.time_on_max <= params.note_seconds and math.isfinite(preset.release_seconds) and preset.release_seconds > 0):
         raise PresetError(f"{w}: time_on_max / release_seconds out of range")

@@ -1,6 +1,7 @@
 """Export: ONNX parity with PyTorch, preset.toml readable by the engine, every config exports."""
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +9,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import tomllib
-
-from export.onnx import DECODER_INPUTS, INHARMONIC_TOLERANCE, TOLERANCE, ExportError, export_preset, main, random_decoder_inputs, validate_doc
+from export.onnx import (
+    DECODER_INPUTS,
+    INHARMONIC_TOLERANCE,
+    TOLERANCE,
+    ExportError,
+    export_preset,
+    main,
+    random_decoder_inputs,
+    validate_doc,
+)
 from synth.contract import PRESET_FORMAT_VERSION, SpectrogramParams
+from synth.preset import load_preset
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
 from training.train import Trainer, finish, fit, load_config
@@ -74,6 +83,12 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     assert doc["decoder"]["release_seconds"] == pytest.approx(1.0)
     assert (doc["pitch"]["min"], doc["pitch"]["max"]) == (50.0, 64.0)
     assert "python -m training.train" in doc["preset"]["reproduce"]
+    # The latent map travels with the preset and loads with it: points are the trained notes' posteriors.
+    assert doc["map"]["file"] == "latent_map.npz"
+    lmap = load_preset(tmp_path / "preset").latent_map
+    assert lmap is not None and lmap.mu.shape[1] == trainer.run.model.latent_size
+    assert 1 <= lmap.size <= len(trainer.train_idx) and set(lmap.families) == set(cache.families)
+    assert lmap.distance(lmap.mu[0])[0] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_onnx_matches_pytorch_on_new_batch_sizes(cache: FeatureCache, tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from synth.contract import SpectrogramParams
+from synth.contract import LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
 from synth.errors import VaesynthError
+from synth.latent_map import LatentMap
 from training.model import (
     TimbreVAE,
     VAEConfig,
@@ -406,6 +407,23 @@ def latent_stats(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.de
             "pitch_min": float(pitch.min()), "pitch_max": float(pitch.max()), "n_notes": len(idx)}
 
 
+def latent_map(cache: Any, idx: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor], seed: int,
+               points: int = LATENT_MAP_POINTS) -> LatentMap:
+    """A seeded sample of ``points`` training notes' posteriors (``encoded``: mu, logvar of ``idx``)."""
+    from training.data import parse_instrument
+
+    mu, logvar = encoded
+    pick = np.sort(np.random.default_rng(seed).permutation(len(idx))[:points])
+    notes = np.asarray(idx)[pick]
+    programs = [parse_instrument(str(cache.instruments[i])) for i in np.asarray(cache.instrument[notes])]
+    return LatentMap(mu=mu[pick].numpy().astype(np.float32),
+                     sigma=torch.exp(0.5 * logvar[pick]).numpy().astype(np.float32),
+                     family=np.asarray(cache.family[notes], dtype=np.int16),
+                     program=np.asarray([p[1] if p else -1 for p in programs], dtype=np.int16),
+                     pitch=np.asarray(cache.pitch[notes], dtype=np.float32),
+                     families=tuple(str(f) for f in cache.families))
+
+
 @torch.no_grad()
 def reconstruct(model: TimbreVAE, cache: Any, note: int, run: RunConfig, device: torch.device) -> np.ndarray:
     """Decode every stored frame of note ``note`` from its mean latent -> ``(T, F)``."""
@@ -519,6 +537,7 @@ def finish(trainer: Trainer) -> dict[str, Any]:
     encoded = encode_notes(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
     stats = latent_stats(trainer.model, trainer.cache, trainer.train_idx, trainer.device, encoded)
     write_text_atomic(json.dumps(stats, indent=1), trainer.out / "latent_stats.json")
+    latent_map(trainer.cache, trainer.train_idx, encoded, trainer.run.train.seed).save(trainer.out / LATENT_MAP_FILE)
     write_report(trainer, stats, trainer.out / "report.png", encoded[0])
     return stats
 
