@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from synth.timbre_cli import add_timbre_options
+
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "default"
 
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--blocksize", type=int, default=128, help="audio callback block size (default 128)")
     live.add_argument("--no-connect", action="store_true", help="do not connect MIDI inputs automatically")
     live.add_argument("--learn", metavar="DIM", type=int, default=None, help="MIDI-learn a CC for knob DIM")
+    add_timbre_options(ap)
     return ap
 
 
@@ -65,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.capture is not None:
+        from synth.errors import VaesynthError, report
+        from synth.timbre_cli import run_capture
+
+        try:
+            return run_capture(args)
+        except VaesynthError as exc:
+            return report(exc)
     if args.render is None:
         from synth.live import run_live  # imported lazily: rendering needs no audio stack
 

@@ -108,6 +108,7 @@ def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, pr
 def run_render(args: argparse.Namespace) -> int:
     """The ``--render`` command; returns the exit status (errors -> RenderError etc. upstream)."""
     from synth.preset import load_preset
+    from synth.timbre_cli import apply_timbre_options
 
     rate = args.samplerate or DEFAULT_SAMPLE_RATE
     if args.out is None:
@@ -117,6 +118,7 @@ def run_render(args: argparse.Namespace) -> int:
     events = read_midi_events(args.render, rate)
     engine = Engine(preset, polyphony=args.polyphony, bend_range=args.bend_range, channel=args.channel,
                     device=args.device, threads=args.threads, knob_pickup=False)
+    apply_timbre_options(args, engine)
     for dim, value, absolute in latent:
         try:
             engine.set_latent(dim, value, absolute)

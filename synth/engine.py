@@ -45,6 +45,7 @@ from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
+from synth.timbre import MORPH, SELECT_SLOT, TimbreBank, TimbreInfo
 from synth.voices import FADING, FREE, RELEASE_END_FADE_S, RELEASED, VoiceBank, mix_voices
 
 KNOB_SMOOTH_S = 0.008
@@ -284,13 +285,15 @@ class Engine:
     time every block and shed voices while blocks run over budget (``synth.overload``).
     ``knob_pickup``: after a program change a knob CC waits until it reaches the snapshot's
     position (hardware knobs); False applies every CC at once (a MIDI file's automation).
+    ``random_seed``: the first seed of the random-timbre button's draws (``synth.timbre``; None:
+    a fresh one, shown by :attr:`current_timbre`).
     """
 
     def __init__(self, preset: Preset, polyphony: int = 32, bend_range: float = 2.0, channel: int | None = None,
                  device: str = "auto", threads: int | None = None, master_gain: float = 1.0,
                  queue_capacity: int = 4096, decoder: FrameDecoder | None = None,
                  phase_factory: Callable[..., object] | None = None, shed_load: bool = False,
-                 knob_pickup: bool = True) -> None:
+                 knob_pickup: bool = True, random_seed: int | None = None) -> None:
         if channel is not None and not 1 <= channel <= 16:
             raise ValueError(f"MIDI channel must be 1..16, got {channel}")
         self.preset = preset
@@ -313,6 +316,8 @@ class Engine:
         if self.knobs.recall_program(0, self.z_target) < 0:
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
+        self.timbre = TimbreBank(preset, self.knobs, random_seed)  # user programs, morph, random (synth.timbre)
+        self.timbre.knob_pickup = self._knob_pickup
         self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
@@ -340,6 +345,41 @@ class Engine:
         self.z_target[dim] = z
         self.z_current[dim] = z
         self.knobs.derive(self.z_target)
+
+    # ------------------------------------------------------------------ timbres (synth.timbre)
+    @property
+    def timbre_slots(self) -> NDArray[np.float32]:
+        """``(SLOTS, L)`` the preallocated timbre latents (see ``synth.timbre`` for the layout)."""
+        return self.timbre.z
+
+    @property
+    def current_timbre(self) -> TimbreInfo:
+        """What sounds now: a snapshot, a user program, a capture, ``random:SEED`` or a morph."""
+        return self.timbre.describe()
+
+    def store_timbre(self, z: NDArray[np.floating], info: TimbreInfo) -> int:
+        """Write a latent into a free slot (any non-audio thread); returns the slot."""
+        return self.timbre.store(z, info)
+
+    def select_timbre(self, slot: int, sample_time: int = 0) -> bool:
+        """Queue a switch to ``slot`` (producer side: in live mode hold the producer lock)."""
+        return self.push(sample_time, SELECT_SLOT, slot, 0)
+
+    def morph_endpoints(self, a: int, b: int, sample_time: int = 0) -> bool:
+        """Queue a morph between slots ``a`` (morph CC 0) and ``b`` (127) (producer side)."""
+        return self.push(sample_time, MORPH, a, b)
+
+    def set_timbre_now(self, slot: int) -> None:
+        """Make ``slot`` the timbre at once (not real-time: before the stream starts or between renders)."""
+        if not self.timbre.select(slot, self.z_target):
+            raise ValueError(f"timbre slot {slot} is empty")
+        self.z_current[:] = self.z_target
+
+    def set_morph_now(self, a: int, b: int) -> None:
+        """Morph between slots ``a`` and ``b`` from now on (not real-time, as :meth:`set_timbre_now`)."""
+        if not self.timbre.morph(a, b, self.z_target):
+            raise ValueError(f"timbre slots {a} / {b}: empty")
+        self.z_current[:] = self.z_target
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
@@ -553,6 +593,9 @@ class Engine:
             row = self._events[i]
             t = max(self._to_internal(int(row[0])), t0)
             status, d1, d2 = int(row[1]), int(row[2]), int(row[3])
+            if status >= ev.ENGINE_EVENT:  # the engine's own timbre events: no channel
+                self.timbre.handle(status, d1, d2, self.z_target)
+                continue
             ch = status & 0x0F
             if self.channel is not None and ch != self.channel:
                 continue
@@ -589,12 +632,16 @@ class Engine:
         elif cc == ev.CC_RESET_ALL_CONTROLLERS:
             self._bend = 0.0
             vb.sustain_pedal(t, False)
+        self.timbre.control_change(cc, value, self.z_target)
         knob = self._knob_of_cc[cc]
         if knob >= 0:
             self.knobs.control(knob, value, self.z_target)
 
     def _program_change(self, program: int) -> None:
+        if self.timbre.program_change(program, self.z_target):
+            return
         self.knobs.recall_program(program, self.z_target)
+        self.timbre.snapshot_recalled(program)
         if not self._knob_pickup:
             self.knobs.pickup[:] = True
 

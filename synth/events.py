@@ -28,6 +28,9 @@ CC_RESET_ALL_CONTROLLERS = 121
 CC_ALL_NOTES_OFF = 123
 KNOB_CCS = tuple(range(70, 78))
 """Default CCs for timbre knobs 0..7 (the preset's ``[knobs]`` directions, most varied first)."""
+ENGINE_EVENT = 0x100
+"""Statuses from here up are the engine's own events (``synth.timbre``: select a timbre slot, set
+morph endpoints), pushed by ``push``; no MIDI byte reaches them and no channel filter applies."""
 
 
 @dataclass(frozen=True)

@@ -119,10 +119,11 @@ class TimbreKnobs:
         _take_cc(np.int64(0), 0, coords, pickup, last)
         _compose(self.base, coords, self.step, self.directions, z)
         _unpick(coords, last, pickup, False, coords)
+        _decompose(z, self.center, self.step, self.directions, coords, self.base.copy())
 
     def derive(self, z: NDArray[np.float32], unpick_moved: bool = True) -> None:
-        """Set coordinates and base from ``z`` (not real-time: ``--latent``); knobs whose coordinate
-        moved lose their pick-up."""
+        """Set coordinates and base from ``z`` (``--latent``; the audio thread for the morph wheel: it
+        allocates nothing); knobs whose coordinate moved lose their pick-up."""
         self._before[:] = self.coords
         _decompose(z, self.center, self.step, self.directions, self.coords, self.base)
         if unpick_moved:
@@ -139,6 +140,13 @@ class TimbreKnobs:
         self.base[:] = self._snap_base[i]
         _unpick(self.coords, self.last_cc, self.pickup, False, self.coords)
         return int(i)
+
+    def recall(self, z_new: NDArray[np.float32], z: NDArray[np.float32]) -> None:
+        """A timbre change to any point (audio thread; ``synth.timbre``): write ``z_new`` into ``z``, take
+        its coordinates, drop pick-up as a program change does."""
+        z[:] = z_new
+        _decompose(z, self.center, self.step, self.directions, self.coords, self.base)
+        _unpick(self.coords, self.last_cc, self.pickup, False, self.coords)
 
     def control(self, knob: int, value: int, z: NDArray[np.float32]) -> None:
         """Knob CC (audio thread): pick-up, then recompose ``z`` when the coordinate moved."""

@@ -166,6 +166,8 @@ class LiveSynth:
             line += f" | overload: shed {shed}, cap {getattr(est, 'voice_cap', '?')}"
         if dropped or nans:
             line += f" | dropped {dropped} nan {nans}"
+        timbre = getattr(self.engine, "current_timbre", None)
+        line += f" | timbre {timbre.label}" if timbre is not None else ""
         return line + (f" | knobs {knobs}" if knobs else "")
 
 
@@ -309,6 +311,9 @@ def build_engine(args: argparse.Namespace, audio: AudioConfig) -> tuple[Any, Any
     engine = Engine(preset, polyphony=getattr(args, "polyphony", 32), bend_range=getattr(args, "bend_range", 2.0),
                     channel=getattr(args, "channel", None), device=getattr(args, "device", "auto"),
                     threads=getattr(args, "threads", None), shed_load=True)
+    from synth.timbre_cli import apply_timbre_options
+
+    apply_timbre_options(args, engine)
     max_block = audio.blocksize or _jack_period() or 1024
     _prepare_announced(engine, audio.sample_rate, max_block, quiet=bool(getattr(args, "quiet", False)))
     return engine, preset
@@ -421,6 +426,8 @@ def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished:
         stalled = time.perf_counter() - synth.stats.last_callback_wall
         if synth.stats.callbacks and stalled > STALL_TIMEOUT_S:
             _server_gone(f"no audio callback for {stalled:.1f} s (audio server gone?); exiting")
+        if hasattr(synth.engine, "timbre"):
+            synth.engine.timbre.refill_random()  # the random button's next draws (never in the callback)
         if learn is not None and not learned and learn.learned_cc is not None:
             _finish_learning(learn, synth.engine, path)
             learned = True
@@ -533,5 +540,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from synth.decoder import DecoderError
     from synth.preset import PresetError
 
-    errors += [PresetError, DecoderError, ValueError]
+    from synth.errors import VaesynthError
+
+    errors += [PresetError, DecoderError, ValueError, VaesynthError]
     return tuple(errors)

@@ -40,6 +40,17 @@ def log_magnitude(audio: NDArray, params: SpectrogramParams) -> NDArray[np.float
     return np.log(np.abs(stft(audio, params)) + params.log_floor).astype(np.float32)
 
 
+def encoder_frames(audio: NDArray, params: SpectrogramParams, frame_stride: int) -> NDArray[np.float32]:
+    """A whole note as the encoder reads it: ``audio`` padded/truncated to ``params.note_seconds``,
+    every ``frame_stride``-th frame of :func:`log_magnitude` -> ``(T, F)`` float32
+    (T = ceil(frames_per_note / frame_stride), 376 for the defaults). Training's feature cache and
+    capture both call this, so the encoder sees the same frames from either."""
+    n = params.note_samples
+    x = np.asarray(audio, dtype=np.float32)
+    x = x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+    return log_magnitude(x, params)[::frame_stride]
+
+
 def istft(spec: NDArray[np.complex128], params: SpectrogramParams, length: int | None = None) -> NDArray[np.float64]:
     """Inverse of :func:`stft` (windowed overlap-add, least-squares) -> mono audio."""
     n, h = params.n_fft, params.hop

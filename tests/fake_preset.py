@@ -12,6 +12,11 @@ pitches above it (to test the engine's NaN guard).
 ``preset.toml`` is format version 2 by default: ``[knobs]`` with random orthonormal,
 non-axis-aligned directions (``knob_directions``) and ``[mix] gain = MIX_GAIN``;
 ``format_version=1`` writes the old ``[latent] knob_order`` instead.
+
+The encoder inverts the decoder at key ``ENCODER_PITCH`` (see ``make_encoder``), so a capture of a
+note the engine renders there from a latent in ``capture_subspace`` recovers it. Only the latent directions that change
+the harmonics' relative levels can be recovered (a level change is the microphone's, not the
+timbre's): ``capture_subspace``. The latent map (``[map] file``) holds points in that subspace.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import onnx
 import tomli_w
 from onnx import TensorProto, helper, numpy_helper
 
-from synth.contract import SpectrogramParams
+from synth.contract import LATENT_MAP_FILE, SpectrogramParams
+from synth.latent_map import LatentMap
 
 HARMONICS = 6
 LATENT = 8
@@ -31,12 +37,55 @@ OPSET = 17
 LOBE_NUDGE = 3.1e-4
 MIX_GAIN = 0.5  # keeps the engine's output level at what the tests were written for (old master 0.5)
 PROGRAMS = (0, 5, 9)
+ENCODER_PITCH = 60.0
+MAP_POINTS = 200
 KNOB_SCALE = 0.8  # [knobs] scale of knob i: KNOB_SCALE ** i (most variance first)
 
 
 def timbre_weights(latent: int = LATENT) -> np.ndarray:
     """``(L, HARMONICS)``: the decoder's log-amplitude of harmonic h grows by ``(z @ W)[h]``."""
     return (0.3 * np.random.default_rng(7).standard_normal((latent, HARMONICS))).astype(np.float32)
+
+
+def capture_subspace(latent: int = LATENT) -> np.ndarray:
+    """``(R, L)`` orthonormal rows spanning the latents a capture can recover: those that change the
+    harmonics' levels relative to each other (R = HARMONICS - 1 when L >= HARMONICS - 1)."""
+    w = timbre_weights(latent).astype(np.float64)
+    centred = w - w.mean(axis=1, keepdims=True)  # a common change of every harmonic is a level change
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    return u[:, s > 1e-6 * s.max()].T
+
+
+def _harmonic_bins(params: SpectrogramParams) -> np.ndarray:
+    """The bin nearest each harmonic of ``ENCODER_PITCH``: ``(HARMONICS,)`` int64."""
+    f0 = 440.0 * 2.0 ** ((ENCODER_PITCH - 69.0) / 12.0)
+    return np.round(np.arange(1, HARMONICS + 1) * f0 * params.n_fft / params.sample_rate).astype(np.int64)
+
+
+def _encoder_inverse(decoder: Path, params: SpectrogramParams, latent: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(offset (H,), inverse (H, L))``: the decoder's centred log-levels at the harmonic bins for z = 0
+    (the Hann lobes' values there, which the map must take away), and the pseudo-inverse of the centred
+    timbre weights."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+    feeds = {"z": np.zeros((1, latent), np.float32), "pitch": np.full(1, ENCODER_PITCH, np.float32),
+             "velocity": np.full(1, 100.0, np.float32), "time_on": np.full(1, 0.1, np.float32),
+             "time_off": np.full(1, -1.0, np.float32)}
+    levels = sess.run(["log_mag"], feeds)[0][0, _harmonic_bins(params)].astype(np.float64)
+    w = timbre_weights(latent).astype(np.float64)
+    centred = w - w.mean(axis=1, keepdims=True)
+    return (levels - levels.mean()).astype(np.float32), np.linalg.pinv(centred).astype(np.float32)
+
+
+def make_latent_map(latent: int = LATENT) -> LatentMap:
+    """``MAP_POINTS`` posteriors in the capture subspace, families by program."""
+    rng = np.random.default_rng(19)
+    basis = capture_subspace(latent)
+    mu = (rng.standard_normal((MAP_POINTS, len(basis))) @ basis).astype(np.float32)
+    program = np.array(PROGRAMS, np.int16)[np.arange(MAP_POINTS) % len(PROGRAMS)]
+    return LatentMap(mu=mu, sigma=np.full_like(mu, 0.2), family=(np.arange(MAP_POINTS) % 2).astype(np.int16),
+                     program=program, pitch=np.full(MAP_POINTS, ENCODER_PITCH, np.float32), families=("piano", "organ"))
 
 
 def knob_directions(latent: int = LATENT) -> np.ndarray:
@@ -113,18 +162,32 @@ def make_decoder(path: Path, params: SpectrogramParams, latent: int = LATENT, na
     _save(graph, path)
 
 
-def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT) -> None:
-    """Write a trivial encoder: mean over time, a fixed projection; logvar = 0."""
+def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT, decoder: Path | None = None) -> None:
+    """Write an encoder; logvar = 0. With ``decoder`` it inverts that decoder at ``ENCODER_PITCH`` (see
+    the module doc): the mean log-level over time at the harmonic bins, centred (the recording's level
+    and the note's envelope go: they are common to every harmonic), minus the lobes' own levels, times
+    the pseudo-inverse of the centred timbre weights. Exact while the note stays well above the log
+    floor (a note held through its 4 s).
+    Without, a fixed random projection of the mean frame."""
     f = params.n_bins
-    proj = (np.random.default_rng(3).standard_normal((f, latent)) / f).astype(np.float32)
-    nodes = [
-        _const("proj", proj), _const("zero", np.float32(0.0)),
-        helper.make_node("ReduceMean", ["log_mag"], ["m"], axes=[1], keepdims=0),
-        helper.make_node("MatMul", ["m", "proj"], ["mu"]),
-        helper.make_node("Mul", ["mu", "zero"], ["logvar"]),
-    ]
+    n = helper.make_node
+    if decoder is None:
+        proj = (np.random.default_rng(3).standard_normal((f, latent)) / f).astype(np.float32)
+        nodes = [_const("proj", proj), n("ReduceMean", ["log_mag"], ["m"], axes=[1], keepdims=0),
+                 n("MatMul", ["m", "proj"], ["mu"])]
+    else:
+        offset, inverse = _encoder_inverse(decoder, params, latent)
+        nodes = [
+            _const("bins", _harmonic_bins(params)), _const("offset", offset[None, :]), _const("inverse", inverse),
+            n("ReduceMean", ["log_mag"], ["mean"], axes=[1], keepdims=0),
+            n("Gather", ["mean", "bins"], ["levels"], axis=1),
+            n("ReduceMean", ["levels"], ["level"], axes=[1], keepdims=1),
+            n("Sub", ["levels", "level"], ["centred"]), n("Sub", ["centred", "offset"], ["tilt"]),
+            n("MatMul", ["tilt", "inverse"], ["mu"]),
+        ]
+    nodes += [_const("zero", np.float32(0.0)), n("Mul", ["mu", "zero"], ["logvar"])]
     inp = [helper.make_tensor_value_info("log_mag", TensorProto.FLOAT, ["B", "T", f])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", latent]) for n in ("mu", "logvar")]
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", latent]) for name in ("mu", "logvar")]
     _save(helper.make_graph(nodes, "fake_encoder", inp, outs), path)
 
 
@@ -138,16 +201,18 @@ def make_fake_preset(
     format_version: int = 2,
     programs: tuple[int, ...] = PROGRAMS,
     mix_gain: float | None = MIX_GAIN,
+    latent_map: bool = True,
 ) -> Path:
     """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``.
 
     ``programs``: one snapshot (``snap0``, ``snap1``, ...) per program number. ``mix_gain``: the
-    ``[mix] gain`` of a version-2 preset, None for no ``[mix]`` table."""
+    ``[mix] gain`` of a version-2 preset, None for no ``[mix]`` table. ``latent_map``: ship a
+    ``[map] file`` (``make_latent_map``)."""
     params = params or SpectrogramParams()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     make_decoder(root / "decoder.onnx", params, latent, nan_above_pitch)
-    make_encoder(root / "encoder.onnx", params, latent)
+    make_encoder(root / "encoder.onnx", params, latent, decoder=root / "decoder.onnx" if nan_above_pitch is None else None)
     rng = np.random.default_rng(11)
     doc = {
         "preset": {"name": "fake", "format_version": format_version,
@@ -164,6 +229,9 @@ def make_fake_preset(
             for i, p in enumerate(programs)
         ],
     }
+    if latent_map:
+        make_latent_map(latent).save(root / LATENT_MAP_FILE)
+        doc["map"] = {"file": LATENT_MAP_FILE}
     if format_version == 1:
         doc["latent"]["knob_order"] = list(range(latent))[::-1]
     else:

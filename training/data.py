@@ -39,6 +39,7 @@ from synth.contract import GM_MELODIC_PROGRAMS
 from synth.contract import HOLD_SECONDS as RENDER_HOLDS
 from synth.contract import NOTE_SECONDS as NOTE_LENGTH
 from synth.errors import VaesynthError
+from synth.pitch import estimate_pitch  # noqa: F401 - training.data.estimate_pitch, used below
 
 OnError = Literal["stop", "skip"]
 
@@ -217,38 +218,6 @@ def pitch_from_name(stem: str, pattern: str | None = None) -> int | None:
         acc = {"#": 1, "s": 1, "b": -1}.get(m.group(2) or "", 0)
         p = 12 * (int(m.group(3)) + 1) + _SEMITONE[m.group(1).lower()] + acc
     return p if 0 <= p <= 127 else None
-
-
-def estimate_pitch(audio: NDArray, sample_rate: int, fmin: float = 25.0, fmax: float = 4200.0) -> float | None:
-    """YIN (cumulative-mean-normalised difference) on the loudest 0.2 s -> MIDI pitch, or None."""
-    x = np.asarray(audio, dtype=np.float64)
-    n = min(len(x), int(0.2 * sample_rate))
-    if n < 2 * int(sample_rate / fmax) + 8:
-        return None
-    energy = np.convolve(x * x, np.ones(n), mode="valid")
-    start = int(np.argmax(energy))
-    seg = x[start:start + n] - x[start:start + n].mean()
-    max_lag = min(int(sample_rate / fmin), n // 2)
-    min_lag = max(2, int(sample_rate / fmax))
-    w = n - max_lag
-    # difference function d(t) = sum_{j<w} (x_j - x_{j+t})^2 = E0 + Et - 2 r(t), r by FFT
-    size = 1 << int(math.ceil(math.log2(2 * n)))
-    r = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(seg[:w], size)), size)[:max_lag + 1]
-    cs = np.concatenate([[0.0], np.cumsum(seg * seg)])
-    lags = np.arange(max_lag + 1)
-    d = np.maximum(cs[w] + cs[lags + w] - cs[lags] - 2 * r, 0.0)
-    cmnd = np.ones_like(d)
-    cmnd[1:] = d[1:] * lags[1:] / np.maximum(np.cumsum(d[1:]), 1e-12)
-    below = np.nonzero(cmnd[min_lag:] < 0.15)[0]
-    if below.size == 0:
-        return None
-    lag = int(below[0]) + min_lag
-    while lag < max_lag and cmnd[lag + 1] < cmnd[lag]:  # walk down to the dip's minimum
-        lag += 1
-    a, b, c = cmnd[lag - 1], cmnd[lag], cmnd[min(lag + 1, max_lag)]
-    shift = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c > 0 else 0.0  # parabolic refinement
-    f0 = sample_rate / (lag + shift)
-    return 69.0 + 12.0 * math.log2(f0 / 440.0)
 
 
 def _wav_record(root: Path, path: Path, pattern: str | None, velocity: int, family: str) -> NoteRecord:

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from synth.contract import SpectrogramParams
-from synth.stft import log_magnitude
+from synth.stft import encoder_frames
 from training.data import DatasetError, ErrorPolicy, NoteRecord, OnError, load_dataset, read_audio
 
 FORMAT_VERSION = 2  # 2 added ``hold``
@@ -42,10 +42,7 @@ def frames_stored(params: SpectrogramParams, frame_stride: int) -> int:
 
 def note_features(record: NoteRecord, params: SpectrogramParams, frame_stride: int) -> NDArray[np.float16]:
     """One note -> ``(T, F)`` float16 log-magnitude, padded/truncated to ``params.note_seconds``."""
-    audio = read_audio(record, params.sample_rate)
-    n = params.note_samples
-    audio = audio[:n] if len(audio) >= n else np.pad(audio, (0, n - len(audio)))
-    return log_magnitude(audio, params)[::frame_stride].astype(np.float16)
+    return encoder_frames(read_audio(record, params.sample_rate), params, frame_stride).astype(np.float16)
 
 
 _WORKER: dict = {}

@@ -1,0 +1,200 @@
+"""The user's snapshot library: named captured timbres, kept outside the shipped preset.
+
+One TOML file, ``library.toml``, in ``platformdirs.user_data_dir("vaesynth")`` or ``--library DIR``::
+
+    format_version = 1
+    [[snapshot]]
+    name = "bottle"          # unique per preset
+    preset = "default"       # the preset it was captured with: a latent means nothing to another
+    fingerprint = "3f2a..."  # of that preset's decoder.onnx: a retrained preset of the same name differs
+    program = 0              # user program: Bank Select (CC 0) = 1, then Program Change 0 recalls it
+    z = [...]                # the latent, preset.latent_size values
+    pitch = 60.0             # the recorded note's pitch
+    source = "bottle.wav"
+
+Every write goes to a temp file in the same folder, is flushed to disk, then replaces the library
+in one ``os.replace``: a crash mid-write leaves the previous library whole. User programs are
+numbered per preset at capture time: the lowest number 0..127 no snapshot of that preset uses.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+from numpy.typing import NDArray
+
+from synth.errors import VaesynthError
+from synth.preset import Preset
+
+LIBRARY_FILE = "library.toml"
+LIBRARY_FORMAT = 1
+MAX_LIBRARY_BYTES = 16 * 1024 * 1024  # a hostile file cannot make the loader read more
+MAX_NAME = 64
+USER_PROGRAMS = 128
+
+
+class LibraryError(VaesynthError):
+    """The library cannot be read or written, or a snapshot is missing or belongs to another preset."""
+
+
+def default_dir() -> Path:
+    """The platform's user data folder for vaesynth (e.g. ~/.local/share/vaesynth on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("vaesynth", appauthor=False))
+
+
+def preset_fingerprint(preset: Preset) -> str:
+    """First 16 hex digits of the SHA-256 of the preset's decoder.onnx (what gives a latent its sound)."""
+    h = hashlib.sha256()
+    with open(preset.decoder_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class UserSnapshot:
+    name: str
+    preset: str
+    fingerprint: str
+    program: int
+    z: tuple[float, ...]
+    pitch: float = 60.0
+    source: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "preset": self.preset, "fingerprint": self.fingerprint, "program": self.program,
+                "z": list(self.z), "pitch": self.pitch, "source": self.source}
+
+
+def check_name(name: str) -> str:
+    """A snapshot name: 1..64 printable characters, no comma (``--morph A,B`` splits on it)."""
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or "," in name or not name.isprintable():
+        raise LibraryError(f"snapshot name {name!r}: use 1..{MAX_NAME} printable characters without commas")
+    if name.lower().startswith("random"):
+        raise LibraryError(f"snapshot name {name!r}: names starting with 'random' are reserved for random timbres")
+    return name
+
+
+@dataclass
+class Library:
+    """The library file's snapshots (every preset's); ``path`` the file."""
+
+    path: Path
+    snapshots: list[UserSnapshot] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, folder: str | Path | None = None) -> "Library":
+        """Read ``folder/library.toml`` (the default folder when None); an absent file is an empty library."""
+        path = Path(folder if folder is not None else default_dir()) / LIBRARY_FILE
+        if not path.exists():
+            return cls(path)
+        try:
+            if path.stat().st_size > MAX_LIBRARY_BYTES:
+                raise LibraryError(f"{path}: larger than {MAX_LIBRARY_BYTES >> 20} MB; not a snapshot library")
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise LibraryError(f"{path}: unreadable snapshot library ({str(exc).splitlines()[0][:120]})") from None
+        if doc.get("format_version") != LIBRARY_FORMAT:
+            raise LibraryError(f"{path}: format_version {doc.get('format_version')!r}, this vaesynth reads "
+                               f"{LIBRARY_FORMAT}")
+        raw = doc.get("snapshot", [])
+        if not isinstance(raw, list):
+            raise LibraryError(f"{path}: 'snapshot' must be an array of tables")
+        return cls(path, [_snapshot(entry, path, i) for i, entry in enumerate(raw)])
+
+    def for_preset(self, preset: Preset) -> list[UserSnapshot]:
+        """This preset's snapshots (by name and latent size), in program order."""
+        return sorted((s for s in self.snapshots if s.preset == preset.name and len(s.z) == preset.latent_size),
+                      key=lambda s: s.program)
+
+    def find(self, preset: Preset, name: str) -> UserSnapshot | None:
+        """The snapshot ``name`` captured with ``preset``; LibraryError when it exists only for another
+        preset (its latent would mean nothing here); None when there is none."""
+        others = []
+        for s in self.snapshots:
+            if s.name != name:
+                continue
+            if s.preset == preset.name and len(s.z) == preset.latent_size:
+                return s
+            others.append(s)
+        if others:
+            o = others[0]
+            raise LibraryError(f"snapshot {name!r} was captured with preset {o.preset!r} ({len(o.z)} latent dims), "
+                               f"not {preset.name!r} ({preset.latent_size}); capture it again with this preset")
+        return None
+
+    def store(self, preset: Preset, name: str, z: NDArray[np.floating], pitch: float, source: str = "") -> UserSnapshot:
+        """Add (or replace, keeping its program) ``name`` for ``preset`` and write the library atomically."""
+        name = check_name(name)
+        z = np.asarray(z, np.float64)
+        if z.shape != (preset.latent_size,) or not np.isfinite(z).all():
+            raise LibraryError(f"snapshot {name!r}: latent must be {preset.latent_size} finite values")
+        mine = self.for_preset(preset)
+        old = next((s for s in mine if s.name == name), None)
+        if old is not None:
+            program = old.program
+        else:
+            used = {s.program for s in mine}
+            free = [p for p in range(USER_PROGRAMS) if p not in used]
+            if not free:
+                raise LibraryError(f"{self.path}: all {USER_PROGRAMS} user programs of preset {preset.name!r} are taken")
+            program = free[0]
+        snap = UserSnapshot(name, preset.name, preset_fingerprint(preset), program, tuple(float(v) for v in z),
+                            float(pitch), source)
+        kept = [s for s in self.snapshots if not (s.name == name and s.preset == preset.name)]
+        self.write(kept + [snap])
+        return snap
+
+    def write(self, snapshots: list[UserSnapshot]) -> None:
+        """Replace the library file with ``snapshots`` atomically (temp file, fsync, ``os.replace``)."""
+        doc = {"format_version": LIBRARY_FORMAT, "snapshot": [s.to_dict() for s in snapshots]}
+        data = tomli_w.dumps(doc).encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, data)
+        except OSError as exc:
+            raise LibraryError(f"{self.path}: cannot write the snapshot library ({exc.strerror or exc})") from None
+        self.snapshots = list(snapshots)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any point leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _snapshot(entry: object, path: Path, i: int) -> UserSnapshot:
+    where = f"{path}: snapshot #{i + 1}"
+    if not isinstance(entry, dict):
+        raise LibraryError(f"{where} is not a table")
+    try:
+        name, preset, program = entry["name"], entry["preset"], entry["program"]
+        z = entry["z"]
+        if not (isinstance(name, str) and isinstance(preset, str) and isinstance(program, int)
+                and isinstance(z, list) and 1 <= len(z) <= 256 and all(isinstance(v, (int, float)) for v in z)):
+            raise TypeError
+        pitch = float(entry.get("pitch", 60.0))
+        values = tuple(float(v) for v in z)
+    except (KeyError, TypeError, ValueError):
+        raise LibraryError(f"{where}: needs name, preset, program and z (a list of numbers)") from None
+    if not (0 <= program < USER_PROGRAMS and all(math.isfinite(v) for v in values) and math.isfinite(pitch)):
+        raise LibraryError(f"{where}: program must be 0..127 and z finite")
+    return UserSnapshot(name, preset, str(entry.get("fingerprint", "")), program, values, pitch,
+                        str(entry.get("source", "")))
