@@ -39,6 +39,7 @@ MIN_NOTE_S = 0.1  # the shortest key-down training has; shorter sounds carry no 
 ENVELOPE_S = 0.01  # envelope frame
 ENVELOPE_SMOOTH = 4  # frames (40 ms) averaged: tremolo and vibrato are not onsets
 ONSET_RANGE_DB = 40.0  # the attack is searched back to this far below the peak
+ONSET_GAP_DB = 20.0  # the note starts at the last frame this far below its peak (a softer note before it is not it)
 RISE_TOLERANCE_DB = 10.0  # going back, a rise this far above the lowest point so far is an earlier note
 NEXT_ONSET_DB = 12.0  # a rise this large after the peak is the next note's attack
 SOUNDING_DB = 30.0  # a note "sounds" while its envelope is within this of its peak
@@ -51,6 +52,7 @@ POLY_LOWEST_HARMONIC = 3.5  # the lowest strong peak above this harmonic of f0: 
 # (YIN finds C2 under a C4-E4-G4 triad, whose lowest peak is then harmonic 4; a lone note's is 1 or 2)
 HARMONIC_TOLERANCE = 0.02  # a peak within 2 % (or 1.5 bins) of k * f0 is on the series (a piano's stretch: ~1 %)
 POLY_MAX_HZ = 5000.0
+SUBHARMONICS = (2, 3, 4)  # a strong partial at f0/k means YIN locked onto harmonic k
 FAR_DISTANCE = 3.0  # posterior std: beyond this the capture lies well outside the data
 MAX_SECONDS = 600.0  # longer files are refused before reading (a hostile header cannot exhaust memory)
 READ_RATES = (8000, 384000)
@@ -158,8 +160,9 @@ def find_note(x: NDArray[np.float32], rate: int, note_samples: int, where: str =
     while j > 0 and env[j - 1] > top - ONSET_RANGE_DB and env[j - 1] <= low + RISE_TOLERANCE_DB:
         j -= 1  # back through the attack, down to silence or to the dip after an earlier note
         low = min(low, env[j])
-    j += int(np.argmin(env[j:p + 1]))
-    start = max(0, (j - ENVELOPE_SMOOTH // 2) * hop)  # the smoothing spreads the attack this early
+    quiet = np.nonzero(env[j:p + 1] < top - ONSET_GAP_DB)[0]  # the attack leaves the quiet before it here
+    j += int(quiet[-1]) if quiet.size else int(np.argmin(env[j:p + 1]))
+    start = j * hop  # still before the attack: the smoothing lets a frame see two frames ahead
     end_frame = min(len(env), j + int(math.ceil(note_samples / hop)))
     low = top
     for k in range(p + 1, end_frame):
@@ -209,6 +212,11 @@ def _check_one_pitched_note(note: NDArray[np.float32], rate: int, preset: Preset
         raise CaptureError(f"{where}: no clear pitched note (periodicity {1 - aperiodicity:.2f}, needs 0.85 or more: "
                            "noise, or several notes at once?); capture one pitched note, or give its pitch with --pitch N")
     off, lowest = _off_harmonic_share(note[skip:], rate, 440.0 * 2 ** ((midi - 69) / 12))
+    for k in SUBHARMONICS:  # YIN's first dip can be a strong upper partial's period: the lowest partial decides
+        if abs(lowest * k - 1.0) <= HARMONIC_TOLERANCE:
+            midi -= 12.0 * math.log2(k)
+            off, lowest = _off_harmonic_share(note[skip:], rate, 440.0 * 2 ** ((midi - 69) / 12))
+            break
     if lowest > POLY_LOWEST_HARMONIC:
         raise CaptureError(f"{where}: sounds polyphonic (a chord?): its strong partials fit one harmonic series only "
                            f"from MIDI {midi:.0f}, {lowest:.1f} times below the lowest of them; record a single note, "
