@@ -42,6 +42,8 @@ def add_timbre_options(ap: argparse.ArgumentParser) -> None:
                    help="MIDI pitch of the recorded note (default: estimated; giving it skips the pitch checks)")
     g.add_argument("--pull", type=float, default=0.0, metavar="F",
                    help="move a capture F (0..1) of the way toward the nearest training note (default 0)")
+    g.add_argument("--refine", action="store_true",
+                   help="after the encoder, fit the timbre so the decoder reproduces the recorded note (+0.3 s)")
     g.add_argument("--library", type=Path, default=None, metavar="DIR",
                    help="snapshot library folder (default: the platform's user data folder)")
     g.add_argument("--morph", metavar="A,B", default=None,
@@ -57,7 +59,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def _capture(preset: Preset, path: str, args: argparse.Namespace) -> tuple[Capture, Any]:
-    cap = capture_file(preset, path, args.pitch)
+    cap = capture_file(preset, path, args.pitch, refine=bool(getattr(args, "refine", False)))
     z = pull_toward_data(preset, cap.z, args.pull) if args.pull else cap.z
     return cap, z
 

@@ -55,14 +55,17 @@ def test_capture_recovers_the_latent_that_made_the_note(preset: Preset) -> None:
         z = (rng.standard_normal(len(basis)) @ basis).astype(np.float32)
         cap = capture(preset, engine_note(preset, z), SR)
         assert abs(cap.pitch - 60.0) < 0.1
-        assert np.linalg.norm(cap.z - z) < 0.1 * np.linalg.norm(z), (cap.z, z)
+        assert np.linalg.norm(cap.z - z) < 0.05 * np.linalg.norm(z), (cap.z, z)
         assert cap.distance is not None and cap.distance < 5.0  # the map's points lie in that subspace
         # another latent, another capture: the encoder is not returning a constant
         assert np.linalg.norm(cap.z - (rng.standard_normal(len(basis)) @ basis)) > 0.5
 
 
 def test_level_stereo_rate_format_and_leading_silence_do_not_matter(preset: Preset, tmp_path: Path) -> None:
-    note = engine_note(preset, capture_subspace()[0] * 1.5)
+    """Same timbre from the same note at another level, rate, format and place in the file (compared in the
+    latent directions the fake decoder lets a recording determine)."""
+    basis = capture_subspace()
+    note = engine_note(preset, basis[0] * 1.5)
     ref = capture(preset, note, SR)
     quiet_late = np.concatenate([np.zeros(SR // 2, np.float32), 0.05 * note])  # -26 dB, after 0.5 s of silence
     stereo = np.stack([quiet_late, quiet_late], axis=1)
@@ -72,10 +75,10 @@ def test_level_stereo_rate_format_and_leading_silence_do_not_matter(preset: Pres
     sf.write(path, soxr.resample(stereo, SR, 44100), 44100)
     cap = capture_file(preset, path)
     assert -0.03 <= cap.onset_s - 0.5 <= 0.0  # the capture starts just before the attack
-    assert np.linalg.norm(cap.z - ref.z) < 0.05 * np.linalg.norm(ref.z)
+    assert np.linalg.norm(basis @ (cap.z - ref.z)) < 0.05 * np.linalg.norm(basis @ ref.z)
     ogg = tmp_path / "take.ogg"
     sf.write(ogg, stereo, SR)
-    assert np.linalg.norm(capture_file(preset, ogg).z - ref.z) < 0.1 * np.linalg.norm(ref.z)
+    assert np.linalg.norm(basis @ (capture_file(preset, ogg).z - ref.z)) < 0.1 * np.linalg.norm(basis @ ref.z)
 
 
 def test_most_prominent_note_of_a_longer_recording(preset: Preset) -> None:
@@ -83,6 +86,26 @@ def test_most_prominent_note_of_a_longer_recording(preset: Preset) -> None:
     x = np.concatenate([np.zeros(SR // 4, np.float32), soft, loud, 0.5 * tone(48, 1.0, amp=0.1)])
     cap = capture(preset, x, SR)
     assert abs(cap.pitch - 67) < 0.2 and -0.03 <= cap.onset_s - 1.25 <= 0.0
+
+
+def test_refinement_never_ends_worse_than_the_encoder(preset: Preset) -> None:
+    """``--refine`` keeps the best point it has seen, starting from the encoder's: on its own loss it can
+    only gain; and it moves the point (it is not a no-op)."""
+    from synth.capture import Refiner
+
+    refiner = Refiner(preset)
+    x = tone(60, 1.5)  # a sawtooth-like tone the fake decoder cannot reproduce exactly: room to improve
+    plain = capture(preset, x, SR)
+    refined = capture(preset, x, SR, refiner=refiner, refine=True)
+    assert not np.allclose(refined.z, plain.z)
+    note = x[: SR // 2]
+    import soxr
+
+    note = soxr.resample(note, SR, preset.params.sample_rate).astype(np.float32)
+    note *= np.float32(10 ** (CAPTURE_PEAK_DBFS / 20) / np.abs(note).max())
+    refiner(plain.z, note, 60.0)  # sets the loss's target
+    loss = [float(refiner.loss_of(z)) for z in (plain.z, refined.z)]
+    assert loss[1] < loss[0]
 
 
 def test_given_pitch_skips_detection(preset: Preset) -> None:

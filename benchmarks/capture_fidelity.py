@@ -1,0 +1,233 @@
+"""Timbre capture on instruments the model never saw, capture speed, and morph/random change-to-sound.
+
+Prints markdown tables:
+- **fidelity**: for each held-out GM program (``[train] holdout_programs`` of the preset's
+  ``train_config.toml``, or ``--programs``), a FluidR3 C4 (velocity 100, key held ``--hold`` s) is
+  captured (pitch estimated, as a user's recording would be); the engine then plays ``--keys``
+  (five other keys in 36-84) with the captured timbre, and with the family snapshot the program
+  change would recall (``preset.snapshot_for_program``). Each is compared with the real FluidR3
+  note at that key by the log-spectral distance (dB) of the preset's log-magnitude frames over the
+  steady part (0.1 s after the onset to 0.05 s before the release), level-matched (one gain per
+  note: a microphone's level is not the timbre), for the encoder's capture and for ``--refine``.
+  Goal: capture wins on at least 7 of 8 programs, by at least 2 dB in the median.
+- **capture speed**: reading a 4 s recording (WAV) through to its latent, the first capture of a
+  process (model sessions started) and the median of later ones, plain and ``--refine``. Goal: <= 1 s.
+- **change-to-sound**: the engine's response to the morph wheel (CC 1, 0 -> 127 between two
+  snapshots) and to the random button (CC 80) under a held chord, measured offline exactly as
+  ``benchmarks.live_latency`` measures knob-to-sound: the first output sample that differs (by
+  0.1 % of the peak) from the same chord rendered without the control. Goal: <= 20 ms (add the
+  MIDI path under JACK, key-to-sound in ``live_latency``, for the figure a player meets).
+
+Run: ``python -m benchmarks.capture_fidelity --preset presets/default`` (a few minutes on 2 cores;
+offline renders only, so no lock is needed).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from benchmarks.common import DEFAULT_PRESET, SOUNDFONT, BenchmarkError, log, markdown_table, run_main
+from synth.capture import CaptureError, Encoder, Refiner, capture, capture_file, read_recording
+from synth.engine import Engine
+from synth.preset import Preset, load_preset
+from synth.stft import log_spectral_distance_db, stft
+from synth.timbre import CC_MORPH, CC_RANDOM, TimbreInfo
+
+KEYS = (36, 48, 55, 72, 84)
+CAPTURE_KEY = 60
+VELOCITY = 100
+MIN_PROGRAMS = 8
+GOAL_WINS, GOAL_MEDIAN_DB = 7, 2.0
+FLUID_RATE = 48000
+RATE, PERIOD = 48000, 128  # change-to-sound, as live_latency
+
+
+def holdout_programs(preset: Preset) -> list[int]:
+    path = preset.root / "train_config.toml"
+    try:
+        programs = tomllib.loads(path.read_text())["train"]["holdout_programs"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        raise BenchmarkError(f"{path}: no [train] holdout_programs; give --programs") from None
+    return [int(p) for p in programs]
+
+
+class FluidNotes:
+    """FluidR3 notes through the training renderer (training.data), at the preset's rate."""
+
+    def __init__(self, rate: int, hold: float) -> None:
+        from training import data
+
+        data._render_init([SOUNDFONT], tempfile.gettempdir(), rate)
+        self._data, self.rate, self.hold = data, rate, hold
+
+    def note(self, program: int, key: int) -> np.ndarray:
+        audio = self._data.render_note(program, key, VELOCITY, self.hold)
+        return soxr.resample(audio, FLUID_RATE, self.rate, quality="HQ").astype(np.float32)
+
+
+def steady_mag(audio: np.ndarray, preset: Preset, hold: float) -> np.ndarray:
+    """``(T, F)`` magnitudes of the steady part (0.1 s .. hold - 0.05 s) of a note starting at sample 0."""
+    p = preset.params
+    mag = np.abs(stft(audio, p))
+    a, b = int(0.1 * p.frame_rate), int((hold - 0.05) * p.frame_rate)
+    return mag[a:max(b, a + 1)]
+
+
+def level_matched_lsd(real: np.ndarray, played: np.ndarray) -> float:
+    """LSD (dB) after one gain that matches the played note's RMS level to the real one's."""
+    gain = np.sqrt(np.mean(real ** 2) / max(float(np.mean(played ** 2)), 1e-30))
+    return log_spectral_distance_db(real, played * gain)
+
+
+def engine_note(preset: Preset, z: np.ndarray, key: int, hold: float, seconds: float) -> np.ndarray:
+    """The engine (offline, at the model rate, before mix gain) playing ``key`` with latent ``z``."""
+    eng = Engine(preset, polyphony=4, device="cpu", threads=1, knob_pickup=False, master_gain=1.0 / preset.mix_gain)
+    eng.set_timbre_now(eng.store_timbre(z, TimbreInfo("latent", "bench")))
+    rate = preset.params.sample_rate
+    eng.prepare(rate, 1024, warm=False)
+    eng.push(0, 0x90, key, VELOCITY)
+    eng.push(int(hold * rate), 0x80, key, 0)
+    out = np.zeros((int(seconds * rate), 2), np.float32)
+    for a in range(0, len(out), 1024):
+        eng.process(out[a:a + 1024])
+    return out[:, 0].copy()
+
+
+def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], hold: float) -> str:
+    fluid = FluidNotes(preset.params.sample_rate, hold)
+    encoder, refiner = Encoder(preset), Refiner(preset)
+    seconds = hold + 0.2
+    rows = []
+    gains: dict[str, list[float]] = {"encoder": [], "refined": []}
+    for program in programs:
+        snap = preset.snapshot_for_program(program)
+        if snap is None:
+            raise BenchmarkError(f"{preset.root}: no snapshots, nothing to compare with")
+        recording = fluid.note(program, CAPTURE_KEY)
+        try:
+            caps = {"encoder": capture(preset, recording, preset.params.sample_rate, encoder=encoder),
+                    "refined": capture(preset, recording, preset.params.sample_rate, encoder=encoder, refiner=refiner,
+                                       refine=True)}
+        except CaptureError as exc:
+            rows.append([program, snap.name, f"capture failed: {exc}", "", "", "", ""])
+            continue
+        lsd: dict[str, list[float]] = {"encoder": [], "refined": [], "snapshot": []}
+        for key in keys:
+            real = steady_mag(fluid.note(program, key), preset, hold)
+            for name, z in (("encoder", caps["encoder"].z), ("refined", caps["refined"].z),
+                            ("snapshot", np.asarray(snap.z, np.float32))):
+                lsd[name].append(level_matched_lsd(real, steady_mag(engine_note(preset, z, key, hold, seconds), preset,
+                                                                    hold)))
+        med = {name: float(np.median(v)) for name, v in lsd.items()}
+        for name in gains:
+            gains[name].append(med["snapshot"] - med[name])
+        cap = caps["encoder"]
+        dist = "-" if cap.distance is None else f"{cap.distance:.1f}"
+        rows.append([program, snap.name, f"{cap.pitch:.1f}", dist, f"{med['encoder']:.2f}", f"{med['refined']:.2f}",
+                     f"{med['snapshot']:.2f}"])
+        log(f"program {program}: capture {med['encoder']:.2f} / refined {med['refined']:.2f} dB, "
+            f"snapshot {med['snapshot']:.2f} dB")
+    table = markdown_table(["GM program", "family snapshot", "captured pitch", "distance (std)",
+                            f"LSD capture, keys {', '.join(map(str, keys))} (median, dB)", "LSD capture --refine",
+                            "LSD family snapshot"], rows)
+    lines = [table, ""]
+    note = "" if len(programs) >= MIN_PROGRAMS else f" (only {len(programs)} programs: the goal needs {MIN_PROGRAMS})"
+    for name, g in gains.items():
+        wins = sum(x > 0 for x in g)
+        med_gain = float(np.median(g)) if g else float("nan")
+        ok = len(programs) >= MIN_PROGRAMS and wins >= GOAL_WINS and med_gain >= GOAL_MEDIAN_DB
+        lines.append(f"capture ({name}) closer than the snapshot on {wins} of {len(g)} programs, median gain "
+                     f"{med_gain:.2f} dB; goal >= {GOAL_WINS} of {MIN_PROGRAMS}, >= {GOAL_MEDIAN_DB:g} dB: "
+                     f"{'met' if ok else 'NOT met'}{note}")
+    return "\n".join(lines)
+
+
+def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
+    """A 4 s WAV to its latent: the first capture of a process (encoder/decoder sessions started, as the
+    command line does), and the median of later ones (sessions kept, as a running synth would)."""
+    fluid = FluidNotes(preset.params.sample_rate, 3.0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "take.wav"
+        sf.write(path, fluid.note(program, CAPTURE_KEY)[: 4 * preset.params.sample_rate], preset.params.sample_rate)
+        for refine in (False, True):
+            started = time.perf_counter()
+            capture_file(preset, path, refine=refine)
+            first = time.perf_counter() - started
+            encoder, refiner = Encoder(preset), Refiner(preset)
+            later = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                audio, rate = read_recording(path)
+                capture(preset, audio, rate, encoder=encoder, refiner=refiner, refine=refine)
+                later.append(time.perf_counter() - started)
+            rows.append([f"program {program}{', --refine' if refine else ''}", f"{first:.3f} s",
+                         f"{np.median(later):.3f} s", "<= 1 s"])
+    return markdown_table(["capture of a 4 s WAV", "first (sessions started)", "median of later", "goal"], rows)
+
+
+def _change_time(preset: Preset, control: tuple[int, int] | None, morph: bool, at: int) -> np.ndarray:
+    eng = Engine(preset, device="cpu", threads=1, random_seed=1)
+    if morph:
+        a, b = (eng.store_timbre(np.asarray(s.z, np.float32), TimbreInfo("snapshot", s.name))
+                for s in (preset.snapshots[0], preset.snapshots[-1]))
+        eng.set_morph_now(a, b)
+    eng.prepare(RATE, PERIOD, warm=False)
+    for k in (48, 55, 60, 64):
+        eng.push(4800, 0x90, k, 100)
+    if control is not None:
+        eng.push(at, 0xB0, *control)
+    out = np.zeros((at + RATE // 10, 2), np.float32)
+    for i in range(0, len(out), PERIOD):
+        eng.process(out[i:i + PERIOD])
+    return out[:, 0].copy()
+
+
+def change_table(preset: Preset, repeats: int = 5) -> str:
+    rows = []
+    for label, control, morph in ((f"morph wheel (CC {CC_MORPH} 0 -> 127)", (CC_MORPH, 127), True),
+                                  (f"random button (CC {CC_RANDOM})", (CC_RANDOM, 127), False)):
+        times = []
+        for r in range(repeats):
+            at = 4800 + RATE // 2 + 37 * r
+            plain, changed = _change_time(preset, None, morph, at), _change_time(preset, control, morph, at)
+            differs = np.flatnonzero(np.abs(changed - plain) > 1e-3 * np.abs(plain).max())
+            times.append((differs[0] - at) * 1000 / RATE if differs.size else np.nan)
+        t = np.array(times)
+        rows.append([label, f"{np.nanmin(t):.1f}", f"{np.nanmedian(t):.1f}", f"{np.nanmax(t):.1f}", "<= 20 ms"])
+    return markdown_table(["change-to-sound: the engine's response (offline, exact), ms", "min", "median", "max",
+                           "goal"], rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default=str(DEFAULT_PRESET))
+    ap.add_argument("--programs", default=None, help="comma-separated GM programs (default: the preset's held-out ones)")
+    ap.add_argument("--keys", default=",".join(map(str, KEYS)), help="keys to compare (default 36,48,55,72,84)")
+    ap.add_argument("--hold", type=float, default=1.0, help="seconds each note is held (default 1)")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,speed,change")
+    args = ap.parse_args()
+    preset = load_preset(args.preset)
+    programs = [int(p) for p in args.programs.split(",")] if args.programs else holdout_programs(preset)
+    keys = tuple(int(k) for k in args.keys.split(","))
+    if not all(36 <= k <= 84 and k != CAPTURE_KEY for k in keys):
+        raise BenchmarkError(f"--keys {args.keys}: keys must be 36..84 and not the captured {CAPTURE_KEY}")
+    skip = set(filter(None, args.skip.split(",")))
+    if "fidelity" not in skip:
+        print(fidelity_table(preset, programs, keys, args.hold), "\n", flush=True)
+    if "speed" not in skip:
+        print(speed_table(preset, programs[0]), "\n", flush=True)
+    if "change" not in skip:
+        print(change_table(preset), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
