@@ -151,3 +151,18 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert chorale.main(["--program", "x"]) == 2
+
+
+def test_capture_fidelity_runs_on_the_fake_preset(tmp_path: Path) -> None:
+    """Real FluidR3 notes captured with the fake preset: every section runs and gives finite figures."""
+    from benchmarks import capture_fidelity as cf
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake"))
+    table = cf.fidelity_table(preset, [56], (72,), hold=0.5)
+    row = next(line for line in table.splitlines() if line.startswith("| 56 "))
+    figures = [float(c) for c in row.strip("|").split("|")[4:7]]
+    assert all(np.isfinite(figures) & (np.array(figures) > 0)), row
+    assert "only 1 programs" in table
+    assert "<= 1 s" in cf.speed_table(preset, 56, repeats=1)
+    times = [float(c) for c in cf.change_table(preset, repeats=1).splitlines()[2].strip("|").split("|")[1:4]]
+    assert all(0 < t < 40 for t in times)
