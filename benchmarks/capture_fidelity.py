@@ -209,7 +209,8 @@ def change_table(preset: Preset, repeats: int = 5) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default=str(DEFAULT_PRESET))
-    ap.add_argument("--programs", default=None, help="comma-separated GM programs (default: the preset's held-out ones)")
+    ap.add_argument("--programs", default=None,
+                    help="comma-separated GM programs (default: the preset's held-out ones)")
     ap.add_argument("--keys", default=",".join(map(str, KEYS)), help="keys to compare (default 36,48,55,72,84)")
     ap.add_argument("--hold", type=float, default=1.0, help="seconds each note is held (default 1)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,speed,change")

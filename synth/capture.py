@@ -219,8 +219,9 @@ def _check_one_pitched_note(note: NDArray[np.float32], rate: int, preset: Preset
     fmax = min(440.0 * 2 ** ((preset.pitch_max + 1 - 69) / 12), 0.45 * rate)
     midi, aperiodicity = yin(seg, rate, fmin, fmax)
     if midi is None:
-        raise CaptureError(f"{where}: no clear pitched note (periodicity {1 - aperiodicity:.2f}, needs 0.85 or more: "
-                           "noise, or several notes at once?); capture one pitched note, or give its pitch with --pitch N")
+        raise CaptureError(f"{where}: no clear pitched note (periodicity {1 - aperiodicity:.2f}, needs 0.85 or "
+                           "more: noise, or several notes at once?); capture one pitched note, or give its pitch "
+                           "with --pitch N")
     off, lowest = _off_harmonic_share(note[skip:], rate, 440.0 * 2 ** ((midi - 69) / 12))
     for k in SUBHARMONICS:  # YIN's first dip can be a strong upper partial's period: the lowest partial decides
         if abs(lowest * k - 1.0) <= HARMONIC_TOLERANCE:
@@ -232,8 +233,9 @@ def _check_one_pitched_note(note: NDArray[np.float32], rate: int, preset: Preset
                            f"from MIDI {midi:.0f}, {lowest:.1f} times below the lowest of them; record a single note, "
                            "or give its pitch with --pitch N")
     if off > POLY_MAX_OFF:
-        raise CaptureError(f"{where}: sounds polyphonic (a chord?): {100 * off:.0f} % of its strong partials' energy lies "
-                           f"off the harmonics of MIDI {midi:.1f}; record a single note, or give its pitch with --pitch N")
+        raise CaptureError(f"{where}: sounds polyphonic (a chord?): {100 * off:.0f} % of its strong partials' energy "
+                           f"lies off the harmonics of MIDI {midi:.1f}; record a single note, or give its pitch with "
+                           "--pitch N")
     return midi
 
 

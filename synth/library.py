@@ -146,7 +146,8 @@ class Library:
             used = {s.program for s in mine}
             free = [p for p in range(USER_PROGRAMS) if p not in used]
             if not free:
-                raise LibraryError(f"{self.path}: all {USER_PROGRAMS} user programs of preset {preset.name!r} are taken")
+                raise LibraryError(f"{self.path}: all {USER_PROGRAMS} user programs of preset {preset.name!r} are "
+                                   "taken")
             program = free[0]
         snap = UserSnapshot(name, preset.name, preset_fingerprint(preset), program, tuple(float(v) for v in z),
                             float(pitch), source)

@@ -212,7 +212,8 @@ def make_fake_preset(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     make_decoder(root / "decoder.onnx", params, latent, nan_above_pitch)
-    make_encoder(root / "encoder.onnx", params, latent, decoder=root / "decoder.onnx" if nan_above_pitch is None else None)
+    inverts = root / "decoder.onnx" if nan_above_pitch is None else None  # a NaN decoder has nothing to invert
+    make_encoder(root / "encoder.onnx", params, latent, decoder=inverts)
     rng = np.random.default_rng(11)
     doc = {
         "preset": {"name": "fake", "format_version": format_version,

@@ -48,7 +48,8 @@ def live(jack_server: str, preset_dir: Path, tmp_path_factory: pytest.TempPathFa
     """run_synth.py playing the fake preset, wired to a probe; checks it exits cleanly."""
     cfg = tmp_path_factory.mktemp("cfg")
     os.environ["VAESYNTH_CONFIG_DIR"] = str(cfg)  # never read the user's mapping file
-    synth = SynthProcess(["--preset", str(preset_dir), "--quiet"], jack_server)
+    library = _user_library(preset_dir, tmp_path_factory.mktemp("library"))  # nor the user's snapshots
+    synth = SynthProcess(["--preset", str(preset_dir), "--quiet", "--library", str(library)], jack_server)
     probe = JackProbe(jack_server)
     try:
         synth.wait_for_ports(probe.client)
@@ -59,6 +60,40 @@ def live(jack_server: str, preset_dir: Path, tmp_path_factory: pytest.TempPathFa
         status, err = synth.stop()
     assert status == 0, err
     assert "Traceback" not in err
+
+
+USER_Z = 1.5  # user program 0 of the test library: every latent dim here
+
+
+def _user_library(preset_dir: Path, folder: Path) -> Path:
+    from synth.library import Library
+    from synth.preset import load_preset
+
+    Library.open(folder).store(load_preset(preset_dir), "flat", np.full(8, USER_Z), 60.0)
+    return folder
+
+
+def _spectrum_change(live: JackProbe, messages: list[bytes]) -> float:
+    """Largest change (dB) of a held chord's spectrum when ``messages`` arrive mid-chord."""
+    p = live.period
+    chord = (60, 64, 67)
+    events = [(12 * p, note_on(k)) for k in chord]
+    change = 12 * p + int(0.5 * RATE)
+    events += [(change + i, m) for i, m in enumerate(messages)]
+    end = change + int(0.5 * RATE)
+    events += [(end, note_off(k)) for k in chord]
+    take = live.record(events, end + int((RELEASE_S + 0.1) * RATE), freewheel=True)
+    before = spectrum_db(take.audio[change - int(0.3 * RATE) : change])
+    after = spectrum_db(take.audio[end - int(0.3 * RATE) : end])
+    loud = before > before.max() - 40
+    return float(np.max(np.abs(after[loud] - before[loud])))
+
+
+def test_random_button_and_user_program_change_the_timbre(live: JackProbe) -> None:
+    assert _spectrum_change(live, [control(80, 127), control(80, 0)]) > 3.0, "CC 80 drew no new timbre"
+    assert _spectrum_change(live, [control(0, 1), bytes([0xC0, 0])]) > 3.0, "user program 0 was not recalled"
+    assert _spectrum_change(live, [bytes([0xC0, 1])]) < 0.5, "an empty user program changed the sound"
+    assert _spectrum_change(live, [control(0, 0), bytes([0xC0, 0])]) > 3.0, "bank 0 did not go back to a snapshot"
 
 
 def _melody(period: int) -> tuple[list[tuple[int, bytes]], list[tuple[int, int, int]], int]:

@@ -181,7 +181,7 @@ def test_cli_capture_store_recall_random_and_morph(preset: Preset, tmp_path: Pat
     renders = {}
     for key, extra in {"mine": ["--timbre", "mine"], "wav": ["--timbre", str(wav)],
                        "r7": ["--timbre", "random:7"], "r7b": ["--timbre", "random:7"], "r8": ["--timbre", "random:8"],
-                       "morph": ["--morph", f"mine,random:3"]}.items():
+                       "morph": ["--morph", "mine,random:3"]}.items():
         out = tmp_path / f"{key}.wav"
         done = _cli("--render", str(mid), "--out", str(out), "--quiet", *lib, *extra)
         assert done.returncode == 0, done.stderr
@@ -196,7 +196,8 @@ def test_cli_capture_store_recall_random_and_morph(preset: Preset, tmp_path: Pat
                           (("--capture", str(wav)), "needs --name"),
                           (("--render", str(mid), "--out", str(tmp_path / "x.wav"), "--timbre", "nothing"),
                            "timbre 'nothing': not a recording"),
-                          (("--render", str(mid), "--out", str(tmp_path / "x.wav"), "--morph", "mine"), "expected A,B")):
+                          (("--render", str(mid), "--out", str(tmp_path / "x.wav"), "--morph", "mine"),
+                           "expected A,B")):
         done = _cli(*args, *lib)
         assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
         assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
