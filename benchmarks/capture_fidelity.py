@@ -18,8 +18,9 @@ Prints markdown tables:
   0.1 % of the peak) from the same chord rendered without the control. Goal: <= 20 ms (add the
   MIDI path under JACK, key-to-sound in ``live_latency``, for the figure a player meets).
 
-Run: ``python -m benchmarks.capture_fidelity --preset presets/default`` (a few minutes on 2 cores;
-offline renders only, so no lock is needed).
+Run: ``flock /work/rt-bench.lock python -m benchmarks.capture_fidelity --preset presets/default``
+(under a minute on 2 cores). Fidelity and change-to-sound are exact offline figures; only the
+capture-speed table times anything, so only it needs the cores to itself.
 """
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def add_timbre_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--pitch", type=float, default=None,
                    help="MIDI pitch of the recorded note (default: estimated; giving it skips the pitch checks)")
     g.add_argument("--pull", type=float, default=0.0, metavar="F",
-                   help="move a capture F (0..1) of the way toward the nearest training note (default 0)")
+                   help="move a capture F (0..1) of the way toward the nearest training note (the nearest snapshot "
+                        "when the preset has no latent map; default 0)")
     g.add_argument("--refine", action="store_true",
                    help="after the encoder, fit the timbre so the decoder reproduces the recorded note (+0.3 s)")
     g.add_argument("--library", type=Path, default=None, metavar="DIR",
