@@ -313,6 +313,7 @@ class Engine:
         if self.knobs.recall_program(0, self.z_target) < 0:
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
+        self.program = 0  # the last program change (written by the render thread only)
         self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
@@ -340,6 +341,23 @@ class Engine:
         self.z_target[dim] = z
         self.z_current[dim] = z
         self.knobs.derive(self.z_target)
+
+    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None) -> None:
+        """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
+        snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
+        of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up."""
+        if not 0 <= program <= 127:
+            raise ValueError(f"program {program} outside 0..127")
+        self.knobs.recall_program(program, self.z_target)
+        self.program = program
+        if z is not None:
+            z = np.asarray(z, np.float32)
+            if z.shape != self.z_target.shape or not np.all(np.isfinite(z)):
+                raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
+            self.z_target[:] = z
+            self.knobs.derive(self.z_target, unpick_moved=False)
+        self.knobs.pickup[:] = False
+        self.z_current[:] = self.z_target
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
@@ -595,6 +613,7 @@ class Engine:
 
     def _program_change(self, program: int) -> None:
         self.knobs.recall_program(program, self.z_target)
+        self.program = program
         if not self._knob_pickup:
             self.knobs.pickup[:] = True
 
