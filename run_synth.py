@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from synth.config import add_config_option, parse_args_with_config
-from synth.errors import VaesynthError, report
+from synth.errors import VaesynthError, run_command
 
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "default"
-EXIT_INTERRUPTED = 130
 
 
 class OptionError(VaesynthError):
@@ -99,22 +98,20 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError(f"--render-block {args.render_block}: must be 1..8192")
 
 
+def run(argv: list[str] | None) -> int:
+    args = parse_args_with_config(build_parser(), argv)
+    check_options(args)
+    if args.render is not None:
+        from synth.cli_render import run_render
+
+        return run_render(args)
+    from synth.live import run_live  # imported lazily: rendering needs no audio stack
+
+    return run_live(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args_with_config(build_parser(), argv)
-        check_options(args)
-        if args.render is not None:
-            from synth.cli_render import run_render
-
-            return run_render(args)
-        from synth.live import run_live  # imported lazily: rendering needs no audio stack
-
-        return run_live(args)
-    except VaesynthError as exc:  # the one place a user error becomes 'error: ...' and status 2
-        return report(exc)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(lambda: run(argv))  # user errors: one line, status 2 (synth.errors)
 
 
 if __name__ == "__main__":

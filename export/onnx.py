@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from training.data import GM_PROGRAM_NAMES, parse_instrument
 from training.model import CONTRACT, TimbreVAE
@@ -51,7 +52,7 @@ FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass
                    "vocal": 52}
 
 
-class ExportError(Exception):
+class ExportError(VaesynthError):
     """Export failed (bad run folder, parity check); the message says why."""
 
 
@@ -402,8 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      if args.reference_soundfont else [])),
                                reference=args.reference_soundfont, data_commands=args.data_command)
     except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(f"wrote {args.out}: decoder max err {errors['decoder']:.2g}, encoder max err {errors['encoder']:.2g}, "
           f"mix gain {errors['mix_gain']:.3g}")
     return 0
