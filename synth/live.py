@@ -212,7 +212,8 @@ class MidiInputs:
         self.use_jack = use_jack
         self.api = rtmidi.API_UNIX_JACK if use_jack else _native_midi_api(rtmidi)
         self.client_name = JACK_MIDI_CLIENT_NAME if use_jack else MIDI_CLIENT_NAME
-        self.port_name = f"{self.client_name}:{MIDI_PORT_NAME}" if use_jack else MIDI_PORT_NAME
+        # Our virtual input as other programs see it (None where the system has no virtual ports).
+        self.port_name: str | None = f"{self.client_name}:{MIDI_PORT_NAME}"
         self.ports: list[Any] = []  # rtmidi objects, kept alive while open
         self.connected: list[str] = []  # sources wired to us now
         self._wiring: JackWiring | RtmidiWiring | None = None
@@ -249,12 +250,15 @@ class MidiInputs:
         virtual = self.new_input()
         try:
             virtual.open_virtual_port(MIDI_PORT_NAME)
-        except self._rtmidi.RtMidiError as exc:
+            virtual.set_callback(callback)
+            self.ports.append(virtual)
+        except self._rtmidi.RtMidiError:  # Windows (WinMM) has no virtual ports: sources only
             virtual.delete()
-            raise LiveError(f"cannot open a virtual MIDI port here ({exc}); use --midi-in NAME") from None
-        virtual.set_callback(callback)
-        self.ports.append(virtual)
-        self._wiring = JackWiring(self.client_name, self.port_name) if self.use_jack else RtmidiWiring(self, callback)
+            self.port_name = None
+            _say("this system has no virtual MIDI ports: MIDI comes only from sources "
+                 "(--midi-in NAME picks them, e.g. a loopMIDI port)")
+        self._wiring = (JackWiring(self.client_name, f"{self.client_name}:{MIDI_PORT_NAME}") if self.use_jack
+                        else RtmidiWiring(self, callback))
         self._select = select
         if not follow_sources and select is None:
             return
@@ -673,8 +677,8 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
         if audio.under_jack and getattr(args, "no_connect", False):
             jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)
         if not getattr(args, "quiet", False):
-            _say(f"playing {preset.name!r} at {audio.sample_rate} Hz; MIDI in "
-                 f"{midi.port_name}" + (f" + {', '.join(midi.connected)}" if midi.connected else "")
+            inputs = ([midi.port_name] if midi.port_name else []) + midi.connected
+            _say(f"playing {preset.name!r} at {audio.sample_rate} Hz; MIDI in {' + '.join(inputs) or 'none yet'}"
                  + (f"; restored {', '.join(restored)}" if restored else ""))
         _run_loop(synth, args, finished, save)
     except KeyboardInterrupt:
