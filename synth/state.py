@@ -27,6 +27,7 @@ or makes no sense gets one warning line and the defaults.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -168,6 +169,8 @@ def describe_timbre(engine: Any) -> dict[str, Any]:
             table["snapshot"] = preset.snapshots[index].name
     table["z"] = [float(v) for v in np.asarray(engine.z_target, np.float64)]
     extra = getattr(engine, "current_timbre", None)
+    if dataclasses.is_dataclass(extra) and not isinstance(extra, type):
+        extra = dataclasses.asdict(extra)
     if isinstance(extra, dict):
         table.update({k: v for k, v in extra.items() if k not in table and v is not None})
     return table

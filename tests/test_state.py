@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -98,3 +99,20 @@ def test_default_path_follows_the_config_dir_variable(tmp_path: Path, monkeypatc
     assert state.default_state_path() == tmp_path / "state.toml"
     monkeypatch.delenv("VAESYNTH_CONFIG_DIR")
     assert "vaesynth" in str(state.default_state_path())
+
+
+def test_the_engine_s_own_timbre_description_is_saved(preset) -> None:  # noqa: ANN001
+    """Whatever ``engine.current_timbre`` describes (a dataclass or a dict) lands in [timbre]."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Described:
+        kind: str
+        name: str
+        seed: int | None = None
+
+    engine = _played(preset)
+    described = SimpleNamespace(program=engine.program, preset=engine.preset, z_target=engine.z_target,
+                                knob_values=engine.knob_values, current_timbre=Described("random", "random:7", seed=7))
+    table = state.capture(described, argparse.Namespace(output=None, midi_in=None)).timbre
+    assert (table["kind"], table["name"], table["seed"], table["program"]) == ("random", "random:7", 7, PROGRAMS[1])
