@@ -686,7 +686,10 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     finally:
         if not finished[0]:
             if stopping:
-                silence_before_stop(synth, finished)
+                try:
+                    silence_before_stop(synth, finished)
+                except KeyboardInterrupt:  # a second Ctrl-C: stop at once, but still close cleanly
+                    pass
             stream.stop()
             stream.close()
         midi.close()
