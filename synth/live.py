@@ -515,11 +515,6 @@ def apply_mapping(engine: Any, mapping: dict[int, int]) -> None:
     engine.set_knob_ccs(merged)
 
 
-def mapping_path(args: argparse.Namespace) -> Path:
-    explicit = getattr(args, "mapping_file", None)
-    return Path(explicit) if explicit else default_mapping_path()
-
-
 def _say(text: str) -> None:
     print(f"vaesynth: {text}", file=sys.stderr, flush=True)
 
@@ -594,7 +589,7 @@ def _server_gone(message: str, on_exit: Callable[[], None]) -> None:
 def _run_loop(synth: LiveSynth, args: argparse.Namespace, finished: list[bool], on_exit: Callable[[], None]) -> None:
     quiet = bool(getattr(args, "quiet", False))  # the status line is on unless --quiet
     tty = sys.stderr.isatty()
-    learn, path = synth.learn, mapping_path(args)
+    learn, path = synth.learn, default_mapping_path()
     learned = False
     reported_fault = False
     while True:
@@ -648,7 +643,7 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     engine, preset = build_engine(args, audio)
     timbre = state.restore_timbre(engine, saved)
     restored = restored + ([timbre] if timbre else [])
-    path = mapping_path(args)
+    path = default_mapping_path()
     apply_mapping(engine, load_mapping(path))
     watch = jack_setup.open_jack_watch() if audio.under_jack else None
     synth = LiveSynth(engine, audio.sample_rate, _start_learning(args, preset), watch)
@@ -733,7 +728,7 @@ def _saved_state(args: argparse.Namespace) -> LiveState | None:
     """The state to start from: None with ``--reset`` (old files set aside) or when there is none."""
     path = state.state_path(args)
     if getattr(args, "reset", False):
-        moved = [str(p) for p in (path, mapping_path(args)) if state.set_aside(p)]
+        moved = [str(p) for p in (path, default_mapping_path()) if state.set_aside(p)]
         if moved:
             _say(f"reset: starting fresh ({' and '.join(moved)} kept as *.old)")
         return None

@@ -1,9 +1,11 @@
 """A MIDI flood through real JACK never leaves a note stuck.
 
 A chord, then thousands of controller messages (knob moves and an unmapped CC) packed into a few
-JACK cycles, then the note-offs right behind them: every note must end (the engine's queue keeps
-its last slots for messages that end sound, ``synth.events.RELEASE_RESERVE``), and the knob
-moves must not have been lost either (the last knob value is heard).
+JACK cycles, then the note-offs right behind them: every note must end. This covers the whole
+live path (JACK's MIDI buffers, rtmidi's ring, the producer lock). At this rate the engine's own
+queue does not fill (rtmidi hands over one message per Python call, slower than blocks drain
+them); its reserve for messages that end sound (``synth.events.RELEASE_RESERVE``) is tested
+directly in ``test_engine.test_full_queue_still_takes_note_offs``.
 """
 from __future__ import annotations
 
