@@ -7,7 +7,8 @@ becomes the option's default before the command line is parsed, which is how the
 wins; for repeatable options the file's list is used only when the command line gives none.
 
 Wrong types and refused choices are one-line errors (``ConfigError``); an unknown key is one
-warning line and is ignored (a newer file may name options an older vaesynth lacks).
+warning line and is ignored (a newer file may name options an older vaesynth lacks). Relative
+folder and file options typed as paths (``preset``, ``state``) are relative to the file's folder.
 """
 from __future__ import annotations
 
@@ -80,13 +81,13 @@ def _convert(path: Path, key: str, action: argparse.Action, value: object) -> ob
         return value if isinstance(action, argparse._StoreTrueAction) else not value
     if isinstance(action, argparse._AppendAction):
         items = value if isinstance(value, list) else [value]
-        return [_convert_one(where, action, item) for item in items]
+        return [_convert_one(where, action, item, path.parent) for item in items]
     if isinstance(value, (list, dict)):
         raise ConfigError(f"{where} takes one value, not {_type_name(value)}")
-    return _convert_one(where, action, value)
+    return _convert_one(where, action, value, path.parent)
 
 
-def _convert_one(where: str, action: argparse.Action, value: object) -> object:
+def _convert_one(where: str, action: argparse.Action, value: object, base: Path) -> object:
     kind = action.type
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         raise ConfigError(f"{where} cannot be {_type_name(value)}")
@@ -106,6 +107,8 @@ def _convert_one(where: str, action: argparse.Action, value: object) -> object:
             out = kind(text) if callable(kind) else text
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if isinstance(out, Path) and not out.is_absolute():
+        out = base / out
     if action.choices is not None and out not in action.choices:
         raise ConfigError(f"{where} = {value!r}: choose from {', '.join(map(str, action.choices))}")
     return out

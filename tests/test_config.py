@@ -73,3 +73,8 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: config ") and "not valid TOML" in lines[0], done.stderr
+
+
+def test_paths_in_the_file_are_relative_to_it(tmp_path: Path) -> None:
+    args = _args(tmp_path, 'preset = "presets/mine"\nstate = "/abs/state.toml"\n')
+    assert args.preset == tmp_path / "presets" / "mine" and args.state == Path("/abs/state.toml")
