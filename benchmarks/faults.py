@@ -5,9 +5,8 @@ and a MIDI source that goes away and comes back.
 
 Prints one table: seconds from the server's death to the synth's exit (status 3, the reason on
 one line), and seconds from a source's return to its reconnection (JACK connection made by the
-synth's watcher, which looks every ``synth.live.SOURCE_POLL_S``). Figures of wall time under a
-loaded machine: run it alone (``flock /work/rt-bench.lock python -m benchmarks.faults``
-on the shared machine).
+synth's watcher, which looks every ``synth.live.SOURCE_POLL_S``). Wall-clock figures: run it on
+an otherwise idle machine.
 """
 from __future__ import annotations
 
