@@ -11,7 +11,6 @@ an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
