@@ -16,6 +16,7 @@ import copy
 import json
 import shlex
 import shutil
+import tomllib
 import sys
 import warnings
 from pathlib import Path
@@ -377,7 +378,32 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     errors["mix_gain"] = gain
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
+    keep_run_files(checkpoint.parent, out)
     return errors
+
+
+RUN_FILES = {"config.toml": "train_config.toml", "log.csv": "train_log.csv", "report.png": "train_report.png"}
+"""The run's resolved config, loss log and report, kept beside the preset under these names."""
+
+
+def keep_run_files(run_dir: Path, out: Path) -> None:
+    """Copy the run's config, log and report into the preset folder (RAVE keeps the resolved config
+    beside every checkpoint). Data paths inside this working tree are written relative to it, so
+    a shipped preset names no folder of the machine it was trained on."""
+    for name, kept in RUN_FILES.items():
+        if not (run_dir / name).is_file():
+            continue
+        if name != "config.toml":
+            shutil.copyfile(run_dir / name, out / kept)
+            continue
+        doc = tomllib.loads((run_dir / name).read_text())
+        for key, value in doc.get("data", {}).items():
+            if isinstance(value, str) and value and Path(value).is_absolute():
+                try:
+                    doc["data"][key] = Path(value).relative_to(Path.cwd()).as_posix()
+                except ValueError:
+                    doc["data"][key] = Path(value).name  # outside the tree: only its name means anything
+        (out / kept).write_text(tomli_w.dumps(doc))
 
 
 def _write_doc(out: Path, doc: dict[str, Any]) -> None:
