@@ -16,6 +16,7 @@ import copy
 import json
 import shlex
 import shutil
+import tomllib
 import sys
 import warnings
 from pathlib import Path
@@ -27,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
+from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL
 from training.data import GM_PROGRAM_NAMES, parse_instrument
 from training.model import CONTRACT, TimbreVAE
 from training.train import RunConfig, TrainError, load_config
@@ -51,7 +54,7 @@ FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass
                    "vocal": 52}
 
 
-class ExportError(Exception):
+class ExportError(VaesynthError):
     """Export failed (bad run folder, parity check); the message says why."""
 
 
@@ -274,13 +277,16 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitch: 
     return peaks
 
 
-def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """``(gain, median peak)``: the [mix] gain that puts a v100 C4 of the median snapshot at
-    TARGET_PEAK_DBFS through the engine (its master gain is the user's trim, 1.0 by default);
-    bounded to 1e-2..1e3 for (untrained) near-silent models."""
-    median = float(np.median(engine_note_peaks(preset_dir, snaps)))
+def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, float, list[float]]:
+    """``(gain, median peak, levels)``: the [mix] gain that puts a v100 C4 of the median snapshot at
+    TARGET_PEAK_DBFS through the engine (its master gain is the user's trim, 1.0 by default),
+    bounded to 1e-2..1e3 for (untrained) near-silent models; and each snapshot's level trim, which
+    brings its own C4 to the same peak (within the engine's +-12 dB bounds)."""
+    peaks = np.asarray(engine_note_peaks(preset_dir, snaps))
+    median = float(np.median(peaks))
     gain = 10 ** (TARGET_PEAK_DBFS / 20) / max(median, 1e-12)
-    return float(np.clip(gain, 1e-2, 1e3)), median
+    levels = np.clip(median / np.maximum(peaks, 1e-12), MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL)
+    return float(np.clip(gain, 1e-2, 1e3)), median, [round(float(v), 4) for v in levels]
 
 
 def validate_doc(doc: dict[str, Any]) -> None:
@@ -368,10 +374,36 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
         shutil.copyfile(checkpoint.parent / LATENT_MAP_FILE, out / LATENT_MAP_FILE)
     # Written once at unity gain so the engine can play it, then again with the measured gain.
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts, has_map))
-    gain, median_peak = mix_gain(out, snaps)
+    gain, median_peak, levels = mix_gain(out, snaps)
     errors["mix_gain"] = gain
+    snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
+    keep_run_files(checkpoint.parent, out)
     return errors
+
+
+RUN_FILES = {"config.toml": "train_config.toml", "log.csv": "train_log.csv", "report.png": "train_report.png"}
+"""The run's resolved config, loss log and report, kept beside the preset under these names."""
+
+
+def keep_run_files(run_dir: Path, out: Path) -> None:
+    """Copy the run's config, log and report into the preset folder (RAVE keeps the resolved config
+    beside every checkpoint). Data paths inside this working tree are written relative to it, so
+    a shipped preset names no folder of the machine it was trained on."""
+    for name, kept in RUN_FILES.items():
+        if not (run_dir / name).is_file():
+            continue
+        if name != "config.toml":
+            shutil.copyfile(run_dir / name, out / kept)
+            continue
+        doc = tomllib.loads((run_dir / name).read_text())
+        for key, value in doc.get("data", {}).items():
+            if isinstance(value, str) and value and Path(value).is_absolute():
+                try:
+                    doc["data"][key] = Path(value).relative_to(Path.cwd()).as_posix()
+                except ValueError:
+                    doc["data"][key] = Path(value).name  # outside the tree: only its name means anything
+        (out / kept).write_text(tomli_w.dumps(doc))
 
 
 def _write_doc(out: Path, doc: dict[str, Any]) -> None:
@@ -402,8 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      if args.reference_soundfont else [])),
                                reference=args.reference_soundfont, data_commands=args.data_command)
     except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(f"wrote {args.out}: decoder max err {errors['decoder']:.2g}, encoder max err {errors['encoder']:.2g}, "
           f"mix gain {errors['mix_gain']:.3g}")
     return 0

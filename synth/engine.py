@@ -45,8 +45,15 @@ from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
-from synth.timbre import MORPH, SELECT_SLOT, TimbreBank, TimbreInfo
-from synth.voices import FADING, FREE, RELEASE_END_FADE_S, RELEASED, VoiceBank, mix_voices
+from synth.voices import (
+    FADING,
+    FREE,
+    RELEASE_END_FADE_S,
+    RELEASED,
+    VoiceBank,
+    mix_voices,
+)
+from synth.timbre import MORPH, NO_SLOT, SELECT_SLOT, TimbreBank, TimbreInfo
 
 KNOB_SMOOTH_S = 0.008
 # Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
@@ -311,13 +318,19 @@ class Engine:
         self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.knobs = TimbreKnobs(preset)
-        # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
-        # no instrument's timbre, and plays about 10 dB below the snapshots).
-        if self.knobs.recall_program(0, self.z_target) < 0:
-            self.knobs.derive(self.z_target, unpick_moved=False)
-        self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.timbre = TimbreBank(preset, self.knobs, random_seed)  # user programs, morph, random (synth.timbre)
         self.timbre.knob_pickup = self._knob_pickup
+        # Each snapshot's level trim (export measured it: a v100 C4 of every snapshot at the same
+        # peak); it follows program changes with the knobs' glide. Other timbres play at 1.0.
+        self._snapshot_levels = np.array([s.level for s in preset.snapshots] or [1.0], np.float64)
+        self.level_target = 1.0
+        self.level = 1.0
+        # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
+        # no instrument's timbre, and plays about 10 dB below the snapshots).
+        self.program = 0  # the last program change (written by the render thread only)
+        if self._program_change(0) < 0:
+            self.knobs.derive(self.z_target, unpick_moved=False)
+        self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.z_current = self.z_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
@@ -373,12 +386,32 @@ class Engine:
         """Make ``slot`` the timbre at once (not real-time: before the stream starts or between renders)."""
         if not self.timbre.select(slot, self.z_target):
             raise ValueError(f"timbre slot {slot} is empty")
+        self.level = self.level_target = 1.0
         self.z_current[:] = self.z_target
 
     def set_morph_now(self, a: int, b: int) -> None:
         """Morph between slots ``a`` and ``b`` from now on (not real-time, as :meth:`set_timbre_now`)."""
         if not self.timbre.morph(a, b, self.z_target):
             raise ValueError(f"timbre slots {a} / {b}: empty")
+        self.level = self.level_target = 1.0
+        self.z_current[:] = self.z_target
+
+    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None) -> None:
+        """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
+        snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
+        of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up."""
+        if not 0 <= program <= 127:
+            raise ValueError(f"program {program} outside 0..127")
+        if z is not None:
+            z = np.asarray(z, np.float32)
+            if z.shape != self.z_target.shape or not np.all(np.isfinite(z)):
+                raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
+        self._program_change(program)
+        self.level = self.level_target
+        if z is not None:
+            self.z_target[:] = z
+            self.knobs.derive(self.z_target, unpick_moved=False)
+        self.knobs.pickup[:] = False
         self.z_current[:] = self.z_target
 
     @property
@@ -394,8 +427,9 @@ class Engine:
 
     @property
     def output_gain(self) -> float:
-        """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``."""
-        return self.master_gain * self.preset.mix_gain
+        """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``
+        times the current snapshot's level trim (gliding after a program change)."""
+        return self.master_gain * self.preset.mix_gain * self.level
 
     @property
     def providers(self) -> list[str]:
@@ -509,6 +543,7 @@ class Engine:
         self._vf0.fill(0.0)
         self.limiter.reset()
         self.z_current[:] = self.z_target
+        self.level = self.level_target
         self.sample_time = 0
         self._t_int = 0
         self._bend = 0.0
@@ -595,6 +630,7 @@ class Engine:
             status, d1, d2 = int(row[1]), int(row[2]), int(row[3])
             if status >= ev.ENGINE_EVENT:  # the engine's own timbre events: no channel
                 self.timbre.handle(status, d1, d2, self.z_target)
+                self._timbre_level()
                 continue
             ch = status & 0x0F
             if self.channel is not None and ch != self.channel:
@@ -633,17 +669,31 @@ class Engine:
             self._bend = 0.0
             vb.sustain_pedal(t, False)
         self.timbre.control_change(cc, value, self.z_target)
+        self._timbre_level()
         knob = self._knob_of_cc[cc]
         if knob >= 0:
             self.knobs.control(knob, value, self.z_target)
 
-    def _program_change(self, program: int) -> None:
+    def _timbre_level(self) -> None:
+        """A slot's timbre or a morph (``synth.timbre``) plays at level 1.0: the snapshot trims are the
+        snapshots' own."""
+        if self.timbre.current_slot != NO_SLOT or self.timbre.morph_a != NO_SLOT:
+            self.level_target = 1.0
+
+    def _program_change(self, program: int) -> int:
+        """Recall the program's snapshot (and its level), or after Bank Select 1 a user program
+        (``synth.timbre``, level 1.0); returns the snapshot index, -1 when none was recalled."""
         if self.timbre.program_change(program, self.z_target):
-            return
-        self.knobs.recall_program(program, self.z_target)
+            self._timbre_level()
+            return -1
+        snapshot = self.knobs.recall_program(program, self.z_target)
+        if snapshot >= 0:
+            self.level_target = float(self._snapshot_levels[snapshot])
+        self.program = program
         self.timbre.snapshot_recalled(program)
         if not self._knob_pickup:
             self.knobs.pickup[:] = True
+        return snapshot
 
     def _pitch_bend(self, value14: int) -> None:
         self._bend = (value14 - 8192) / 8192.0 * self.bend_range
@@ -653,6 +703,7 @@ class Engine:
         """One-pole glide of the latent towards its target: no zipper noise on knob moves."""
         alpha = 1.0 - math.exp(-n * self._alpha_per_sample)
         _glide(self.z_target, self.z_current, alpha)
+        self.level += (self.level_target - self.level) * alpha
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
         vb = self.voices
