@@ -20,9 +20,8 @@ counted by the probe (never the synth's own counter) against the idle baseline s
 length (allowed 2 x idle + 2, as benchmarks.live_latency), the peak level (goal <= 0 dBFS), and
 how the synth exited. ``--json FILE`` writes the same figures for tests/test_soak_jack.py.
 
-Real-time figures mean something only on an otherwise idle machine:
-``flock /work/rt-bench.lock python -m benchmarks.soak --minutes 30`` (the lock is the one training
-holds). ``--minutes 0.5`` checks that it works.
+Real-time figures mean something only on an otherwise idle machine (never while training or
+another heavy job holds the cores). ``--minutes 0.5`` checks that it works.
 """
 from __future__ import annotations
 
@@ -299,6 +298,10 @@ class SoakResult:
     rss_samples_mb: list[float] = field(default_factory=list)
 
 
+def _level(db: float) -> str:
+    return "silent (exact zeros)" if db <= dbfs(0.0) else f"{db:.0f} dBFS"
+
+
 def table(r: SoakResult) -> str:
     def ok(good: bool) -> str:
         return "yes" if good else "**no**"
@@ -310,9 +313,9 @@ def table(r: SoakResult) -> str:
             f"| RSS growth after the warm-up (end / peak) | {r.rss_growth_mb:+.2f} MB / "
             f"{r.rss_peak_after_warmup_mb - r.rss_warmup_mb:+.2f} MB | ≤ 5 MB | {ok(r.rss_growth_mb <= 5)} |",
             f"| stuck notes (every key released, pedal up; level after the release time) | {r.stuck_notes}"
-            f"{' ' + str(r.stuck_keys) if r.stuck_keys else ''} ({r.level_before_all_notes_off_dbfs:.0f} dBFS) "
+            f"{' ' + str(r.stuck_keys) if r.stuck_keys else ''} ({_level(r.level_before_all_notes_off_dbfs)}) "
             f"| 0 | {ok(r.stuck_notes == 0)} |",
-            f"| silence after all-notes-off (last 0.5 s) | {r.level_after_all_notes_off_dbfs:.0f} dBFS | "
+            f"| silence after all-notes-off (last 0.5 s) | {_level(r.level_after_all_notes_off_dbfs)} | "
             f"≤ {SILENCE_DBFS:.0f} dBFS | {ok(r.silent_after_all_notes_off)} |",
             f"| xruns (soak probe) during the soak / idle baseline ({r.idle_seconds:.0f} s) | {r.soak_xruns} / "
             f"{r.idle_xruns} | ≤ {r.xruns_allowed:.0f} (2 × idle scaled + 2) | {ok(r.soak_xruns <= r.xruns_allowed)} |",

@@ -3,7 +3,7 @@ server, through benchmarks/soak.py as a user runs it. The one test allowed to ta
 
 Asserted: RSS growth after the warm-up <= 5 MB, no stuck note, silence after all-notes-off,
 peak <= 0 dBFS, sound actually came out, a clean exit. Xruns are reported, not asserted: this
-is a shared machine (the real figures come from the benchmark under the rt-bench lock).
+is a shared machine (the real figures come from the benchmark on an otherwise idle machine).
 """
 from __future__ import annotations
 
