@@ -310,6 +310,7 @@ CASES: tuple[Case, ...] = (
     Case("latent mean holds 10**400", lambda root: edit_toml(root, lambda d: d["latent"]["mean"].__setitem__(0, 10**400))),
     Case("pitch min = \"low\"", toml_set("pitch", "min", "low")),
     Case("mix gain = true", toml_set("mix", "gain", True)),
+    Case("snapshot level = 10**400", lambda root: edit_toml(root, lambda d: d["snapshots"][0].__setitem__("level", 10**400))),
     Case("snapshot program = \"5\"", lambda root: edit_toml(root, lambda d: d["snapshots"][0].__setitem__("program", "5"))),
     # model inputs and outputs
     Case("decoder input z renamed", edit_model("decoder.onnx", rename_input("z", "latent"))),
