@@ -51,6 +51,11 @@ def toml_set(table: str, key: str, value: Any) -> Callable[[Path], None]:
     return lambda root: edit_toml(root, lambda d: d[table].__setitem__(key, value))
 
 
+def snapshot_set(key: str, value: Any) -> Callable[[Path], None]:
+    """Set ``key`` of the first ``[[snapshots]]`` entry."""
+    return lambda root: edit_toml(root, lambda d: d["snapshots"][0].__setitem__(key, value))
+
+
 def toml_text(table: str, key: str, literal: str) -> Callable[[Path], None]:
     """Set ``[table] key = literal`` as raw TOML text (values tomli_w cannot write, e.g. nan)."""
     def apply(root: Path) -> None:
@@ -263,7 +268,8 @@ CASES: tuple[Case, ...] = (
                                                 toml_set("decoder", "file", "sub/decoder.onnx"))),
     Case("parts file outside the folder", toml_set("decoder", "parts_file", "../../x.onnx")),
     Case("encoder file is an empty name", toml_set("encoder", "file", "")),
-    Case("latent map outside the folder", lambda root: edit_toml(root, lambda d: d.__setitem__("map", {"file": "/etc/hostname"}))),
+    Case("latent map outside the folder",
+         lambda root: edit_toml(root, lambda d: d.__setitem__("map", {"file": "/etc/hostname"}))),
     Case("decoder.onnx is a symlink out of the folder", symlink_out("decoder.onnx")),
     Case("preset.toml is a symlink out of the folder", symlink_out("preset.toml")),
     Case("decoder.onnx is a folder", replace_by_folder("decoder.onnx")),
@@ -307,11 +313,12 @@ CASES: tuple[Case, ...] = (
     Case("frame_stride = 0", toml_set("encoder", "frame_stride", 0)),
     Case("latent size = \"16\"", toml_set("latent", "size", "16")),
     Case("latent mean holds a string", lambda root: edit_toml(root, lambda d: d["latent"]["mean"].__setitem__(0, "x"))),
-    Case("latent mean holds 10**400", lambda root: edit_toml(root, lambda d: d["latent"]["mean"].__setitem__(0, 10**400))),
+    Case("latent mean holds 10**400",
+         lambda root: edit_toml(root, lambda d: d["latent"]["mean"].__setitem__(0, 10**400))),
     Case("pitch min = \"low\"", toml_set("pitch", "min", "low")),
     Case("mix gain = true", toml_set("mix", "gain", True)),
-    Case("snapshot level = 10**400", lambda root: edit_toml(root, lambda d: d["snapshots"][0].__setitem__("level", 10**400))),
-    Case("snapshot program = \"5\"", lambda root: edit_toml(root, lambda d: d["snapshots"][0].__setitem__("program", "5"))),
+    Case("snapshot level = 10**400", snapshot_set("level", 10**400)),
+    Case("snapshot program = \"5\"", snapshot_set("program", "5")),
     # model inputs and outputs
     Case("decoder input z renamed", edit_model("decoder.onnx", rename_input("z", "latent"))),
     Case("decoder input pitch is float64", edit_model("decoder.onnx", input_as_double("pitch"))),

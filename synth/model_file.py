@@ -58,7 +58,7 @@ def preset_file(root: Path, name: object, what: str, max_bytes: int) -> Path:
         raise PresetError(f"{path}: {kind}, expected a file")
     if info.st_size > max_bytes:
         raise PresetError(f"{path}: {info.st_size / 2**20:.0f} MB, larger than the "
-                              f"{max_bytes / 2**20:.0f} MB a preset file may be")
+                          f"{max_bytes / 2**20:.0f} MB a preset file may be")
     return path
 
 
@@ -193,6 +193,6 @@ def read_model(path: Path) -> bytes:
     if external:
         more = f" and {len(external) - 1} more" if len(external) > 1 else ""
         raise PresetError(f"{path}: tensor {external[0]!r}{more} stored as external data in another file; "
-                              "a preset's models must carry their weights (re-export it)")
+                          "a preset's models must carry their weights (re-export it)")
     return data
 

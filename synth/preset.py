@@ -372,7 +372,8 @@ def _v1_knobs(latent: dict[str, Any], mean: NDArray, std: NDArray, w: str) -> Kn
     """Version 1: knob i moves latent dim ``knob_order[i]`` over mean +- 3 std."""
     size = mean.shape[0]
     knob_order = _get(latent, "knob_order", list, w)
-    if any(isinstance(k, bool) or not isinstance(k, int) for k in knob_order) or sorted(knob_order) != list(range(size)):
+    integers = all(isinstance(k, int) and not isinstance(k, bool) for k in knob_order)
+    if not integers or sorted(knob_order) != list(range(size)):
         raise PresetError(f"{w}: knob_order must be a permutation of 0..{size - 1}")
     dims = knob_order[:MAX_KNOBS]
     directions = np.zeros((len(dims), size))

@@ -103,13 +103,19 @@ def test_scan_finds_external_data_wherever_it_hides(where: str) -> None:
     assert set(external_data_tensors(hostile)) == {"t"}  # (an If node has it in both branches)
 
 
-def test_scan_matches_onnx_own_view_on_shipped_models() -> None:
-    """Our reader and the onnx package agree: the shipped models carry all their weights."""
+def _onnx_view(data: bytes) -> list[str]:
+    """The onnx package's own list of tensors in external data."""
+    ext = onnx.external_data_helper
+    return [t.name for t in ext._get_all_tensors(onnx.load_from_string(data)) if ext.uses_external_data(t)]
+
+
+def test_scan_agrees_with_onnx_on_shipped_and_hostile_models(tmp_path: Path) -> None:
     for path in sorted((REPO / "presets" / "default").glob("*.onnx")):
         data = path.read_bytes()
-        model = onnx.load_from_string(data)
-        assert not onnx.external_data_helper.uses_external_data(model.graph.initializer[0]) if model.graph.initializer else True
-        assert external_data_tensors(data) == []
+        assert external_data_tensors(data) == _onnx_view(data) == []
+    root = prepare_case("fake", CASE_BY_NAME["external data at an absolute path"], tmp_path)
+    data = (root / "decoder.onnx").read_bytes()
+    assert external_data_tensors(data) == _onnx_view(data) != []
 
 
 def test_scan_refuses_malformed_and_too_deep_messages() -> None:
