@@ -248,6 +248,44 @@ def truncate_half(name: str) -> Callable[[Path], None]:
     return lambda root: (root / name).write_bytes((root / name).read_bytes()[: (root / name).stat().st_size // 2])
 
 
+def _npy_bytes(array: Any = None, claimed_shape: tuple[int, ...] | None = None) -> bytes:
+    """An .npy member: ``array`` saved, or a header claiming ``claimed_shape`` over 64 zero bytes."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO()
+    if claimed_shape is None:
+        np.save(buf, array)
+        return buf.getvalue()
+    npy.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": claimed_shape})
+    return buf.getvalue() + bytes(64)
+
+
+def latent_map_bomb(root: Path) -> None:
+    """A [map] file of a few kB whose mu.npy header claims 4e9 x 16 floats (238 GiB)."""
+    import zipfile
+
+    import numpy as np
+
+    members = {"mu": _npy_bytes(claimed_shape=(4_000_000_000, 16)), "sigma": _npy_bytes(np.ones((3, 16), np.float32)),
+               "family": _npy_bytes(np.zeros(3, np.int16)), "program": _npy_bytes(np.zeros(3, np.int16)),
+               "pitch": _npy_bytes(np.zeros(3, np.float32)), "families": _npy_bytes(np.array(["x"]))}
+    with zipfile.ZipFile(root / "latent_map.npz", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+    edit_toml(root, lambda d: d.__setitem__("map", {"file": "latent_map.npz"}))
+
+
+def latent_map_plain_npy(root: Path) -> None:
+    import numpy as np
+
+    with open(root / "latent_map.npz", "wb") as f:
+        np.save(f, np.zeros((3, 16), np.float32))
+    edit_toml(root, lambda d: d.__setitem__("map", {"file": "latent_map.npz"}))
+
+
 def deep_toml(root: Path) -> None:
     with open(root / "preset.toml", "a") as f:
         f.write("\n[deep]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n")
@@ -282,6 +320,8 @@ CASES: tuple[Case, ...] = (
     # file contents
     Case("preset.toml is binary", write_bytes("preset.toml", bytes(range(256)) * 64)),
     Case("preset.toml nested 100 000 deep", deep_toml),
+    Case("latent map declares a 238 GB array", latent_map_bomb),
+    Case("latent map is a plain .npy, not an .npz", latent_map_plain_npy),
     Case("decoder.onnx is garbage", write_bytes("decoder.onnx", b"\x08\x07" + os.urandom(4096))),
     Case("decoder.onnx is empty", write_bytes("decoder.onnx", b"")),
     Case("decoder.onnx cut in half", truncate_half("decoder.onnx")),
