@@ -29,10 +29,11 @@ from typing import Any, Callable
 
 import tomli_w
 
+from synth.errors import EXIT_USER_ERROR
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = REPO / "presets" / "default"
 PRESET_FILES = ("preset.toml", "decoder.onnx", "decoder_parts.onnx", "encoder.onnx")
-EXIT_USER_ERROR = 2  # synth.errors.EXIT_USER_ERROR (not imported: this script runs the CLI only)
 RAW_PYTHON_WORDING = ("not supported between instances", "object has no attribute", "invalid literal for",
                       "unhashable type", "NoneType", "object is not", "unsupported operand", "list index out of range",
                       "KeyError", "TypeError", "ValueError", "OverflowError", "RecursionError", "MemoryError")
@@ -377,7 +378,6 @@ CASE_NAMES = tuple(c.name for c in CASES)
 def make_base(base: str, dest: Path) -> Path:
     """A good preset folder at ``dest``: ``fake`` (tests/fake_preset.py) or ``default`` (a copy)."""
     if base == "fake":
-        sys.path.insert(0, str(REPO))
         from tests.fake_preset import make_fake_preset
 
         return make_fake_preset(dest)

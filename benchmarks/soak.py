@@ -40,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 
+from synth.events import CC_ALL_NOTES_OFF, CC_SUSTAIN, KNOB_CCS
 from tests.jack_probe import AUDIO_PORTS, MIDI_PORT, SynthProcess
 
 SERVER = "vaesynth-soak"
@@ -53,7 +54,6 @@ RSS_PERIOD_S = 1.0
 IDLE_SHARE, IDLE_MIN_S, IDLE_MAX_S = 0.1, 10.0, 180.0  # idle baseline: 10 % of the soak, 10 s .. 3 min
 WARMUP_SHARE, WARMUP_MAX_S = 0.25, 120.0
 ALL_CHANNELS = range(16)
-CC_SUSTAIN, CC_ALL_NOTES_OFF, KNOB_CCS = 64, 123, range(70, 78)  # synth.events' numbers, as a MIDI device sends them
 
 
 # ---------------------------------------------------------------------------- the performance
