@@ -94,7 +94,7 @@ def test_random_button_and_user_program_change_the_timbre(live: JackProbe) -> No
     assert _spectrum_change(live, [control(80, 127), control(80, 0)]) > steady + 3.0, "CC 80 drew no new timbre"
     assert _spectrum_change(live, [control(0, 1), bytes([0xC0, 0])]) > steady + 3.0, "user program 0 not recalled"
     steady = _spectrum_change(live, [])  # the same, on user program 0's timbre
-    assert abs(_spectrum_change(live, [bytes([0xC0, 1])]) - steady) < 0.5, "an empty user program changed the sound"
+    assert abs(_spectrum_change(live, [bytes([0xC0, 1])]) - steady) < 1.0, "an empty user program changed the sound"
     assert _spectrum_change(live, [control(0, 0), bytes([0xC0, 0])]) > steady + 3.0, "bank 0: no snapshot recalled"
 
 
