@@ -45,10 +45,12 @@ class SynthProcess:
     def __init__(self, args: list[str], server: str, command: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         env = dict(os.environ, **(env or {}), JACK_DEFAULT_SERVER=server)
-        # Never the user's saved session or MIDI mapping: a measurement starts from the defaults.
+        # Never the user's saved session, MIDI mapping or snapshot library: a measurement starts from the
+        # defaults.
         self._home = None if "VAESYNTH_CONFIG_DIR" in env else tempfile.mkdtemp(prefix="vaesynth-home-")
         if self._home is not None:
             env["VAESYNTH_CONFIG_DIR"] = self._home
+            env["XDG_DATA_HOME"] = self._home  # nor the user's snapshot library (platformdirs' data folder)
         cmd = command or [sys.executable, str(REPO / "run_synth.py")]
         self.proc = subprocess.Popen(cmd + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
