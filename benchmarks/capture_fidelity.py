@@ -203,9 +203,10 @@ def change_table(preset: Preset, repeats: int = 5) -> str:
             times.append((differs[0] - at) * 1000 / RATE if differs.size else np.nan)
         t = np.array(times)
         rows.append([label, f"{np.nanmin(t):.1f}", f"{np.nanmedian(t):.1f}", f"{np.nanmax(t):.1f}", "<= 20 ms"])
-    return markdown_table(["change-to-sound: the engine's response (offline, exact), ms", "min", "median", "max",
-                           "goal"], rows) + ("\n\nEvents apply from the start of the block that holds them, so a change "
-                                             "can be heard up to one block (128 samples) before its time stamp: below 0.")
+    table = markdown_table(["change-to-sound: the engine's response (offline, exact), ms", "min", "median", "max",
+                            "goal"], rows)
+    return table + ("\n\nEvents apply from the start of the block that holds them, so a change can be heard up to "
+                    "one block (128 samples) before its time stamp: below 0.")
 
 
 def main() -> int:
