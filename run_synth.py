@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from synth.ui.cli import add_arguments as add_ui_arguments
+
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "default"
 
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--blocksize", type=int, default=128, help="audio callback block size (default 128)")
     live.add_argument("--no-connect", action="store_true", help="do not connect MIDI inputs automatically")
     live.add_argument("--learn", metavar="DIM", type=int, default=None, help="MIDI-learn a CC for knob DIM")
+    add_ui_arguments(live)
     return ap
 
 

@@ -31,6 +31,7 @@ from synth.learn import (
     load_mapping,
     save_mapping,
 )
+from synth.ui.cli import start_surface
 
 MIDI_CLIENT_NAME = "vaesynth"
 # Under JACK, PortAudio's client already holds "vaesynth", and rtmidi is a second
@@ -134,14 +135,21 @@ class LiveSynth:
 
     def on_midi(self, event: tuple[list[int], float], data: object = None) -> None:
         """rtmidi callback: timestamp the message in output samples and queue it."""
-        arrival = time.perf_counter()
         message = event[0]
+        self.push_control(message)
+        learn = self.learn  # read once: the control surface may end a learn session meanwhile
+        if learn is not None:
+            learn.offer(message)
+
+    def push_control(self, message: bytes | list[int] | tuple[int, ...]) -> bool:
+        """Queue one MIDI message now, from any thread (MIDI inputs, control surface, OSC): the
+        engine's only way in. False when the queue refused it (full, or not a channel message)."""
+        arrival = time.perf_counter()
         with self._producer_lock:
-            self.engine.push_event(self.clock.to_sample(arrival), bytes(message))
+            ok = self.engine.push_event(self.clock.to_sample(arrival), bytes(message))
             self.stats.midi_events += 1
             self.stats.last_midi = tuple(message)
-        if self.learn is not None:
-            self.learn.offer(message)
+        return ok
 
     @property
     def xruns(self) -> int:
@@ -452,7 +460,9 @@ def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
+    surface = None
     try:
+        surface = start_surface(args, synth, preset, path)  # --ui: web page + OSC on their own thread
         stream.start()
         if audio.under_jack and getattr(args, "no_connect", False):
             jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)
@@ -463,6 +473,8 @@ def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
     except KeyboardInterrupt:
         stopping = True
     finally:
+        if surface is not None:
+            surface.stop()
         if not finished[0]:
             stream.stop()
             stream.close()
@@ -520,7 +532,7 @@ def run_live(args: argparse.Namespace) -> int:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Exception classes that are user-facing conditions (one line, no traceback)."""
-    errors: list[type[BaseException]] = [LiveError, AudioSetupError, MappingError]
+    errors: list[type[BaseException]] = [VaesynthError, LiveError, AudioSetupError, MappingError]
     try:
         import sounddevice
 
