@@ -22,6 +22,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from synth.contract import SpectrogramParams
+from synth.errors import VaesynthError
 from synth.preset import Preset, PresetError, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 RENDER_RATE = 48000  # FluidR3 and engine renders
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(VaesynthError):
     """A benchmark that cannot run; the message is one line for the user."""
 
 
@@ -53,7 +54,7 @@ def run_main(body: Callable[[], int]) -> int:
     """Run a script body; known failures become ``error: ...`` on stderr and exit code 2."""
     try:
         return body()
-    except (BenchmarkError, PresetError) as exc:
+    except VaesynthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

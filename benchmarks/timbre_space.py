@@ -70,17 +70,18 @@ def ok(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
-def open_data(features: Path, run: str | None, holdout: Sequence[int] | None) -> Data:
-    """The feature cache and the training run's split (val_fraction, seed, holdout programs)."""
+def open_data(features: Path, run_config: Path | None, holdout: Sequence[int] | None) -> Data:
+    """The feature cache and the training run's split (val_fraction, seed, holdout programs), read
+    from ``run_config`` (the run's config.toml, or the train_config.toml a preset ships)."""
     from training.data import DatasetError
     from training.features import FeatureCache
 
     frac, seed, programs = 0.1, 0, list(DEFAULT_HOLDOUT)
-    if run is not None:
+    if run_config is not None:
         try:
-            train_cfg = tomllib.loads((Path(run) / "config.toml").read_text()).get("train", {})
+            train_cfg = tomllib.loads(run_config.read_text()).get("train", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise BenchmarkError(f"{run}: cannot read config.toml ({exc})") from None
+            raise BenchmarkError(f"{run_config}: cannot read ({exc})") from None
         frac, seed = float(train_cfg.get("val_fraction", frac)), int(train_cfg.get("seed", seed))
         programs = list(train_cfg.get("holdout_programs", programs))
     if holdout is not None:
@@ -315,7 +316,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", default="data/gm4", help="the NSynth-layout folder training used")
     ap.add_argument("--features", default=None, help="its feature cache (default: DATA_features)")
     ap.add_argument("--run", default=None, help="run folder whose config.toml gives the split and held-out programs")
-    ap.add_argument("--holdout-programs", default=None, help="comma list (default: the run's, else 6,11,40,56,71)")
+    ap.add_argument("--holdout-programs", default=None, help="comma list (default: the run's, else the preset's train_config.toml)")
     ap.add_argument("--max-notes", type=int, default=64, help="notes per reconstruction group")
     ap.add_argument("--live-notes", type=int, default=512, help="training notes encoded for the live-dims count")
     ap.add_argument("--reference-soundfont", default="fluidr3", help="soundfont tag of the real notes (bright)")
@@ -339,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             d = Path(args.data)
             features = Path(args.features) if args.features else d.parent / f"{d.name}_features"
             holdout = [int(p) for p in args.holdout_programs.split(",")] if args.holdout_programs else None
-            data = open_data(features, args.run, holdout)
+            shipped = Path(args.preset) / "train_config.toml"
+            run_config = Path(args.run) / "config.toml" if args.run else shipped if shipped.is_file() else None
+            data = open_data(features, run_config, holdout)
         print(f"preset: {preset.root} ({preset.name}, latent {preset.latent_size}, {len(km.scale)} knobs, "
               f"{len(preset.snapshots)} snapshots)\n")
         if "live" in sections:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
 from synth.partials import PARTS_OUTPUTS
+from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL
 from training.data import GM_PROGRAM_NAMES, parse_instrument
 from training.model import CONTRACT, TimbreVAE
 from training.train import RunConfig, TrainError, load_config
@@ -274,13 +275,16 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitch: 
     return peaks
 
 
-def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """``(gain, median peak)``: the [mix] gain that puts a v100 C4 of the median snapshot at
-    TARGET_PEAK_DBFS through the engine (its master gain is the user's trim, 1.0 by default);
-    bounded to 1e-2..1e3 for (untrained) near-silent models."""
-    median = float(np.median(engine_note_peaks(preset_dir, snaps)))
+def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, float, list[float]]:
+    """``(gain, median peak, levels)``: the [mix] gain that puts a v100 C4 of the median snapshot at
+    TARGET_PEAK_DBFS through the engine (its master gain is the user's trim, 1.0 by default),
+    bounded to 1e-2..1e3 for (untrained) near-silent models; and each snapshot's level trim, which
+    brings its own C4 to the same peak (within the engine's +-12 dB bounds)."""
+    peaks = np.asarray(engine_note_peaks(preset_dir, snaps))
+    median = float(np.median(peaks))
     gain = 10 ** (TARGET_PEAK_DBFS / 20) / max(median, 1e-12)
-    return float(np.clip(gain, 1e-2, 1e3)), median
+    levels = np.clip(median / np.maximum(peaks, 1e-12), MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL)
+    return float(np.clip(gain, 1e-2, 1e3)), median, [round(float(v), 4) for v in levels]
 
 
 def validate_doc(doc: dict[str, Any]) -> None:
@@ -368,8 +372,9 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
         shutil.copyfile(checkpoint.parent / LATENT_MAP_FILE, out / LATENT_MAP_FILE)
     # Written once at unity gain so the engine can play it, then again with the measured gain.
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts, has_map))
-    gain, median_peak = mix_gain(out, snaps)
+    gain, median_peak, levels = mix_gain(out, snaps)
     errors["mix_gain"] = gain
+    snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
     return errors
 

@@ -45,7 +45,14 @@ from synth.overload import LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
-from synth.voices import FADING, FREE, RELEASE_END_FADE_S, RELEASED, VoiceBank, mix_voices
+from synth.voices import (
+    FADING,
+    FREE,
+    RELEASE_END_FADE_S,
+    RELEASED,
+    VoiceBank,
+    mix_voices,
+)
 
 KNOB_SMOOTH_S = 0.008
 # Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
@@ -308,9 +315,14 @@ class Engine:
         self._governor: LoadGovernor | None = None
         self.z_target = preset.latent_mean.astype(np.float32).copy()
         self.knobs = TimbreKnobs(preset)
+        # Each snapshot's level trim (export measured it: a v100 C4 of every snapshot at the same
+        # peak); it follows program changes with the knobs' glide. Other timbres play at 1.0.
+        self._snapshot_levels = np.array([s.level for s in preset.snapshots] or [1.0], np.float64)
+        self.level_target = 1.0
+        self.level = 1.0
         # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
         # no instrument's timbre, and plays about 10 dB below the snapshots).
-        if self.knobs.recall_program(0, self.z_target) < 0:
+        if self._program_change(0) < 0:
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.z_current = self.z_target.copy()
@@ -364,8 +376,9 @@ class Engine:
 
     @property
     def output_gain(self) -> float:
-        """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``."""
-        return self.master_gain * self.preset.mix_gain
+        """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``
+        times the current snapshot's level trim (gliding after a program change)."""
+        return self.master_gain * self.preset.mix_gain * self.level
 
     @property
     def providers(self) -> list[str]:
@@ -479,6 +492,7 @@ class Engine:
         self._vf0.fill(0.0)
         self.limiter.reset()
         self.z_current[:] = self.z_target
+        self.level = self.level_target
         self.sample_time = 0
         self._t_int = 0
         self._bend = 0.0
@@ -603,10 +617,14 @@ class Engine:
         if knob >= 0:
             self.knobs.control(knob, value, self.z_target)
 
-    def _program_change(self, program: int) -> None:
-        self.knobs.recall_program(program, self.z_target)
+    def _program_change(self, program: int) -> int:
+        """Recall the program's snapshot (and its level); returns its index, -1 when none."""
+        snapshot = self.knobs.recall_program(program, self.z_target)
+        if snapshot >= 0:
+            self.level_target = float(self._snapshot_levels[snapshot])
         if not self._knob_pickup:
             self.knobs.pickup[:] = True
+        return snapshot
 
     def _pitch_bend(self, value14: int) -> None:
         self._bend = (value14 - 8192) / 8192.0 * self.bend_range
@@ -616,6 +634,7 @@ class Engine:
         """One-pole glide of the latent towards its target: no zipper noise on knob moves."""
         alpha = 1.0 - math.exp(-n * self._alpha_per_sample)
         _glide(self.z_target, self.z_current, alpha)
+        self.level += (self.level_target - self.level) * alpha
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
         vb = self.voices

@@ -41,6 +41,11 @@ ORTHONORMAL_TOL = 1e-3
 """Largest allowed deviation of ``directions @ directions.T`` from the identity."""
 
 
+# A snapshot's level trim stays within +-12 dB: enough to even out the instruments' loudness,
+# never enough to turn a near-silent decode into a burst of noise.
+MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL = 0.25, 4.0
+
+
 class PresetError(VaesynthError):
     """A preset that cannot be played; the message is one line for the user."""
 
@@ -52,6 +57,7 @@ class Snapshot:
     name: str
     program: int
     z: NDArray[np.float32]  # (L,)
+    level: float = 1.0  # linear output trim that evens the snapshots' loudness (optional 'level')
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,10 @@ def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
         program = _get(s, "program", int, w)
         if not 0 <= program <= 127:
             raise PresetError(f"{w}: program {program} outside 0..127")
-        snaps.append(Snapshot(_get(s, "name", str, w), program, _vector(s, "z", size, w)))
+        level = float(_get(s, "level", (int, float), w)) if "level" in s else 1.0
+        if not (MIN_SNAPSHOT_LEVEL <= level <= MAX_SNAPSHOT_LEVEL):
+            raise PresetError(f"{w}: level {level} outside {MIN_SNAPSHOT_LEVEL}..{MAX_SNAPSHOT_LEVEL}")
+        snaps.append(Snapshot(_get(s, "name", str, w), program, _vector(s, "z", size, w), level))
     return snaps
 
 

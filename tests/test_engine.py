@@ -1,6 +1,7 @@
 """Engine behaviour on the fake preset (real onnxruntime, real StreamingPhase, real numba)."""
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 from pathlib import Path
 
@@ -148,6 +149,17 @@ def test_program_change_recalls_snapshot(preset: Preset) -> None:
     np.testing.assert_allclose(eng2.z_target, snap.z)
     np.testing.assert_allclose(eng2.z_current, snap.z, atol=1e-3)  # glided there by now
     assert rms(base[6000:] - prog[6000:]) > 0.05 * rms(base[6000:])
+
+
+def test_snapshot_level_follows_program_changes(preset: Preset) -> None:
+    """A snapshot's level trim scales its notes (gliding in), and leaves other snapshots alone."""
+    trimmed = [dataclasses.replace(s, level=2.0 if s.program == 5 else 1.0) for s in preset.snapshots]
+    loud = dataclasses.replace(preset, snapshots=trimmed)
+    events = [(0, PC, 5, 0), (0, ON, 60, 40)]  # soft: the limiter stays out of the way
+    plain, louder = render(make(preset), events, 12000), render(make(loud), events, 12000)
+    assert rms(louder[6000:]) / rms(plain[6000:]) == pytest.approx(2.0, rel=0.02)
+    other = [(0, PC, 0, 0), (0, ON, 60, 40)]
+    assert np.array_equal(render(make(preset), other, 6000), render(make(loud), other, 6000))
 
 
 def test_knob_smoothing_and_heard_within_20ms(preset: Preset) -> None:

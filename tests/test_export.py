@@ -79,6 +79,7 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     snaps = doc["snapshots"]
     assert len(snaps) >= 8 and len({s["program"] for s in snaps}) == len(snaps)
     assert {s["name"] for s in snaps} >= {"keyboard", "organ"}
+    assert all(0.25 <= s["level"] <= 4.0 for s in snaps)  # measured per snapshot through the engine
     assert doc["decoder"]["time_on_max"] == pytest.approx(2.9)
     assert doc["decoder"]["release_seconds"] == pytest.approx(1.0)
     assert (doc["pitch"]["min"], doc["pitch"]["max"]) == (50.0, 64.0)

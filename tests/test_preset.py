@@ -102,6 +102,10 @@ DAMAGE = {
     "contract": (lambda d: d["decoder"].update(contract="whole-note"), "contract"),
     "missing table": (lambda d: d.pop("pitch"), "missing [pitch]"),
     "snapshot program": (lambda d: d["snapshots"][0].update(program=300), "outside 0..127"),
+    "snapshot level huge": (lambda d: d["snapshots"][0].update(level=1000.0), "level 1000.0 outside"),
+    "snapshot level type": (lambda d: d["snapshots"][0].update(level="loud"), "'level' has the wrong type"),
+    "map outside the folder": (lambda d: d.update(map={"file": "../m.npz"}), "inside the preset folder"),
+    "map missing": (lambda d: d.update(map={"file": "m.npz"}), "unreadable latent map"),
     "missing onnx": (lambda d: d["decoder"].update(file="nope.onnx"), "file missing"),
 }
 
