@@ -137,3 +137,16 @@ def test_guard(surface: ControlSurface, headers: dict[str, str], query: str, ok:
     web = WebSurface(surface, token="T")
     web.port = 5000
     assert web.allowed(make_mocked_request("GET", f"/api/state?{query}", headers=headers)) is ok
+
+
+def test_benchmark_timbre_detector_finds_a_switch() -> None:
+    from benchmarks.ui_latency import DETECT_WINDOW, half_way_frame
+
+    t = np.arange(RATE) / RATE
+    change = RATE // 2
+    bright = np.where(np.arange(RATE) >= change, 0.8, 0.05)
+    x = 0.5 * np.sin(2 * np.pi * 220 * t) + bright * np.sin(2 * np.pi * 660 * t)
+    at = half_way_frame(np.stack([x, x], axis=1).astype(np.float32), change)
+    assert at is not None and change < at <= change + DETECT_WINDOW
+    steady = 0.5 * np.sin(2 * np.pi * 220 * t)
+    assert half_way_frame(np.stack([steady, steady], axis=1).astype(np.float32), change) is None

@@ -55,11 +55,11 @@ class SurfaceSession:
     """``run_synth.py --ui`` on ``server`` with a probe wired to it; ``url``, ``port``, ``token``."""
 
     def __init__(self, preset_dir: Path, server: str, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, probe: JackProbe | None = None) -> None:
         self.osc_port = free_udp_port()
         args = ["--preset", str(preset_dir), "--quiet", "--ui", "--osc-port", str(self.osc_port)]
         self.synth = SynthProcess(args + (extra or []), server, env=env)
-        self.probe = JackProbe(server)
+        self.probe = probe or JackProbe(server)
         try:
             self.synth.wait_for_ports(self.probe.client)
             self.url, self.port, self.token = self._read_url()

@@ -16,13 +16,25 @@ let socket = null;
 let drawPending = false;
 const dragging = new Map();  // knob index -> value shown while the pointer holds it
 const knobEls = [];
-// Knob values as drawn, with the wall-clock time (ms since the epoch) of each change: the
-// latency benchmark reads it to time CC-to-screen.
+// Knob values as drawn and controls as sent, with the wall-clock time (ms since the epoch) of
+// each: benchmarks/ui_latency.py reads them to time CC-to-screen and drag-to-sound.
 const drawLog = [];
-window.vaesynth = { drawLog, get state() { return state; }, get info() { return info; } };
+const sendLog = [];
+const counts = { messages: 0 };  // state messages received
+window.vaesynth = { drawLog, sendLog, counts, get state() { return state; }, get info() { return info; } };
+
+function wallMs() { return performance.timeOrigin + performance.now(); }
+
+function remember(log, entry) {
+  log.push(entry);
+  if (log.length > 512) log.splice(0, 256);
+}
 
 function send(msg) {
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(msg));
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify(msg));
+    remember(sendLog, { t: wallMs(), msg });
+  }
 }
 
 function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
@@ -218,10 +230,7 @@ function draw() {
   const shown = state.knobs.map((v, i) => (dragging.has(i) ? dragging.get(i) : v));
   shown.forEach((v, i) => drawKnob(i, v, state.pickup[i], state.ccs[i], state.learning === i));
   const last = drawLog.length ? drawLog[drawLog.length - 1].knobs : null;
-  if (!last || shown.some((v, i) => v !== last[i])) {
-    drawLog.push({ t: performance.timeOrigin + performance.now(), knobs: shown });
-    if (drawLog.length > 512) drawLog.splice(0, 256);
-  }
+  if (!last || shown.some((v, i) => v !== last[i])) remember(drawLog, { t: wallMs(), knobs: shown });
   drawMap();
   document.getElementById("voices").textContent = state.voices;
   document.getElementById("load").textContent = (100 * state.load).toFixed(1) + " %";
@@ -230,7 +239,7 @@ function draw() {
   document.getElementById("midi").textContent = state.midi || "–";
   const extra = [];
   if (state.dropped) extra.push(`dropped ${state.dropped}`);
-  if (state.ignored) extra.push(`ignored controls ${state.ignored}`);
+  if (state.ignored) extra.push(`refused controls ${state.ignored}`);
   document.getElementById("extra").textContent = extra.join(" · ");
   const learned = state.learned;
   const msg = document.getElementById("learnmsg");
@@ -244,7 +253,7 @@ function connect() {
   const conn = document.getElementById("conn");
   socket = new WebSocket(`ws://${location.host}/ws${Q}`);
   socket.onopen = () => { conn.textContent = "connected"; conn.className = "up"; };
-  socket.onmessage = (e) => { state = JSON.parse(e.data); scheduleDraw(); };
+  socket.onmessage = (e) => { state = JSON.parse(e.data); counts.messages++; scheduleDraw(); };
   socket.onclose = () => {
     conn.textContent = "disconnected: retrying…";
     conn.className = "down";
