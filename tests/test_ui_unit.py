@@ -150,3 +150,52 @@ def test_benchmark_timbre_detector_finds_a_switch() -> None:
     assert at is not None and change < at <= change + DETECT_WINDOW
     steady = 0.5 * np.sin(2 * np.pi * 220 * t)
     assert half_way_frame(np.stack([steady, steady], axis=1).astype(np.float32), change) is None
+
+
+def test_server_thread_pushes_state_and_guards_sockets(surface: ControlSurface) -> None:
+    """The real server on its thread: ~30 Hz WebSocket push, a control through it, a foreign
+    Origin refused at the handshake, a taken port a one-line SurfaceError."""
+    import asyncio
+    import socket
+    import time
+
+    import aiohttp
+
+    from synth.ui.cli import SurfaceError, SurfaceThread
+
+    thread = SurfaceThread(surface.synth, surface.preset, surface.mapping_path, 0, 0)
+    thread.start()
+    try:
+        port, token = thread.web.port, thread.web.token
+        origin = f"http://127.0.0.1:{port}"
+
+        async def session() -> tuple[int, int, int]:
+            async with aiohttp.ClientSession() as http:
+                url = f"ws://127.0.0.1:{port}/ws?token={token}"
+                async with http.ws_connect(url, origin=origin) as ws:
+                    await ws.send_str(json.dumps({"type": "knob", "knob": 2, "value": 1.0}))
+                    start, count = time.monotonic(), 0
+                    while time.monotonic() - start < 1.0:
+                        await ws.receive_str()
+                        count += 1
+                try:
+                    await http.ws_connect(url, origin="http://evil.example")
+                    refused = 0
+                except aiohttp.WSServerHandshakeError as exc:
+                    refused = exc.status
+                async with http.get(f"{origin}/?token={token}") as page:
+                    return count, refused, page.status
+
+        count, refused, page = asyncio.run(session())
+        assert 25 <= count <= 35 and refused == 403 and page == 200
+        assert len(surface.synth.engine.queue) == 1  # the knob's CC, queued for the engine
+        taken = SurfaceThread(surface.synth, surface.preset, surface.mapping_path, port, 0)
+        with pytest.raises(SurfaceError, match="cannot start the control surface"):
+            taken.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            osc_taken = SurfaceThread(surface.synth, surface.preset, surface.mapping_path, 0, busy.getsockname()[1])
+            with pytest.raises(SurfaceError, match="OSC port"):
+                osc_taken.start()
+    finally:
+        thread.stop()

@@ -34,7 +34,7 @@ def _port(text: str) -> int:
     return port
 
 
-def add_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+def add_arguments(group: Any) -> None:
     """``--ui``, ``--ui-port``, ``--osc-port`` on the live-mode option group."""
     group.add_argument("--ui", action="store_true",
                        help="start the control surface: a local web page (its address is printed) and OSC")
@@ -82,7 +82,7 @@ class SurfaceThread:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
-        except OSError as exc:  # a port in use, or no loopback interface
+        except Exception as exc:  # noqa: BLE001 - a port in use, no loopback: reported by start() in one line
             self._failure = exc
             self._ready.set()
             return
@@ -113,6 +113,8 @@ class SurfaceThread:
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(STOP_TIMEOUT_S)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def start_surface(args: argparse.Namespace, synth: Any, preset: Any, mapping_path: Path) -> SurfaceThread | None:
