@@ -115,6 +115,18 @@ def _wait_state(session: SurfaceSession, test, timeout: float = 5.0) -> dict:
         time.sleep(0.02)
 
 
+def _wait_shown(session: SurfaceSession, expected: np.ndarray, atol: float = 2e-4, timeout: float = 5.0) -> None:
+    """Until the page's knobs show ``expected`` (the engine applies a control, the next push shows it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = np.array(session.shown_knobs())
+        if np.allclose(shown, expected, atol=atol):
+            return
+        if time.monotonic() > deadline:
+            np.testing.assert_allclose(shown, expected, atol=atol)
+        time.sleep(0.02)
+
+
 def test_page_loads(session: SurfaceSession, preset_dir: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -153,8 +165,10 @@ def test_map_point_follows_knobs_1_and_2_and_moves_them(session: SurfaceSession)
     ActionChains(session.driver).move_to_element_with_offset(canvas, -w // 4, -w // 4).click_and_hold() \
         .move_by_offset(3, 3).release().perform()
     state = _wait_state(session, lambda s: s["knobs"][0] < -0.2 and s["knobs"][1] > 0.2)
-    shown = session.shown_knobs()
-    assert abs(shown[0] - state["knobs"][0]) < 1e-3 and abs(shown[1] - state["knobs"][1]) < 1e-3
+    time.sleep(0.1)  # the drag's last CCs have landed; the page shows the engine's values within a push
+    x, y = _wait_state(session, lambda s: True)["knobs"][:2]
+    session.wait_js("const m = document.getElementById('map').dataset; "
+                    f"return Math.abs(m.x - {x}) < 1e-3 && Math.abs(m.y - {y}) < 1e-3", timeout=2.0)
 
 
 def test_knob_drag_changes_rendered_spectrum(session: SurfaceSession) -> None:
@@ -181,7 +195,7 @@ def test_snapshot_click_recalls_snapshot_and_knob_takes_over(session: SurfaceSes
     expected = _snapshot_coords(preset_dir, 2)
     session.wait_js("return window.vaesynth.state.midi === 'c0 09'")
     session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'false'")
-    np.testing.assert_allclose(session.shown_knobs(), expected, atol=2e-4)
+    _wait_shown(session, expected)
     # The on-screen knob sits at the snapshot's value, so dragging it takes the knob at once.
     _drag_knob(session, 0, 60)
     state = _wait_state(session, lambda s: s["pickup"][0] and s["knobs"][0] < expected[0] - 0.2)
@@ -264,7 +278,9 @@ MALFORMED = [
 ]
 
 
-def test_osc_knob_changes_sound_and_malformed_packets_change_nothing(session: SurfaceSession) -> None:
+def _osc_take(session: SurfaceSession) -> tuple[Take, bytes, int]:
+    """A held note under knob 1 at -1: malformed packets at 0.8 s, a state query, then a valid knob-1
+    message at about 1.4 s. Returns (take, the state reply, how many messages were refused)."""
     _send_midi(session.probe, control(70, 0))  # knob 1 at -1
     _wait_state(session, lambda s: s["knobs"][0] == -1.0)
     ignored = session.api("/api/state")["ignored"]
@@ -285,13 +301,22 @@ def test_osc_knob_changes_sound_and_malformed_packets_change_nothing(session: Su
     finally:
         osc.close()
     state = session.api("/api/state")
-    assert state["ignored"] - ignored == len(MALFORMED)
     assert state["knobs"][0] == 1.0
+    return holder[0], reply, state["ignored"] - ignored
+
+
+def test_osc_knob_changes_sound_and_malformed_packets_change_nothing(session: SurfaceSession) -> None:
+    # Real time on a shared machine: a take with an xrun (a dropout inside a window changes its
+    # spectrum) is taken again, once.
+    take, reply, refused = _osc_take(session)
+    if take.xruns or take.lost_cycles:
+        take, reply, refused = _osc_take(session)
+    assert refused == len(MALFORMED)
     assert reply.startswith(b"/vaesynth/state\x00") and b"," + b"ifii" + b"f" * 8 in reply
-    quiet, noisy, changed = (_window(holder[0], a, b) for a, b in ((0.35, 0.75), (0.95, 1.35), (2.0, 2.4)))
+    quiet, noisy, changed = (_window(take, a, b) for a, b in ((0.35, 0.75), (0.95, 1.35), (2.0, 2.4)))
     peaks = _harmonic_peaks(quiet)
     drift = np.abs(noisy[peaks] - quiet[peaks])
-    assert np.max(drift) < 1.0, f"a malformed OSC packet changed the sound: {np.round(drift, 2)}"
+    assert np.max(drift) < 1.0, f"a malformed OSC packet changed the sound: {np.round(drift, 2)} (xruns {take.xruns})"
     assert np.max(np.abs(changed[peaks] - quiet[peaks])) > 3.0, "the OSC knob message did not change the sound"
 
 
