@@ -1,32 +1,65 @@
 """vaesynth command line: render a MIDI file offline (``--render``) or play live.
 
     python run_synth.py --render IN.mid --out OUT.wav [--preset DIR] [--samplerate 48000]
-                        [--latent DIM=VALUE ...] [--device auto|cpu|gpu] [--polyphony 32]
-                        [--bend-range 2] [--channel N]
-    python run_synth.py [--midi-in NAME] [--output NAME|INDEX] ...      (live mode)
+                        [--latent DIM=VALUE ...] [--decoder-device auto|cpu|gpu] [--polyphony 32]
+                        [--bend-range 2] [--channel N] [--render-block 1024]
+    python run_synth.py [--midi-in NAME] [-o|--output NAME|INDEX] [--state FILE] [--reset] ...  (live mode)
+    python run_synth.py --config FILE.toml ...        (any long option as a key; the command line wins)
 
 ``--latent DIM=VALUE`` sets latent dimension DIM to mean + VALUE * std (VALUE in standard
-deviations); ``DIM=abs:VALUE`` sets the coordinate itself. Errors print one line
-``error: ...`` and exit with status 2.
+deviations); ``DIM=abs:VALUE`` sets the coordinate itself. Every user error (a
+``synth.errors.VaesynthError``) is turned into one line ``error: ...`` and exit status 2 here,
+in :func:`main`, and nowhere else.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+from synth.config import add_config_option, parse_args_with_config
+from synth.errors import VaesynthError, run_command
 
 from synth.ui.cli import add_arguments as add_ui_arguments
 
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "default"
 
 
+class OptionError(VaesynthError):
+    """An option value outside what the synth accepts (one line)."""
+
+
+class DeprecatedOption(argparse.Action):
+    """An old spelling kept for one release: it works as ``replacement`` and says so in one line."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        self.replacement = replacement
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"warning: {option_string} is deprecated and goes in the next release; use {self.replacement}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Other modules add their options through one function each
+    (``add_config_option``, ``synth.state.add_state_options``...), called here."""
+    from synth.state import add_state_options
+
     ap = argparse.ArgumentParser(prog="run_synth.py", description="vaesynth: neural polyphonic synthesizer")
+    add_config_option(ap)
     ap.add_argument("--preset", type=Path, default=DEFAULT_PRESET, help="preset folder (default: presets/default)")
     ap.add_argument("--samplerate", type=int, default=None, help="output rate in Hz (render default 48000)")
     ap.add_argument("--latent", action="append", metavar="DIM=VALUE",
                     help="set a latent dim: VALUE in std units from the mean, or abs:VALUE (repeatable)")
-    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="decoder device")
+    ap.add_argument("--decoder-device", choices=("auto", "cpu", "gpu"), default="auto",
+                    help="where the neural decoder runs (default auto: the GPU when onnxruntime has CUDA)")
+    ap.add_argument("--device", dest="decoder_device", choices=("auto", "cpu", "gpu"), action=DeprecatedOption,
+                    replacement="--decoder-device")
     ap.add_argument("--threads", type=int, default=None, help="decoder threads (default 1, deterministic)")
     ap.add_argument("--polyphony", type=int, default=32, help="maximum sounding voices (default 32)")
     ap.add_argument("--bend-range", type=float, default=2.0, help="pitch-bend range in semitones (default 2)")
@@ -36,52 +69,52 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--render", metavar="IN.mid", default=None, help="render this MIDI file instead of playing live")
     render.add_argument("--out", metavar="OUT.wav", default=None, help="output WAV for --render")
     render.add_argument("--float", action="store_true", help="write 32-bit float WAV (default PCM 24-bit)")
-    render.add_argument("--block", type=int, default=1024,
-                        help="render block size in samples (default 1024: larger decoder batches, fewer calls)")
+    render.add_argument("--render-block", type=int, default=1024,
+                        help="render block in samples (default 1024: larger decoder batches, fewer calls)")
+    render.add_argument("--block", dest="render_block", type=int, action=DeprecatedOption, replacement="--render-block")
     live = ap.add_argument_group("live mode")
-    live.add_argument("--midi-in", metavar="NAME", default=None, help="connect MIDI inputs whose name contains NAME")
-    live.add_argument("--list-midi", action="store_true", help="list MIDI inputs and exit")
-    live.add_argument("--output", metavar="NAME|INDEX", default=None, help="audio output device")
-    live.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
-    live.add_argument("--blocksize", type=int, default=128, help="audio callback block size (default 128)")
-    live.add_argument("--no-connect", action="store_true", help="do not connect MIDI inputs automatically")
-    live.add_argument("--learn", metavar="DIM", type=int, default=None, help="MIDI-learn a CC for knob DIM")
+    live.add_argument("--midi-in", metavar="NAME", default=None,
+                      help="connect the MIDI sources whose name contains NAME (now and whenever one appears)")
+    live.add_argument("--list-midi", action="store_true", help="list MIDI sources and exit")
+    live.add_argument("-o", "--output", metavar="NAME|INDEX", default=None,
+                      help="audio output device (name substring or index; --list-devices lists them)")
+    live.add_argument("--list-devices", action="store_true", help="list audio outputs and exit")
+    live.add_argument("--blocksize", type=int, default=128, help="audio callback block in frames (default 128)")
+    live.add_argument("--no-connect", action="store_true",
+                      help="connect nothing automatically: no MIDI sources (unless --midi-in), no audio outputs")
+    live.add_argument("--learn", metavar="KNOB", type=int, default=None,
+                      help="MIDI learn: the next controller (CC) you move drives knob KNOB (0..7); saved")
+    add_state_options(live)
     add_ui_arguments(live)
     return ap
 
 
-def _check_common(args: argparse.Namespace) -> str | None:
+def check_options(args: argparse.Namespace) -> None:
+    """Range checks argparse cannot express; raises OptionError."""
     if args.polyphony < 1 or args.polyphony > 256:
-        return f"--polyphony {args.polyphony}: must be 1..256"
+        raise OptionError(f"--polyphony {args.polyphony}: must be 1..256")
     if args.channel is not None and not 1 <= args.channel <= 16:
-        return f"--channel {args.channel}: must be 1..16"
+        raise OptionError(f"--channel {args.channel}: must be 1..16")
     if args.samplerate is not None and not 8000 <= args.samplerate <= 384000:
-        return f"--samplerate {args.samplerate}: must be 8000..384000"
-    if args.block < 1 or args.block > 8192:
-        return f"--block {args.block}: must be 1..8192"
-    return None
+        raise OptionError(f"--samplerate {args.samplerate}: must be 8000..384000")
+    if args.render_block < 1 or args.render_block > 8192:
+        raise OptionError(f"--render-block {args.render_block}: must be 1..8192")
+
+
+def run(argv: list[str] | None) -> int:
+    args = parse_args_with_config(build_parser(), argv)
+    check_options(args)
+    if args.render is not None:
+        from synth.cli_render import run_render
+
+        return run_render(args)
+    from synth.live import run_live  # imported lazily: rendering needs no audio stack
+
+    return run_live(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    problem = _check_common(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if args.render is None:
-        from synth.live import run_live  # imported lazily: rendering needs no audio stack
-
-        return run_live(args)
-    from synth.cli_render import USER_ERRORS, run_render
-    from synth.errors import VaesynthError, report
-
-    try:
-        return run_render(args)
-    except (VaesynthError, *USER_ERRORS) as exc:
-        return report(exc)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(argv))  # user errors: one line, status 2 (synth.errors)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from synth.contract import SpectrogramParams
-from synth.errors import VaesynthError
+from synth.errors import VaesynthError, run_command
 from synth.preset import Preset, PresetError, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,14 +52,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 def run_main(body: Callable[[], int]) -> int:
     """Run a script body; known failures become ``error: ...`` on stderr and exit code 2."""
-    try:
-        return body()
-    except VaesynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_command(body)  # BenchmarkError, PresetError...: VaesynthError
 
 
 def open_preset(path: str | Path) -> Preset:

@@ -10,7 +10,6 @@ CUDA rows appear only where onnxruntime-gpu finds a GPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from synth.decoder import FrameDecoder
+from synth.errors import report
 from synth.preset import PresetError, load_preset
 
 
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_preset(args.preset)
     except PresetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     rng = np.random.default_rng(0)
     configs = [("cpu", 1), ("cpu", 2)]
     if "CUDAExecutionProvider" in ort.get_available_providers():

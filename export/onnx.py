@@ -16,6 +16,7 @@ import copy
 import json
 import shlex
 import shutil
+import tomllib
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL
 from training.data import GM_PROGRAM_NAMES, parse_instrument
@@ -52,7 +54,7 @@ FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass
                    "vocal": 52}
 
 
-class ExportError(Exception):
+class ExportError(VaesynthError):
     """Export failed (bad run folder, parity check); the message says why."""
 
 
@@ -376,7 +378,32 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     errors["mix_gain"] = gain
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
+    keep_run_files(checkpoint.parent, out)
     return errors
+
+
+RUN_FILES = {"config.toml": "train_config.toml", "log.csv": "train_log.csv", "report.png": "train_report.png"}
+"""The run's resolved config, loss log and report, kept beside the preset under these names."""
+
+
+def keep_run_files(run_dir: Path, out: Path) -> None:
+    """Copy the run's config, log and report into the preset folder (RAVE keeps the resolved config
+    beside every checkpoint). Data paths inside this working tree are written relative to it, so
+    a shipped preset names no folder of the machine it was trained on."""
+    for name, kept in RUN_FILES.items():
+        if not (run_dir / name).is_file():
+            continue
+        if name != "config.toml":
+            shutil.copyfile(run_dir / name, out / kept)
+            continue
+        doc = tomllib.loads((run_dir / name).read_text())
+        for key, value in doc.get("data", {}).items():
+            if isinstance(value, str) and value and Path(value).is_absolute():
+                try:
+                    doc["data"][key] = Path(value).relative_to(Path.cwd()).as_posix()
+                except ValueError:
+                    doc["data"][key] = Path(value).name  # outside the tree: only its name means anything
+        (out / kept).write_text(tomli_w.dumps(doc))
 
 
 def _write_doc(out: Path, doc: dict[str, Any]) -> None:
@@ -407,8 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      if args.reference_soundfont else [])),
                                reference=args.reference_soundfont, data_commands=args.data_command)
     except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(f"wrote {args.out}: decoder max err {errors['decoder']:.2g}, encoder max err {errors['encoder']:.2g}, "
           f"mix gain {errors['mix_gain']:.3g}")
     return 0

@@ -15,7 +15,7 @@ import numpy as np
 from synth.engine import Engine
 from synth.errors import VaesynthError
 from synth.events import CC_ALL_NOTES_OFF, CC_SUSTAIN, CONTROL_CHANGE, MidiEvent
-from synth.midifile import MidiFileError, events_end, read_midi_events
+from synth.midifile import events_end, read_midi_events
 
 DEFAULT_SAMPLE_RATE = 48000
 WRITE_CHUNK = 48000
@@ -106,7 +106,7 @@ def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, pr
 
 
 def run_render(args: argparse.Namespace) -> int:
-    """The ``--render`` command; returns the exit status (errors -> RenderError etc. upstream)."""
+    """The ``--render`` command; returns the exit status (user errors raise VaesynthError subclasses)."""
     from synth.preset import load_preset
 
     rate = args.samplerate or DEFAULT_SAMPLE_RATE
@@ -116,23 +116,21 @@ def run_render(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     events = read_midi_events(args.render, rate)
     engine = Engine(preset, polyphony=args.polyphony, bend_range=args.bend_range, channel=args.channel,
-                    device=args.device, threads=args.threads, knob_pickup=False)
+                    device=args.decoder_device, threads=args.threads, knob_pickup=False)
     for dim, value, absolute in latent:
         try:
             engine.set_latent(dim, value, absolute)
         except ValueError as exc:
             raise RenderError(f"--latent: {exc}") from None
-    engine.prepare(rate, args.block, warm=False)  # no real-time deadline: kernels may compile on first use
+    engine.prepare(rate, args.render_block, warm=False)  # no real-time deadline: kernels may compile on first use
     seconds = events_end(events) / rate
     progress = sys.stderr.isatty() and seconds > PROGRESS_AFTER_S and not args.quiet
     out_path = Path(args.out)
     with _open_output(out_path, rate, "FLOAT" if args.float else "PCM_24") as writer:
-        n = render(engine, events, writer, args.block, progress)
+        n = render(engine, events, writer, args.render_block, progress)
     if not args.quiet:
         print(f"wrote {out_path} ({n / rate:.2f} s at {rate} Hz, decoder on {engine.providers[0]})", file=sys.stderr)
     if engine.stats.nan_voices:
         print(f"warning: {engine.stats.nan_voices} voice(s) muted for NaN/Inf decoder output", file=sys.stderr)
     return 0
 
-
-USER_ERRORS: tuple[type[Exception], ...] = (RenderError, MidiFileError)  # both VaesynthError; kept for callers

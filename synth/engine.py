@@ -322,6 +322,7 @@ class Engine:
         self.level = 1.0
         # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
         # no instrument's timbre, and plays about 10 dB below the snapshots).
+        self.program = 0  # the last program change (written by the render thread only)
         if self._program_change(0) < 0:
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
@@ -352,6 +353,24 @@ class Engine:
         self.z_target[dim] = z
         self.z_current[dim] = z
         self.knobs.derive(self.z_target)
+
+    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None) -> None:
+        """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
+        snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
+        of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up."""
+        if not 0 <= program <= 127:
+            raise ValueError(f"program {program} outside 0..127")
+        if z is not None:
+            z = np.asarray(z, np.float32)
+            if z.shape != self.z_target.shape or not np.all(np.isfinite(z)):
+                raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
+        self._program_change(program)
+        self.level = self.level_target
+        if z is not None:
+            self.z_target[:] = z
+            self.knobs.derive(self.z_target, unpick_moved=False)
+        self.knobs.pickup[:] = False
+        self.z_current[:] = self.z_target
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
@@ -622,6 +641,7 @@ class Engine:
         snapshot = self.knobs.recall_program(program, self.z_target)
         if snapshot >= 0:
             self.level_target = float(self._snapshot_levels[snapshot])
+        self.program = program
         if not self._knob_pickup:
             self.knobs.pickup[:] = True
         return snapshot

@@ -8,8 +8,10 @@ nothing else prints tracebacks for these conditions.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class VaesynthError(Exception):
@@ -27,3 +29,15 @@ def report(exc: BaseException, prefix: str = "") -> int:
     """Print ``[prefix]error: MESSAGE`` to stderr and return the exit status for it."""
     print(f"{prefix}error: {one_line(exc)}", file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """Run a command line's body: a VaesynthError becomes one ``error: ...`` line and status 2,
+    Ctrl-C ``error: interrupted`` and status 130. Every entry point goes through here."""
+    try:
+        return body()
+    except VaesynthError as exc:
+        return report(exc)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED

@@ -91,17 +91,23 @@ def resolve_output_device(spec: str | int | None) -> int:
 
 
 def list_output_devices() -> str:
-    """Human-readable list of all devices, as ``sounddevice.query_devices()`` prints it."""
+    """``--list-devices``: what was found (a count, then the table ``sounddevice.query_devices()``
+    prints), or an AudioSetupError that says what to start."""
     import sounddevice as sd
 
     try:
-        listing = str(sd.query_devices())
+        devices = sd.query_devices()
+        apis = [api["name"] for api in sd.query_hostapis()]
     except sd.PortAudioError as exc:
         raise AudioSetupError(f"cannot list audio devices: {exc}") from None
-    if not listing.strip():
-        raise AudioSetupError("no audio devices found — start JACK (e.g. jackd -d dummy -r 48000 -p 128) "
+    outputs = [d for d in devices if d["max_output_channels"] > 0]
+    if not outputs:
+        raise AudioSetupError("no audio outputs found — start JACK (e.g. jackd -d dummy -r 48000 -p 128 &) "
                               "or connect a sound card")
-    return listing
+    head = f"{len(outputs)} audio output(s) ({', '.join(apis)}); pick one with -o/--output NAME|INDEX"
+    if JACK_HOSTAPI_NAME not in apis and os.name == "posix":
+        head += "; no JACK server is running"
+    return head + "\n" + str(devices)
 
 
 def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:

@@ -20,17 +20,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synth import jack_setup
+from synth import jack_setup, state
 from synth.errors import VaesynthError
+from synth.events import CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_SUSTAIN, CONTROL_CHANGE
 from synth.jack_setup import AudioSetupError
 from synth.learn import (
     LearnSession,
-    MappingError,
     bind,
     default_mapping_path,
     load_mapping,
     save_mapping,
 )
+from synth.state import LiveState
 from synth.ui.cli import start_surface
 
 MIDI_CLIENT_NAME = "vaesynth"
@@ -41,8 +42,16 @@ MIDI_PORT_NAME = "midi_in"
 STATUS_PERIOD_S = 0.25
 # No callback for this long while running means the audio server went away.
 STALL_TIMEOUT_S = 3.0
+EXIT_SERVER_GONE = 3
 # This many failing blocks in a row (about a second at 48 kHz / 128) is a persistent fault.
 FAULT_EXIT_BLOCKS = 400
+# How often the MIDI source watcher looks for sources that went away or came back.
+SOURCE_POLL_S = 0.5
+ALSA_SEQUENCER = "/dev/snd/seq"
+# On a clean stop, held notes are released and their tails play for at most this long, then
+# whatever still sounds fades out (all sound off: 5 ms) before the stream stops: no click.
+EXIT_RELEASE_S = 0.5
+EXIT_FADE_S = 0.03
 
 
 class LiveError(VaesynthError, RuntimeError):
@@ -193,7 +202,14 @@ def _knob_text(engine: Any) -> str:
 
 
 class MidiInputs:
-    """The virtual input port plus the hardware inputs it follows (rtmidi objects kept alive)."""
+    """Our virtual MIDI input port and the sources wired to it, kept wired while the synth runs.
+
+    Under JACK every source is a JACK connection into the one virtual port
+    (``vaesynth-midi:midi_in``), made with JACK-Client (see :class:`JackWiring`); elsewhere
+    (ALSA, CoreMIDI, WinMM) each source gets its own rtmidi input (:class:`RtmidiWiring`).
+    :meth:`watch` keeps the chosen sources connected: one that disappears (a keyboard unplugged,
+    a2jmidid restarted) is connected again when it comes back, without a restart.
+    """
 
     def __init__(self, use_jack: bool) -> None:
         try:
@@ -201,22 +217,35 @@ class MidiInputs:
         except ImportError as exc:
             raise LiveError(f"no MIDI backend: {exc}") from None
         self._rtmidi = rtmidi
-        self.api = rtmidi.API_UNIX_JACK if use_jack else rtmidi.API_UNSPECIFIED
+        self.use_jack = use_jack
+        self.api = rtmidi.API_UNIX_JACK if use_jack else _native_midi_api(rtmidi)
         self.client_name = JACK_MIDI_CLIENT_NAME if use_jack else MIDI_CLIENT_NAME
-        self.ports: list[Any] = []
-        self.connected: list[str] = []
+        # Our virtual input as other programs see it (None where the system has no virtual ports).
+        self.port_name: str | None = f"{self.client_name}:{MIDI_PORT_NAME}"
+        self.ports: list[Any] = []  # rtmidi objects, kept alive while open
+        self.connected: list[str] = []  # sources wired to us now
+        self._wiring: JackWiring | RtmidiWiring | None = None
+        self._select: str | None = None
+        self._remembered: set[str] = set()  # sources to reconnect when they come back
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
 
-    def _new_input(self) -> Any:
+    def new_input(self) -> Any:
+        """A fresh rtmidi input of our backend (never while a JACK stream runs: see ``_play``)."""
         try:
             port = self._rtmidi.MidiIn(self.api, name=self.client_name)
-        except self._rtmidi.SystemError as exc:
+        except self._rtmidi.RtMidiError as exc:
             raise LiveError(f"no MIDI backend: {exc}") from None
         port.ignore_types(sysex=True, timing=True, active_sense=True)
         return port
 
     def sources(self) -> list[str]:
         """Names of the MIDI sources this backend can see, minus our own ports."""
-        probe = self._new_input()
+        if self._wiring is not None:
+            return self._wiring.sources()
+        if self.use_jack:
+            return JackWiring.list_sources(self.client_name)
+        probe = self.new_input()
         try:
             names = probe.get_ports()
         finally:
@@ -224,37 +253,182 @@ class MidiInputs:
         return [n for n in names if not n.startswith(self.client_name)]
 
     def open(self, callback: Callable[..., None], select: str | None, follow_sources: bool = True) -> None:
-        """Open the virtual port and connect hardware sources (all, or those matching ``select``).
-
-        ``follow_sources=False`` (``--no-connect``) opens only the virtual port, unless
-        ``select`` names sources explicitly.
-        """
-        virtual = self._new_input()
-        virtual.open_virtual_port(MIDI_PORT_NAME)
-        virtual.set_callback(callback)
-        self.ports.append(virtual)
+        """Open the virtual port and connect sources: those matching ``select``, else (unless
+        ``follow_sources`` is False, ``--no-connect``) every source present now."""
+        virtual = self.new_input()
+        try:
+            virtual.open_virtual_port(MIDI_PORT_NAME)
+            virtual.set_callback(callback)
+            self.ports.append(virtual)
+        except self._rtmidi.RtMidiError:  # Windows (WinMM) has no virtual ports: sources only
+            virtual.delete()
+            self.port_name = None
+            _say("this system has no virtual MIDI ports: MIDI comes only from sources "
+                 "(--midi-in NAME picks them, e.g. a loopMIDI port)")
+        self._wiring = (JackWiring(self.client_name, f"{self.client_name}:{MIDI_PORT_NAME}") if self.use_jack
+                        else RtmidiWiring(self, callback))
+        self._select = select
         if not follow_sources and select is None:
             return
-        all_sources = self.sources()
-        wanted = [n for n in all_sources if select is None or select.lower() in n.lower()]
-        if select is not None and not wanted:
-            raise LiveError(f"no MIDI input matches {select!r}; --list-midi lists them")
-        for name in wanted:
-            port = self._new_input()
-            names = port.get_ports()  # indices are into this object's own, full list
-            if name not in names:  # vanished meanwhile
-                port.delete()
-                continue
-            port.open_port(names.index(name), f"in_{len(self.ports)}")
-            port.set_callback(callback)
-            self.ports.append(port)
+        present = self.sources()
+        for name in present:
+            if self._wanted(name):
+                self._remembered.add(name)
+                self._connect(name)
+        if select is not None and not self.connected:
+            _say(f"no MIDI source matches {select!r} yet ({', '.join(present) or 'none found'}); "
+                 "it will be connected when it appears")
+
+    def _wanted(self, name: str) -> bool:
+        return self._select is None or self._select.lower() in name.lower()
+
+    def _connect(self, name: str) -> bool:
+        assert self._wiring is not None
+        if self._wiring.connect(name):
             self.connected.append(name)
+            return True
+        return False
+
+    def check_sources(self) -> None:
+        """One look at the sources: forget the ones gone, reconnect the chosen ones present again."""
+        if self._wiring is None:
+            return
+        present = set(self.sources())
+        for name in [n for n in self.connected if n not in present]:
+            self.connected.remove(name)
+            self._wiring.forget(name)
+            _say(f"MIDI source {name} went away; it will be reconnected when it comes back")
+        for name in sorted(present):
+            chosen = name in self._remembered or (self._select is not None and self._wanted(name))
+            if chosen and name not in self.connected and self._connect(name):
+                self._remembered.add(name)
+                _say(f"MIDI source {name} connected")
+
+    def watch(self, period: float = SOURCE_POLL_S) -> None:
+        """Check the sources every ``period`` seconds on a thread of its own (never the audio thread)."""
+        if self._wiring is None or (self._select is None and not self._remembered):
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(period):
+                try:
+                    self.check_sources()
+                except Exception as exc:  # noqa: BLE001 - a failed look is retried, never fatal
+                    _say(f"MIDI source check failed ({_one_line(exc)}); retrying")
+
+        self._watcher = threading.Thread(target=loop, name="vaesynth-midi-sources", daemon=True)
+        self._watcher.start()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2 * SOURCE_POLL_S)
+        if self._wiring is not None:
+            self._wiring.close()
         for port in self.ports:
             port.close_port()
             port.delete()
         self.ports.clear()
+
+
+def _native_midi_api(rtmidi: Any) -> int:
+    """rtmidi's default backend, after checking that ALSA's sequencer exists on Linux (otherwise
+    libasound prints its own errors before rtmidi fails)."""
+    if sys.platform.startswith("linux") and not os.path.exists(ALSA_SEQUENCER):
+        raise LiveError(f"no MIDI backend: no JACK server is running and ALSA's sequencer ({ALSA_SEQUENCER}) is "
+                        "missing; start JACK (jackd -d dummy -r 48000 -p 128 &) or load snd-seq (modprobe snd-seq)")
+    return rtmidi.API_UNSPECIFIED
+
+
+class JackWiring:
+    """Sources wired into our virtual port by JACK connections, through a JACK-Client client.
+
+    Why not rtmidi: python-rtmidi holds the GIL while its JACK client (de)activates, and
+    activation waits for a JACK cycle, which waits for our Python audio callback: opening an
+    rtmidi client while the stream runs can deadlock. JACK-Client (cffi) releases the GIL in
+    every call, and connecting ports needs no new client and no activation.
+    """
+
+    def __init__(self, own_client: str, own_port: str) -> None:
+        try:
+            import jack
+        except ImportError as exc:
+            raise LiveError(f"JACK-Client is missing ({exc}); pip install JACK-Client") from None
+        self._jack = jack
+        self.own_client, self.own_port = own_client, own_port
+        try:
+            self._client = jack.Client(f"{own_client}-wiring", no_start_server=True)
+        except jack.JackError as exc:
+            raise LiveError(f"cannot reach the JACK server to wire MIDI ({exc})") from None
+
+    @staticmethod
+    def list_sources(own_client: str) -> list[str]:
+        import jack
+
+        try:
+            client = jack.Client(f"{own_client}-query", no_start_server=True)
+        except jack.JackError as exc:
+            raise LiveError(f"cannot reach the JACK server ({exc})") from None
+        try:
+            return _jack_sources(client, own_client)
+        finally:
+            client.close()
+
+    def sources(self) -> list[str]:
+        return _jack_sources(self._client, self.own_client)
+
+    def connect(self, name: str) -> bool:
+        try:
+            if self.own_port not in {p.name for p in self._client.get_all_connections(name)}:
+                self._client.connect(name, self.own_port)
+            return True
+        except self._jack.JackError:  # vanished meanwhile: the next look tries again
+            return False
+
+    def forget(self, name: str) -> None:
+        """JACK drops the connections of a port that goes away: nothing to undo."""
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _jack_sources(client: Any, own_client: str) -> list[str]:
+    return [p.name for p in client.get_ports(is_midi=True, is_output=True) if not p.name.startswith(own_client + ":")]
+
+
+class RtmidiWiring:
+    """Elsewhere than JACK (ALSA, CoreMIDI, WinMM), one rtmidi input per source."""
+
+    def __init__(self, inputs: MidiInputs, callback: Callable[..., None]) -> None:
+        self._inputs = inputs
+        self._callback = callback
+        self._probe = inputs.new_input()  # listing refreshes on every get_ports()
+        self._by_name: dict[str, Any] = {}
+
+    def sources(self) -> list[str]:
+        return [n for n in self._probe.get_ports() if not n.startswith(self._inputs.client_name)]
+
+    def connect(self, name: str) -> bool:
+        port = self._inputs.new_input()
+        names = port.get_ports()  # indices are into this object's own, full list
+        if name not in names:  # vanished meanwhile
+            port.delete()
+            return False
+        port.open_port(names.index(name), f"in_{len(self._by_name) + 1}")
+        port.set_callback(self._callback)
+        self._by_name[name] = port
+        return True
+
+    def forget(self, name: str) -> None:
+        port = self._by_name.pop(name, None)
+        if port is not None:
+            port.close_port()
+            port.delete()
+
+    def close(self) -> None:
+        for name in list(self._by_name):
+            self.forget(name)
+        self._probe.delete()
 
 
 @dataclass
@@ -308,14 +482,11 @@ def _jack_period() -> int | None:
 def build_engine(args: argparse.Namespace, audio: AudioConfig) -> tuple[Any, Any]:
     """Load ``args.preset`` and make an Engine prepared for ``audio``; returns (engine, preset)."""
     from synth.engine import Engine
-    from synth.preset import PresetError, load_preset
+    from synth.preset import load_preset
 
-    try:
-        preset = load_preset(args.preset)
-    except PresetError as exc:
-        raise LiveError(str(exc)) from None
+    preset = load_preset(args.preset)
     engine = Engine(preset, polyphony=getattr(args, "polyphony", 32), bend_range=getattr(args, "bend_range", 2.0),
-                    channel=getattr(args, "channel", None), device=getattr(args, "device", "auto"),
+                    channel=getattr(args, "channel", None), device=getattr(args, "decoder_device", "auto"),
                     threads=getattr(args, "threads", None), shed_load=True)
     max_block = audio.blocksize or _jack_period() or 1024
     _prepare_announced(engine, audio.sample_rate, max_block, quiet=bool(getattr(args, "quiet", False)))
@@ -352,19 +523,25 @@ def apply_mapping(engine: Any, mapping: dict[int, int]) -> None:
     engine.set_knob_ccs(merged)
 
 
-def mapping_path(args: argparse.Namespace) -> Path:
-    explicit = getattr(args, "mapping_file", None)
-    return Path(explicit) if explicit else default_mapping_path()
-
-
 def _say(text: str) -> None:
     print(f"vaesynth: {text}", file=sys.stderr, flush=True)
 
 
 def _list_midi() -> int:
+    """``--list-midi``: the sources found, or what to start to get one."""
     use_jack = jack_setup.jack_server_running()
-    names = MidiInputs(use_jack).sources()
-    print("\n".join(names) if names else "(no MIDI inputs found)")
+    inputs = MidiInputs(use_jack)
+    names = inputs.sources()
+    backend = "JACK" if use_jack else "system MIDI"
+    if names:
+        print(f"{len(names)} MIDI source(s) ({backend}); vaesynth listens on {inputs.port_name}:")
+        print("\n".join(f"  {n}" for n in names))
+    elif use_jack:
+        print(f"no MIDI sources under JACK. vaesynth listens on {inputs.port_name}: connect one with "
+              f"jack_connect SOURCE {inputs.port_name}, or bridge ALSA keyboards into JACK with a2jmidid -e")
+    else:
+        print("no MIDI sources found: plug in a keyboard, or start a virtual port (macOS: IAC Driver in "
+              "Audio MIDI Setup; Windows: loopMIDI; Linux: JACK, or aconnect with ALSA)")
     return 0
 
 
@@ -380,6 +557,15 @@ def _open_stream(synth: LiveSynth, audio: AudioConfig, on_finished: Callable[[],
     except sd.PortAudioError as exc:
         raise LiveError(f"cannot open the audio output: {exc}") from None
     return stream
+
+
+def _start_stream(stream: Any) -> None:
+    import sounddevice as sd
+
+    try:
+        stream.start()
+    except sd.PortAudioError as exc:
+        raise LiveError(f"cannot start the audio output: {exc}") from None
 
 
 def _start_learning(args: argparse.Namespace, preset: Any) -> LearnSession | None:
@@ -400,26 +586,27 @@ def _finish_learning(learn: LearnSession, engine: Any, path: Path) -> None:
     _say(f"learned CC {cc} -> knob {learn.knob}; saved to {path}")
 
 
-def _server_gone(message: str) -> None:
+def _server_gone(message: str, on_exit: Callable[[], None]) -> None:
     """Exit now without touching PortAudio: closing a stream after jackd died was seen to hang."""
     _say(message)
+    on_exit()
     sys.stderr.flush()
-    os._exit(3)
+    os._exit(EXIT_SERVER_GONE)
 
 
-def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished: list[bool]) -> None:
+def _run_loop(synth: LiveSynth, args: argparse.Namespace, finished: list[bool], on_exit: Callable[[], None]) -> None:
     quiet = bool(getattr(args, "quiet", False))  # the status line is on unless --quiet
     tty = sys.stderr.isatty()
-    learn, path = synth.learn, mapping_path(args)
+    learn, path = synth.learn, default_mapping_path()
     learned = False
     reported_fault = False
     while True:
         if synth.watch is not None and synth.watch.server_gone.wait(STATUS_PERIOD_S):
-            _server_gone(f"the JACK server went away ({synth.watch.shutdown_reason}); exiting")
+            _server_gone(f"the JACK server went away ({synth.watch.shutdown_reason}); exiting", on_exit)
         elif synth.watch is None:
             time.sleep(STATUS_PERIOD_S)
         if finished[0]:
-            _server_gone("the audio stream stopped (audio server gone?); exiting")
+            _server_gone("the audio stream stopped (audio server gone?); exiting", on_exit)
         if synth.fault is not None and not reported_fault:
             reported_fault = True
             _say(f"error while rendering audio ({_one_line(synth.fault)}); that block was silenced")
@@ -428,7 +615,7 @@ def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished:
             raise KeyboardInterrupt  # the normal shutdown path: stream stopped, MIDI closed
         stalled = time.perf_counter() - synth.stats.last_callback_wall
         if synth.stats.callbacks and stalled > STALL_TIMEOUT_S:
-            _server_gone(f"no audio callback for {stalled:.1f} s (audio server gone?); exiting")
+            _server_gone(f"no audio callback for {stalled:.1f} s (audio server gone?); exiting", on_exit)
         if learn is not None and not learned and learn.learned_cc is not None:
             _finish_learning(learn, synth.engine, path)
             learned = True
@@ -437,11 +624,34 @@ def _run_loop(synth: LiveSynth, stream: Any, args: argparse.Namespace, finished:
             print(synth.status_line() + ("\x1b[K" if tty else ""), end=end, file=sys.stderr, flush=True)
 
 
-def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
+def silence_before_stop(synth: LiveSynth, finished: list[bool]) -> None:
+    """A clean stop: release every note (pedal up, all notes off), let the tails play for up to
+    ``EXIT_RELEASE_S``, then fade what still sounds (all sound off) before the stream stops, so
+    the output ends in silence, with no click and no note left hanging in a recording."""
+    engine = synth.engine
+    channel = getattr(engine, "channel", None) or 0
+    cc = CONTROL_CHANGE | channel
+    with synth._producer_lock:  # the engine queue has one producer at a time
+        now = synth.clock.to_sample(time.perf_counter())
+        engine.push(now, cc, CC_SUSTAIN, 0)
+        engine.push(now, cc, CC_ALL_NOTES_OFF, 0)
+    deadline = time.perf_counter() + EXIT_RELEASE_S
+    while not engine.idle and not finished[0] and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    if engine.idle or finished[0]:
+        return
+    with synth._producer_lock:
+        engine.push(synth.clock.to_sample(time.perf_counter()), cc, CC_ALL_SOUND_OFF, 0)
+    time.sleep(EXIT_FADE_S)
+
+
+def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None, restored: list[str]) -> int:
     from synth import realtime
 
     engine, preset = build_engine(args, audio)
-    path = mapping_path(args)
+    timbre = state.restore_timbre(engine, saved)
+    restored = restored + ([timbre] if timbre else [])
+    path = default_mapping_path()
     apply_mapping(engine, load_mapping(path))
     watch = jack_setup.open_jack_watch() if audio.under_jack else None
     synth = LiveSynth(engine, audio.sample_rate, _start_learning(args, preset), watch)
@@ -451,31 +661,42 @@ def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
     def on_finished() -> None:
         finished[0] = True
 
+    def save() -> None:
+        _save_state(args, engine)
+
     # Last set-up step: the MIDI and audio ports below appear only once the engine is ready.
     realtime.freeze_kernels()
     realtime.settle_process()
     # MIDI is opened before the stream starts and closed after it stops: python-rtmidi
     # holds the GIL while its JACK client (de)activates, and activation waits for a
-    # JACK cycle, which waits for our Python audio callback: a deadlock.
+    # JACK cycle, which waits for our Python audio callback: a deadlock. Sources that come
+    # and go later are wired by JACK connections (MidiInputs.watch), never by new rtmidi clients.
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
     surface = None
     try:
         surface = start_surface(args, synth, preset, path)  # --ui: web page + OSC on their own thread
-        stream.start()
+        _start_stream(stream)
+        midi.watch()
         if audio.under_jack and getattr(args, "no_connect", False):
             jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)
         if not getattr(args, "quiet", False):
-            _say(f"playing {preset.name!r} at {audio.sample_rate} Hz; MIDI in "
-                 f"{midi.client_name}:{MIDI_PORT_NAME}" + (f" + {', '.join(midi.connected)}" if midi.connected else ""))
-        _run_loop(synth, stream, args, finished)
+            inputs = ([midi.port_name] if midi.port_name else []) + midi.connected
+            _say(f"playing {preset.name!r} at {audio.sample_rate} Hz; MIDI in {' + '.join(inputs) or 'none yet'}"
+                 + (f"; restored {', '.join(restored)}" if restored else ""))
+        _run_loop(synth, args, finished, save)
     except KeyboardInterrupt:
         stopping = True
     finally:
         if surface is not None:
             surface.stop()
         if not finished[0]:
+            if stopping:
+                try:
+                    silence_before_stop(synth, finished)
+                except KeyboardInterrupt:  # a second Ctrl-C: stop at once, but still close cleanly
+                    pass
             stream.stop()
             stream.close()
         midi.close()
@@ -483,8 +704,18 @@ def _play(args: argparse.Namespace, audio: AudioConfig) -> int:
             watch.close()
     if stopping and not getattr(args, "quiet", False):
         print(file=sys.stderr)
+    save()
     _say_trouble(synth)
     return 0
+
+
+def _save_state(args: argparse.Namespace, engine: Any) -> None:
+    """Save the session's state; a failure is one warning line (the music is not lost for it)."""
+    path = state.state_path(args)
+    try:
+        state.save_state(path, state.capture(engine, args))
+    except OSError as exc:
+        state.warn(f"could not save the session state to {path} ({exc})")
 
 
 def _say_trouble(synth: LiveSynth) -> None:
@@ -505,11 +736,34 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _saved_state(args: argparse.Namespace) -> LiveState | None:
+    """The state to start from: None with ``--reset`` (old files set aside) or when there is none."""
+    path = state.state_path(args)
+    if getattr(args, "reset", False):
+        moved = [str(p) for p in (path, default_mapping_path()) if state.set_aside(p)]
+        if moved:
+            _say(f"reset: starting fresh ({' and '.join(moved)} kept as *.old)")
+        return None
+    return state.load_state(path)
+
+
+def _choose_audio_restoring(args: argparse.Namespace, restored: list[str]) -> AudioConfig:
+    """``choose_audio``; a remembered output that is gone falls back to the default, in one line."""
+    try:
+        return choose_audio(args)
+    except AudioSetupError as exc:
+        if not any(r.startswith("output ") for r in restored):
+            raise
+        _say(f"the last session's output {args.output!r} is not available ({exc}); using the default output")
+        args.output = None
+        return choose_audio(args)
+
+
 def run_live(args: argparse.Namespace) -> int:
     """Play ``args.preset`` from MIDI until Ctrl-C / SIGTERM; returns the exit status.
 
-    Every expected failure (no output, no MIDI backend, refused rate, bad preset or
-    mapping file) is one line on stderr and a non-zero status, never a traceback.
+    Expected failures (no output, no MIDI backend, refused rate, bad preset or mapping file)
+    raise ``VaesynthError`` subclasses, which ``run_synth.main`` reports in one line.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -520,30 +774,10 @@ def run_live(args: argparse.Namespace) -> int:
                 return 0
             if getattr(args, "list_midi", False):
                 return _list_midi()
-            return _play(args, choose_audio(args))
+            saved = _saved_state(args)
+            restored = state.restore_options(args, saved)
+            return _play(args, _choose_audio_restoring(args, restored), saved, restored)
         finally:
             jack_setup.terminate_portaudio()
-    except _known_errors() as exc:
-        _say(f"error: {exc}")
-        return 2
     except KeyboardInterrupt:
         return 0
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """Exception classes that are user-facing conditions (one line, no traceback)."""
-    errors: list[type[BaseException]] = [VaesynthError, LiveError, AudioSetupError, MappingError]
-    try:
-        import sounddevice
-
-        errors.append(sounddevice.PortAudioError)
-    except OSError:
-        pass
-    import rtmidi
-
-    errors.append(rtmidi.RtMidiError)
-    from synth.decoder import DecoderError
-    from synth.preset import PresetError
-
-    errors += [PresetError, DecoderError, ValueError]
-    return tuple(errors)

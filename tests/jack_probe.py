@@ -10,8 +10,10 @@ benchmarks/live_latency.py.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,10 @@ class SynthProcess:
     def __init__(self, args: list[str], server: str, command: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         env = dict(os.environ, **(env or {}), JACK_DEFAULT_SERVER=server)
+        # Never the user's saved session or MIDI mapping: a measurement starts from the defaults.
+        self._home = None if "VAESYNTH_CONFIG_DIR" in env else tempfile.mkdtemp(prefix="vaesynth-home-")
+        if self._home is not None:
+            env["VAESYNTH_CONFIG_DIR"] = self._home
         cmd = command or [sys.executable, str(REPO / "run_synth.py")]
         self.proc = subprocess.Popen(cmd + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -73,6 +79,8 @@ class SynthProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate(timeout=5)
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
         return self.proc.returncode, err
 
 

@@ -80,6 +80,9 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     assert len(snaps) >= 8 and len({s["program"] for s in snaps}) == len(snaps)
     assert {s["name"] for s in snaps} >= {"keyboard", "organ"}
     assert all(0.25 <= s["level"] <= 4.0 for s in snaps)  # measured per snapshot through the engine
+    kept = tomllib.loads((tmp_path / "preset" / "train_config.toml").read_text())  # the run's resolved config
+    assert kept["model"]["latent_size"] == trainer.run.model.latent_size
+    assert not any(str(v).startswith("/") for v in kept.get("data", {}).values())  # no machine's folders
     assert doc["decoder"]["time_on_max"] == pytest.approx(2.9)
     assert doc["decoder"]["release_seconds"] == pytest.approx(1.0)
     assert (doc["pitch"]["min"], doc["pitch"]["max"]) == (50.0, 64.0)

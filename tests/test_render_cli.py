@@ -61,7 +61,7 @@ def test_midifile_reads_tempo_map(midi_file: Path) -> None:
 def test_render_writes_wav_deterministically(tmp_path: Path, preset_dir: Path, midi_file: Path) -> None:
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
     for out in (a, b):
-        done = run("--render", str(midi_file), "--out", str(out), "--preset", str(preset_dir), "--device", "cpu")
+        done = run("--render", str(midi_file), "--out", str(out), "--preset", str(preset_dir), "--decoder-device", "cpu")
         assert done.returncode == 0, done.stderr
     assert a.read_bytes() == b.read_bytes()
     x, rate = sf.read(str(a), dtype="float32")

@@ -1,6 +1,7 @@
 """The audio server dies under a playing synth: the synth notices at once (its JACK watch client
 hears the shutdown), says why in one line and exits with status 3, within a second; no
-traceback, no hang (closing a stream after jackd died can hang, so it exits without that)."""
+traceback, no hang (closing a stream after jackd died can hang, so it exits without that).
+The session state (knobs, timbre) is saved on the way out."""
 from __future__ import annotations
 
 import subprocess
@@ -39,3 +40,4 @@ def test_server_loss_exits_within_a_second(tmp_path) -> None:  # noqa: ANN001
     assert status == 3, f"exit status {status}: {err}"
     assert took < 1.0, f"took {took:.2f} s to notice the server was gone"
     assert "Traceback" not in err and "went away" in err, err
+    assert (tmp_path / "state.toml").exists(), "the session state was not saved on the way out"

@@ -38,7 +38,7 @@ from scipy.signal import butter, sosfilt
 from synth.contract import GM_MELODIC_PROGRAMS
 from synth.contract import HOLD_SECONDS as RENDER_HOLDS
 from synth.contract import NOTE_SECONDS as NOTE_LENGTH
-from synth.errors import VaesynthError
+from synth.errors import VaesynthError, report
 
 OnError = Literal["stop", "skip"]
 
@@ -681,8 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  args.velocities, args.sample_rate, args.jobs, holds=args.holds,
                                  every_velocity=args.every_velocity)
     except (DatasetError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(f"wrote {stats['notes']} notes from {', '.join(stats['soundfonts'])} to {args.out} in "
           f"{stats['seconds']:.1f} s ({stats['notes_per_second']:.0f} notes/s on {stats['jobs']} processes), "
           f"skipped {len(stats['silent_skipped'])} silent and {len(stats['clipped_skipped'])} clipping, "

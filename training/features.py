@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from synth.contract import SpectrogramParams
+from synth.errors import report
 from synth.stft import log_magnitude
 from training.data import DatasetError, ErrorPolicy, NoteRecord, OnError, load_dataset, read_audio
 
@@ -236,8 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = build_feature_cache(args.data, SpectrogramParams(), args.out, args.frame_stride,
                                     args.on_error, args.jobs, progress=True)
     except (DatasetError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(f"wrote {len(cache)} notes {cache.logmag.shape[1:]} to {args.out} in "
           f"{time.perf_counter() - start:.1f} s ({len(cache.instruments)} instruments)")
     return 0

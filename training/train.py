@@ -30,7 +30,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from synth.contract import LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
-from synth.errors import VaesynthError
+from synth.errors import VaesynthError, run_command
 from synth.latent_map import LatentMap
 from training.model import (
     TimbreVAE,
@@ -597,16 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    try:
-        return train_main(args)
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # dataset/feature errors from the data modules carry their own message
-        if type(exc).__name__ in ("DatasetError", "FeatureError", "FeatureCacheError"):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return run_command(lambda: train_main(args))  # TrainError, DatasetError...: VaesynthError, one line
 
 
 if __name__ == "__main__":
