@@ -5,7 +5,8 @@ Routes (every one needs ``?token=TOKEN``):
 - ``GET /`` the page; ``GET /static/app.js``, ``/static/style.css`` its two files;
 - ``GET /api/info`` preset name, knob names, snapshots and the map (JSON, once per page load);
 - ``GET /api/state`` the live state (JSON; the same object the WebSocket pushes);
-- ``GET /ws`` WebSocket: the server pushes the state about ``PUSH_HZ`` times a second; the page
+- ``GET /ws`` WebSocket: the server pushes the state about ``PUSH_HZ`` times a second, and at
+  once when a knob moves (hardware CCs are drawn within a display frame); the page
   sends controls as JSON (``{"type": "knob", "knob": 0, "value": 0.5}``, ``"program"``,
   ``"snapshot"``, ``"note"``, ``"learn"``; see :meth:`WebSurface.apply`).
 
@@ -31,6 +32,7 @@ from synth.ui.surface import ControlError, ControlSurface
 
 HOST = "127.0.0.1"
 PUSH_HZ = 30.0
+KNOB_POLL_S = 0.004  # how often the knobs are compared while a page is open (a moved knob is pushed at once)
 SEND_TIMEOUT_S = 1.0  # a page that takes longer to accept one state message is dropped
 MAX_BODY_BYTES = 64 * 1024  # request bodies and WebSocket messages: controls are tiny
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -54,6 +56,9 @@ class WebSurface:
         self._state_text = ""
         self._state_at = -1.0
         self._runner: web.AppRunner | None = None
+        self._sockets = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._moved = asyncio.Event()  # replaced each time it fires (no loop is bound until first awaited)
 
     # ------------------------------------------------------------------ guard
     def allowed(self, request: web.Request) -> bool:
@@ -124,6 +129,9 @@ class WebSurface:
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_BODY_BYTES)
         await ws.prepare(request)
+        self._sockets += 1
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_knobs())
         pusher = asyncio.create_task(self._push(ws))
         try:
             async for msg in ws:
@@ -133,10 +141,25 @@ class WebSurface:
                     self.surface.refuse()
         finally:
             pusher.cancel()
+            self._sockets -= 1
         return ws
 
+    async def _watch_knobs(self) -> None:
+        """While a page is open: look at the knobs every ``KNOB_POLL_S`` and wake every pusher at once
+        when one moved, so a turned hardware knob is drawn within a display frame, not a push period."""
+        last = None
+        while self._sockets > 0:
+            knobs = self.surface.knob_snapshot()
+            if knobs != last:
+                last = knobs
+                self._state_at = -1.0  # the next state_text() reads afresh
+                moved, self._moved = self._moved, asyncio.Event()
+                moved.set()
+            await asyncio.sleep(KNOB_POLL_S)
+
     async def _push(self, ws: web.WebSocketResponse) -> None:
-        """State to one page at ``PUSH_HZ`` on a fixed schedule; a page that stalls is closed."""
+        """State to one page at ``PUSH_HZ`` on a fixed schedule, and at once when a knob moves; a page
+        that stalls is closed."""
         period = 1.0 / PUSH_HZ
         next_at = time.monotonic()
         while not ws.closed:
@@ -146,7 +169,10 @@ class WebSurface:
                 await ws.close()
                 return
             next_at = max(next_at + period, time.monotonic() - period)
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._moved.wait(), max(0.0, next_at - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
 
     def apply(self, text: str) -> None:
         """One control message from the page; malformed or refused ones are counted, never raised."""

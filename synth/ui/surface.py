@@ -195,6 +195,10 @@ class ControlSurface:
             },
         }
 
+    def knob_snapshot(self) -> tuple[float, ...]:
+        """The knob coordinates as a tuple (cheap to compare: the server polls it)."""
+        return tuple(float(v) for v in self.synth.engine.knob_values)
+
     def state(self) -> dict[str, Any]:
         """The live numbers: knobs, pick-up, CCs, voices, load, xruns, last MIDI event, learn."""
         synth, engine = self.synth, self.synth.engine
