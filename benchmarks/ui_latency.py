@@ -258,7 +258,7 @@ def main() -> int:
         print(f"preset: {args.preset}\n")
         print("| measure, ms | takes | min | median | max | goal |\n|---|---|---|---|---|---|")
         print(stats_row("CC 70 through JACK -> knob drawn on the page", cc_to_screen(session, probe, args.repeats),
-                        "one frame at 30 Hz (33 ms)"), flush=True)
+                        "one display frame (16.7 ms)"), flush=True)
         paths = drag_to_sound(session, probe, args.repeats)
         print(stats_row("browser drag of knob 1 -> sound half-way to the new timbre", paths["browser"]))
         print(stats_row("OSC /vaesynth/knob/1 -> the same point", paths["osc"]))
