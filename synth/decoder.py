@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
 from synth.errors import VaesynthError
+from synth.model_file import read_model
 from synth.partials import PARTS_OUTPUTS, place_partials
 from synth.preset import Preset
 
@@ -74,11 +75,14 @@ class FrameDecoder:
         self.latent_size = preset.latent_size
         self.n_bins = preset.params.n_bins
         opts = _session_options(threads)
+        # The checked bytes, never the path: what synth.model_file vetted (no external data) is
+        # exactly what onnxruntime loads.
+        model = read_model(preset.decoder_path)
         self._session = None
         if device in ("auto", "gpu"):
             if _CUDA in ort.get_available_providers():
                 try:
-                    sess = ort.InferenceSession(str(preset.decoder_path), opts, providers=[_CUDA, _CPU])
+                    sess = ort.InferenceSession(model, opts, providers=[_CUDA, _CPU])
                     if _CUDA in sess.get_providers():
                         self._session = sess
                     elif device == "gpu":
@@ -89,7 +93,7 @@ class FrameDecoder:
                 _notice("no CUDA in this onnxruntime build; decoding on the CPU")
         if self._session is None:
             try:
-                self._session = ort.InferenceSession(str(preset.decoder_path), opts, providers=[_CPU])
+                self._session = ort.InferenceSession(model, opts, providers=[_CPU])
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises unrelated types
                 raise DecoderError(f"{preset.decoder_path}: cannot open decoder ({str(exc).strip()[:160]})") from None
         self._on_cuda = _CUDA in self._session.get_providers()
@@ -97,11 +101,13 @@ class FrameDecoder:
         # synth.partials' placement is about three times faster than the full graph.
         self._parts = None
         if not self._on_cuda and preset.decoder_parts_path is not None:
+            parts_model = read_model(preset.decoder_parts_path)
             try:
-                self._parts = ort.InferenceSession(str(preset.decoder_parts_path), opts, providers=[_CPU])
+                self._parts = ort.InferenceSession(parts_model, opts, providers=[_CPU])
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises unrelated types
                 raise DecoderError(f"{preset.decoder_parts_path}: cannot open ({str(exc).strip()[:160]})") from None
-            self.n_harmonics = int(self._parts.get_outputs()[0].shape[-1])
+            # the preset loader checked that this output has a fixed partial count
+            self.n_harmonics = int(next(o.shape[-1] for o in self._parts.get_outputs() if o.name == PARTS_OUTPUTS[0]))
         self._bins_per_hz = preset.params.n_fft / preset.params.sample_rate
         self._nyquist_hz = preset.params.sample_rate / 2.0
         self._log_floor = preset.params.log_floor

@@ -7,6 +7,7 @@ says how far it lies from it. Layout: ``synth.contract.LATENT_MAP_FILE``.
 """
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from synth.errors import VaesynthError
 
 MAX_POINTS = 100_000  # a hostile file cannot make the loader allocate more than this many rows
 MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_ARRAY_BYTES = MAX_POINTS * 256 * 8
+"""Largest array a map may declare (MAX_POINTS rows of 256 float64 dims): an .npz is compressed,
+so a small file can declare a huge array; its header is read before any array is."""
 _ARRAYS = ("mu", "sigma", "family", "program", "pitch", "families")
 
 
@@ -69,12 +73,35 @@ class LatentMap:
         os.replace(tmp, path)
 
 
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse a map whose members declare more than ``MAX_ARRAY_BYTES`` (a zip or .npy-header
+    bomb) before numpy allocates anything for them; raises LatentMapError, ValueError or OSError."""
+    from numpy.lib import format as npy
+
+    if not zipfile.is_zipfile(path):
+        raise LatentMapError(f"{path}: not an .npz archive")
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > MAX_ARRAY_BYTES:
+                raise LatentMapError(f"{path}: {info.filename} unpacks to {info.file_size >> 20} MB, "
+                                     f"more than a latent map may ({MAX_ARRAY_BYTES >> 20} MB)")
+            with archive.open(info) as f:
+                version = npy.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    raise LatentMapError(f"{path}: {info.filename}: unsupported .npy version {version}")
+                read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+            if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+                raise LatentMapError(f"{path}: {info.filename} declares shape {shape}, more than a latent map may hold")
+
+
 def load_latent_map(path: Path, latent_size: int) -> LatentMap:
     """Read and validate ``path`` for a preset of ``latent_size`` dims (no pickles, bounded size)."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise LatentMapError(f"{path}: latent map larger than {MAX_FILE_BYTES >> 20} MB")
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in _ARRAYS if k not in z.files]
             if missing:

@@ -1,7 +1,12 @@
 """Load and validate a preset folder (decoder.onnx, encoder.onnx, preset.toml).
 
 Every problem becomes a :class:`PresetError` with a one-line message that names
-the preset folder, so the CLI can print it as is.
+the preset folder, so the CLI can print it as is. A preset is untrusted input: its files are
+opened through ``synth.model_file`` (bare names inside the folder, bounded sizes, ONNX models
+without external data), every ``[audio]`` value is type-checked and bounded before anything is
+sized from it, each model's inputs and outputs are checked for name, dtype and rank, and the
+decoders and the encoder run once on a few rows at load (NaN or a wrong shape is refused here,
+not found in the audio callback).
 """
 from __future__ import annotations
 
@@ -20,12 +25,13 @@ from synth.contract import (
     DECODER_OUTPUT,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
+    HELD_TIME_OFF,
     PRESET_FORMAT_VERSION,
     SpectrogramParams,
     gm_group,
 )
-from synth.errors import VaesynthError
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
+from synth.model_file import MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, preset_file, read_bounded, read_model
 
 READ_VERSIONS = (1, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``) and
@@ -39,15 +45,23 @@ MAX_MIX_GAIN = 100.0
 """``[mix] gain`` above this (+40 dB) is refused as a broken export."""
 ORTHONORMAL_TOL = 1e-3
 """Largest allowed deviation of ``directions @ directions.T`` from the identity."""
+MAX_LATENT_MAP_BYTES = 64 << 20
+"""``[map] file`` above this is refused unread (synth.latent_map bounds its contents)."""
 
-
+# Bounds of the [audio] values: what the engine can size its buffers from and still run in real
+# time (the default preset: 24 kHz, n_fft 1024, hop 128, 187.5 frames/s, 4 s notes).
+SAMPLE_RATE_RANGE = (8000, 96000)
+N_FFT_RANGE = (256, 8192)  # a power of two
+MAX_REDUNDANCY = 16  # n_fft / hop: 2 .. 16, hop a power of two
+MAX_FRAME_RATE = 500.0  # sample_rate / hop: frames each voice decodes per second
+LOG_FLOOR_RANGE = (1e-12, 0.1)
+MAX_NOTE_SECONDS = 60.0  # note_seconds, hold_seconds and the decoder's release_seconds
+MAX_FRAME_STRIDE = 16  # [encoder] frame_stride
+TRIAL_ROWS = 4
+"""Rows of the trial decode at load: a few pitches, both velocities, held and released."""
 # A snapshot's level trim stays within +-12 dB: enough to even out the instruments' loudness,
 # never enough to turn a near-silent decode into a burst of noise.
 MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL = 0.25, 4.0
-
-
-class PresetError(VaesynthError):
-    """A preset that cannot be played; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -140,59 +154,195 @@ def _vector(table: dict[str, Any], key: str, size: int, where: str) -> NDArray[n
     values = _get(table, key, list, where)
     if len(values) != size or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise PresetError(f"{where}: '{key}' must be {size} numbers")
-    arr = np.asarray(values, dtype=np.float32)
+    arr = np.asarray([_as_float(v) for v in values], dtype=np.float64).astype(np.float32)
     if not np.all(np.isfinite(arr)):
         raise PresetError(f"{where}: '{key}' holds NaN or Inf")
     return arr
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise PresetError(f"{path.parent}: not a preset (no preset.toml)")
+def _read_toml(root: Path) -> dict[str, Any]:
+    if not (root / "preset.toml").exists() and not (root / "preset.toml").is_symlink():
+        raise PresetError(f"{root}: not a preset (no preset.toml)")
+    path = preset_file(root, "preset.toml", f"{root}: preset.toml", MAX_TOML_BYTES)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PresetError(f"{path}: not valid TOML ({exc})") from None
+        return tomllib.loads(read_bounded(path, MAX_TOML_BYTES).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: not valid TOML (not UTF-8 text)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"{path}: not valid TOML ({str(exc).splitlines()[0][:160]})") from None
+    except RecursionError:
+        raise PresetError(f"{path}: not valid TOML (nested too deeply)") from None
 
 
-def _check_onnx(path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...], last_dims: dict[str, int]) -> None:
-    """Open the model with onnxruntime (CPU); check names and the fixed last dims of ``last_dims``."""
+def _as_float(value: int | float) -> float:
+    """``float(value)``; an integer too large for a float becomes inf (then refused as out of range)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _number(table: dict[str, Any], key: str, where: str, low: float, high: float, integer: bool = False) -> Any:
+    """``table[key]``: an int (``integer``) or a finite int/float, within ``low..high``."""
+    kind = "an integer" if integer else "a number"
+    if key not in table:
+        raise PresetError(f"{where}: missing key '{key}'")
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise PresetError(f"{where}: '{key}' must be {kind}, not {type(value).__name__} {value!r:.40}")
+    if not (math.isfinite(_as_float(value)) and low <= value <= high):
+        raise PresetError(f"{where}: '{key}' = {value!r:.40} outside {low:g}..{high:g}")
+    return value
+
+
+def _power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def _audio_params(table: dict[str, Any], where: str) -> SpectrogramParams:
+    """``[audio]`` (missing keys take the contract's defaults), type-checked and bounded."""
+    w = f"{where} [audio]"
+    known = SpectrogramParams.__dataclass_fields__
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise PresetError(f"{w}: unknown audio parameter(s): {', '.join(unknown)}")
+    d = {**SpectrogramParams().to_dict(), **table}
+    sr = _number(d, "sample_rate", w, *SAMPLE_RATE_RANGE, integer=True)
+    n_fft = _number(d, "n_fft", w, *N_FFT_RANGE, integer=True)
+    if not _power_of_two(n_fft):
+        raise PresetError(f"{w}: 'n_fft' = {n_fft} must be a power of two")
+    hop = _number(d, "hop", w, n_fft // MAX_REDUNDANCY, n_fft // 2, integer=True)
+    if not _power_of_two(hop):
+        raise PresetError(f"{w}: 'hop' = {hop} must be a power of two dividing n_fft {n_fft}")
+    if sr / hop > MAX_FRAME_RATE:
+        raise PresetError(f"{w}: sample_rate / hop = {sr / hop:g} frames/s, more than {MAX_FRAME_RATE:g}")
+    if not isinstance(d["window"], str) or d["window"] != "hann":
+        raise PresetError(f"{w}: 'window' = {d['window']!r:.40} is not supported (only 'hann')")
+    log_floor = _number(d, "log_floor", w, *LOG_FLOOR_RANGE)
+    note = _number(d, "note_seconds", w, 0.5, MAX_NOTE_SECONDS)
+    hold = _number(d, "hold_seconds", w, 0.0, note)
+    if hold <= 0:
+        raise PresetError(f"{w}: 'hold_seconds' must be positive")
+    params = SpectrogramParams(sample_rate=sr, n_fft=n_fft, hop=hop, window="hann", log_floor=float(log_floor),
+                               note_seconds=float(note), hold_seconds=float(hold))
+    params.validate()  # the contract's own rules (implied by the bounds above)
+    return params
+
+
+TensorSpec = tuple[int, int | None]
+"""(rank, fixed last dimension or None) of one model input or output; all are float32."""
+
+
+def _session(path: Path) -> Any:
+    """An onnxruntime CPU session over the checked bytes of ``path`` (see synth.model_file)."""
     import onnxruntime as ort  # imported here: preset parsing alone needs no runtime
 
-    if not path.is_file():
-        raise PresetError(f"{path}: file missing")
+    model = read_model(path)
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PresetError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
-    got_in = tuple(i.name for i in sess.get_inputs())
-    got_out = tuple(o.name for o in sess.get_outputs())
+
+
+def _check_io(sess: Any, path: Path, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec],
+              dynamic_batch: bool) -> None:
+    """Names (inputs exactly, outputs at least), float32 dtype, rank and fixed last dims."""
+    got_in = {a.name: a for a in sess.get_inputs()}
+    got_out = {a.name: a for a in sess.get_outputs()}
     if set(got_in) != set(inputs) or not set(outputs) <= set(got_out):
-        raise PresetError(f"{path}: inputs {got_in} / outputs {got_out}, expected {inputs} / {outputs}")
-    shapes = {a.name: a.shape for a in [*sess.get_inputs(), *sess.get_outputs()]}
-    for name, dim in last_dims.items():
-        last = shapes[name][-1] if shapes[name] else None
-        if isinstance(last, int) and last != dim:
-            raise PresetError(f"{path}: '{name}' has last dimension {last}, the preset says {dim}")
+        raise PresetError(f"{path}: inputs {tuple(got_in)} / outputs {tuple(got_out)}, "
+                          f"expected {tuple(inputs)} / {tuple(outputs)}")
+    for name, (rank, last) in [*inputs.items(), *outputs.items()]:
+        arg = got_in.get(name) or got_out[name]
+        if arg.type != "tensor(float)":
+            raise PresetError(f"{path}: '{name}' is {arg.type}, expected tensor(float) (float32)")
+        shape = arg.shape
+        if not isinstance(shape, list) or len(shape) != rank:
+            raise PresetError(f"{path}: '{name}' has rank {len(shape) if isinstance(shape, list) else '?'}, "
+                              f"expected {rank}")
+        if last is not None and rank > 1 and isinstance(shape[-1], int) and shape[-1] != last:
+            raise PresetError(f"{path}: '{name}' has last dimension {shape[-1]}, the preset says {last}")
+        if dynamic_batch and isinstance(shape[0], int):
+            raise PresetError(f"{path}: '{name}' has a fixed batch dimension {shape[0]}; the engine decodes "
+                              "batches of any size (re-export with a dynamic batch)")
 
 
-def _model_file(root: Path, table: dict[str, Any], key: str, where: str) -> Path:
-    """A model file named by the preset: a plain file name inside the preset folder (never an
-    absolute path or a way out of it, whatever a downloaded preset says)."""
-    name = _get(table, key, str, where)
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise PresetError(f"{where}: '{key}' must be a file name inside the preset folder, not {name!r}")
-    return root / name
+def _trial_feeds(preset: "Preset") -> dict[str, NDArray[np.float32]]:
+    """``TRIAL_ROWS`` decoder rows a player meets: mean and snapshot timbres, pitches in the
+    middle of the preset's range, both velocities, early and held, held and just released."""
+    rows = TRIAL_ROWS
+    z = np.tile(preset.latent_mean, (rows, 1))
+    for i, snap in enumerate(preset.snapshots[: rows - 1]):
+        z[i + 1] = snap.z
+    mid = (preset.pitch_min + preset.pitch_max) / 2
+    pitch = np.clip([60.0, 72.0, 48.0, mid], preset.pitch_min, preset.pitch_max)
+    return {"z": np.ascontiguousarray(z, np.float32),
+            "pitch": pitch.astype(np.float32),
+            "velocity": np.array([100, 64, 100, 64], np.float32),
+            "time_on": np.array([0.05, preset.time_on_max, 0.3, preset.time_on_max / 2], np.float32),
+            "time_off": np.array([HELD_TIME_OFF, HELD_TIME_OFF, 0.05, min(0.2, preset.release_seconds)], np.float32)}
+
+
+def _trial_run(sess: Any, path: Path, feeds: dict[str, NDArray], expect: dict[str, tuple[int, ...]]) -> None:
+    """Run ``sess`` once; every output in ``expect`` must have that shape and be finite."""
+    names = list(expect)
+    try:
+        got = sess.run(names, feeds)
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PresetError(f"{path}: the trial run at load failed ({first[:160]})") from None
+    for name, value in zip(names, got):
+        if not isinstance(value, np.ndarray) or value.shape != expect[name]:
+            shape = getattr(value, "shape", type(value).__name__)
+            raise PresetError(f"{path}: the trial run gave '{name}' of shape {shape}, expected {expect[name]}")
+        if not np.all(np.isfinite(value)):
+            raise PresetError(f"{path}: the trial run gave NaN or Inf in '{name}' (a broken export)")
+
+
+def _check_models(preset: "Preset") -> None:
+    """Open, check and trial-run the decoder, the parts decoder (if any) and the encoder."""
+    from synth.partials import PARTS_OUTPUTS
+
+    size, bins, rows = preset.latent_size, preset.params.n_bins, TRIAL_ROWS
+    dec_inputs: dict[str, TensorSpec] = {name: (1, None) for name in DECODER_INPUTS}
+    dec_inputs["z"] = (2, size)
+    feeds = _trial_feeds(preset)
+    sess = _session(preset.decoder_path)
+    _check_io(sess, preset.decoder_path, dec_inputs, {DECODER_OUTPUT: (2, bins)}, dynamic_batch=True)
+    _trial_run(sess, preset.decoder_path, feeds, {DECODER_OUTPUT: (rows, bins)})
+    if preset.decoder_parts_path is not None:
+        path = preset.decoder_parts_path
+        amp, inharm, noise = PARTS_OUTPUTS
+        sess = _session(path)
+        _check_io(sess, path, dec_inputs, {amp: (2, None), inharm: (1, None), noise: (2, bins)}, dynamic_batch=True)
+        harmonics = next(a.shape[-1] for a in sess.get_outputs() if a.name == amp)
+        if not isinstance(harmonics, int) or not 1 <= harmonics <= bins:
+            raise PresetError(f"{path}: '{amp}' must have a fixed number of partials 1..{bins}, not {harmonics!r}")
+        _trial_run(sess, path, feeds, {amp: (rows, harmonics), inharm: (rows,), noise: (rows, bins)})
+    path = preset.encoder_path
+    sess = _session(path)
+    _check_io(sess, path, {ENCODER_INPUT: (3, bins)}, {name: (2, size) for name in ENCODER_OUTPUTS},
+              dynamic_batch=False)
+    frames = -(-preset.params.frames_per_note // preset.encoder_frame_stride)
+    note = np.full((1, frames, bins), math.log(preset.params.log_floor), np.float32)
+    note[0, :, 1 : bins // 8] += 3.0  # some energy, so a real encoder sees a note rather than silence
+    _trial_run(sess, path, {ENCODER_INPUT: note}, {name: (1, size) for name in ENCODER_OUTPUTS})
+
+
+def _model_file(root: Path, table: dict[str, Any], key: str, where: str, max_bytes: int = MAX_MODEL_BYTES) -> Path:
+    """A file named by the preset: a plain file name inside the preset folder (never an absolute
+    path or a way out of it, whatever a downloaded preset says), checked by synth.model_file."""
+    return preset_file(root, _get(table, key, str, where), f"{where}: '{key}'", max_bytes)
 
 
 def _latent_map(root: Path, doc: dict[str, Any], size: int, where: str) -> LatentMap | None:
     """The optional ``[map] file`` (see synth.latent_map); None when the preset has none."""
     if "map" not in doc:
         return None
-    path = _model_file(root, _table(doc, "map", Path(where)), "file", where)
+    path = _model_file(root, _table(doc, "map", Path(where)), "file", f"{where} [map]", MAX_LATENT_MAP_BYTES)
     try:
         return load_latent_map(path, size)
     except LatentMapError as exc:
@@ -211,7 +361,7 @@ def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
         program = _get(s, "program", int, w)
         if not 0 <= program <= 127:
             raise PresetError(f"{w}: program {program} outside 0..127")
-        level = float(_get(s, "level", (int, float), w)) if "level" in s else 1.0
+        level = _as_float(_get(s, "level", (int, float), w)) if "level" in s else 1.0
         if not (MIN_SNAPSHOT_LEVEL <= level <= MAX_SNAPSHOT_LEVEL):
             raise PresetError(f"{w}: level {level} outside {MIN_SNAPSHOT_LEVEL}..{MAX_SNAPSHOT_LEVEL}")
         snaps.append(Snapshot(_get(s, "name", str, w), program, _vector(s, "z", size, w), level))
@@ -221,8 +371,9 @@ def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
 def _v1_knobs(latent: dict[str, Any], mean: NDArray, std: NDArray, w: str) -> KnobMap:
     """Version 1: knob i moves latent dim ``knob_order[i]`` over mean +- 3 std."""
     size = mean.shape[0]
-    knob_order = [int(k) for k in _get(latent, "knob_order", list, w)]
-    if sorted(knob_order) != list(range(size)):
+    knob_order = _get(latent, "knob_order", list, w)
+    integers = all(isinstance(k, int) and not isinstance(k, bool) for k in knob_order)
+    if not integers or sorted(knob_order) != list(range(size)):
         raise PresetError(f"{w}: knob_order must be a permutation of 0..{size - 1}")
     dims = knob_order[:MAX_KNOBS]
     directions = np.zeros((len(dims), size))
@@ -252,7 +403,7 @@ def _mix_gain(doc: dict[str, Any], w: str) -> float:
     """Optional ``[mix] gain`` (linear), 1.0 when absent."""
     if "mix" not in doc:
         return 1.0
-    gain = float(_get(_table(doc, "mix", Path(w)), "gain", (int, float), f"{w} [mix]"))
+    gain = _as_float(_get(_table(doc, "mix", Path(w)), "gain", (int, float), f"{w} [mix]"))
     if not (math.isfinite(gain) and 0 < gain <= MAX_MIX_GAIN):
         raise PresetError(f"{w} [mix]: gain {gain} must be a finite number in (0, {MAX_MIX_GAIN:g}]")
     return gain
@@ -264,7 +415,7 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     if not root.is_dir():
         raise PresetError(f"{root}: preset folder not found")
     toml_path = root / "preset.toml"
-    doc = _read_toml(toml_path)
+    doc = _read_toml(root)
     w = str(toml_path)
     meta = _table(doc, "preset", toml_path)
     version = _get(meta, "format_version", int, w)
@@ -272,11 +423,7 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
         readable = " and ".join(str(v) for v in READ_VERSIONS)
         raise PresetError(f"{w}: format_version {version} is not supported (this engine reads {readable}); "
                           f"re-export the preset with python -m export.onnx")
-    try:
-        params = SpectrogramParams.from_dict(_table(doc, "audio", toml_path))
-        params.validate()
-    except (TypeError, ValueError) as exc:
-        raise PresetError(f"{w}: bad [audio]: {exc}") from None
+    params = _audio_params(_table(doc, "audio", toml_path), w)
     latent = _table(doc, "latent", toml_path)
     size = _get(latent, "size", int, w)
     if not 1 <= size <= 256:
@@ -291,8 +438,8 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
         knobs, mix_gain = _knobs(_table(doc, "knobs", toml_path), size, w), _mix_gain(doc, w)
     knob_order = [int(np.argmax(np.abs(d))) for d in knobs.directions]
     pitch = _table(doc, "pitch", toml_path)
-    pmin, pmax = float(_get(pitch, "min", (int, float), w)), float(_get(pitch, "max", (int, float), w))
-    if not 0 <= pmin < pmax <= 127:
+    pmin, pmax = (_as_float(_get(pitch, key, (int, float), w)) for key in ("min", "max"))
+    if not 0 <= pmin < pmax <= 127:  # NaN fails too
         raise PresetError(f"{w}: pitch range {pmin}..{pmax} invalid")
     dec = _table(doc, "decoder", toml_path)
     contract = _get(dec, "contract", str, w)
@@ -311,12 +458,12 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
         knob_order=knob_order,
         pitch_min=pmin,
         pitch_max=pmax,
-        decoder_path=_model_file(root, dec, "file", w),
-        decoder_parts_path=_model_file(root, dec, "parts_file", w) if "parts_file" in dec else None,
-        encoder_path=_model_file(root, enc, "file", w),
-        time_on_max=float(_get(dec, "time_on_max", (int, float), w)),
-        release_seconds=float(_get(dec, "release_seconds", (int, float), w)),
-        encoder_frame_stride=_get(enc, "frame_stride", int, w),
+        decoder_path=_model_file(root, dec, "file", f"{w} [decoder]"),
+        decoder_parts_path=_model_file(root, dec, "parts_file", f"{w} [decoder]") if "parts_file" in dec else None,
+        encoder_path=_model_file(root, enc, "file", f"{w} [encoder]"),
+        time_on_max=float(_number(dec, "time_on_max", f"{w} [decoder]", 1e-3, params.note_seconds)),
+        release_seconds=float(_number(dec, "release_seconds", f"{w} [decoder]", 1e-3, MAX_NOTE_SECONDS)),
+        encoder_frame_stride=_number(enc, "frame_stride", f"{w} [encoder]", 1, MAX_FRAME_STRIDE, integer=True),
         knobs=knobs,
         format_version=version,
         mix_gain=mix_gain,
@@ -324,14 +471,6 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
         programs=program_map(snaps),
         latent_map=_latent_map(root, doc, size, w),
     )
-    if not (0 < preset.time_on_max <= params.note_seconds and math.isfinite(preset.release_seconds) and preset.release_seconds > 0):
-        raise PresetError(f"{w}: time_on_max / release_seconds out of range")
     if check_models:
-        bins = params.n_bins
-        _check_onnx(preset.decoder_path, DECODER_INPUTS, (DECODER_OUTPUT,), {"z": size, DECODER_OUTPUT: bins})
-        if preset.decoder_parts_path is not None:
-            from synth.partials import PARTS_OUTPUTS
-
-            _check_onnx(preset.decoder_parts_path, DECODER_INPUTS, PARTS_OUTPUTS, {"z": size, "noise_mag": bins})
-        _check_onnx(preset.encoder_path, (ENCODER_INPUT,), ENCODER_OUTPUTS, {ENCODER_INPUT: bins, "mu": size})
+        _check_models(preset)
     return preset

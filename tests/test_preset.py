@@ -105,7 +105,7 @@ DAMAGE = {
     "snapshot level huge": (lambda d: d["snapshots"][0].update(level=1000.0), "level 1000.0 outside"),
     "snapshot level type": (lambda d: d["snapshots"][0].update(level="loud"), "'level' has the wrong type"),
     "map outside the folder": (lambda d: d.update(map={"file": "../m.npz"}), "inside the preset folder"),
-    "map missing": (lambda d: d.update(map={"file": "m.npz"}), "unreadable latent map"),
+    "map missing": (lambda d: d.update(map={"file": "m.npz"}), "file missing"),
     "missing onnx": (lambda d: d["decoder"].update(file="nope.onnx"), "file missing"),
 }
 
