@@ -7,6 +7,7 @@ const TOKEN = document.body.dataset.token;
 const Q = "?token=" + encodeURIComponent(TOKEN);
 const TRAVEL_PX = 240;  // a vertical drag this long sweeps a knob over its whole travel -1..1
 const ARC = 135;  // degrees either side of 12 o'clock
+const MAX_MAP_LABELS = 16;  // more snapshots than this are marked on the map without their names
 const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
                  "#ff9da7", "#9c755f", "#bab0ac", "#86bcb6", "#d37295"];
 
@@ -172,13 +173,16 @@ function drawMap() {
   mapCtx.clearRect(0, 0, map.width, map.height);
   if (dots) mapCtx.drawImage(dots, 0, 0);
   mapCtx.font = "11px system-ui, sans-serif";
+  const labelled = info.snapshots.length <= MAX_MAP_LABELS;  // a GM preset's hundred names would hide the map
   for (const s of info.snapshots) {
     if (s.x === null) continue;
     const [px, py] = toPx(s.x, s.y);
-    mapCtx.strokeStyle = "#f2a541";
-    mapCtx.strokeRect(px - 4, py - 4, 8, 8);
-    mapCtx.fillStyle = "#c8c8c8";
-    mapCtx.fillText(s.name, px + 7, py + 4);
+    mapCtx.strokeStyle = labelled ? "#f2a541" : "rgba(242, 165, 65, 0.55)";
+    mapCtx.strokeRect(px - 3, py - 3, 6, 6);
+    if (labelled) {
+      mapCtx.fillStyle = "#c8c8c8";
+      mapCtx.fillText(s.name, px + 7, py + 4);
+    }
   }
   if (!state || state.knobs.length < 2) return;
   const [x, y] = mapPoint();
