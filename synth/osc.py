@@ -15,8 +15,8 @@ address                         arguments   effect
 ==============================  ==========  ==================================================
 
 Every control goes through :class:`synth.ui.surface.ControlSurface`, i.e. the same MIDI producer
-path as a hardware controller. A packet that does not parse or whose size is not a multiple of 4
-(OSC 1.0), an unknown address, or arguments
+path as a hardware controller. A packet that does not parse, whose size is not a multiple of 4
+(OSC 1.0) or whose numeric arguments are cut short, an unknown address, or arguments
 of the wrong type, count or range are ignored and counted (``ControlSurface.ignored``); nothing
 a sender does raises. Bundles are applied at once, whatever their time tag.
 """
@@ -33,6 +33,28 @@ from synth.ui.surface import ControlError, ControlSurface
 
 PREFIX = "/vaesynth"
 MAX_DATAGRAM_BYTES = 8192  # a control message is tens of bytes; larger datagrams are not parsed
+
+
+FIXED_ARGUMENT_BYTES = {"i": 4, "f": 4, "c": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8}
+"""OSC 1.0 type tags with a fixed-size argument (the variable ones, s and b, python-osc checks itself)."""
+
+
+def _padded_end(dgram: bytes, start: int) -> int:
+    """End of the NUL-terminated, 4-aligned OSC string starting at ``start`` (-1: none)."""
+    nul = dgram.find(b"\0", start)
+    return -1 if nul < 0 else (nul // 4 + 1) * 4
+
+
+def _arguments_complete(dgram: bytes) -> bool:
+    """Whether a message's fixed-size arguments are all there: python-osc pads a short float (for
+    Reaktor), so a float tag with no bytes would read as 0.0 and move a knob."""
+    tags_at = _padded_end(dgram, 0)
+    tags_end = _padded_end(dgram, tags_at) if 0 <= tags_at < len(dgram) else -1
+    if tags_end < 0 or dgram[tags_at:tags_at + 1] != b",":
+        return True  # no type tags: nothing fixed-size to check (python-osc reads no arguments)
+    tags = dgram[tags_at + 1:dgram.find(b"\0", tags_at)].decode("ascii", "replace")
+    needed = sum(FIXED_ARGUMENT_BYTES.get(t, 0) for t in tags)
+    return len(dgram) - tags_end >= needed
 
 
 def _number(value: Any) -> float:
@@ -82,6 +104,8 @@ class OscControl(asyncio.DatagramProtocol):
         for message in messages:
             route = self._routes.get(message.address)
             try:
+                if not _arguments_complete(message.dgram):
+                    raise ControlError("an argument is cut short")
                 if route is None:
                     raise ControlError(f"unknown OSC address {message.address!r}")
                 route(list(message.params), addr)

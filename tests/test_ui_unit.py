@@ -97,6 +97,12 @@ def test_osc_controls_and_hostile_datagrams(surface: ControlSurface) -> None:
     assert surface.synth.engine.knob_values[1] == 1.0 and surface.synth.engine.stats.active_voices == 1
     assert osc.handled == 2 and surface.ignored == 0
     queued = len(surface.synth.engine.queue)
+    # 4-aligned, but the float tag has no bytes: python-osc would read 0.0
+    osc.datagram_received(b"/vaesynth/knob/2\0\0\0\0,f\0\0", ("127.0.0.1", 9))
+    bundle = b"#bundle\0" + b"\0" * 8 + len(b"/vaesynth/knob/2\0\0\0\0,f\0\0").to_bytes(4, "big") \
+        + b"/vaesynth/knob/2\0\0\0\0,f\0\0"
+    osc.datagram_received(bundle, ("127.0.0.1", 9))
+    assert surface.ignored == 2 and len(surface.synth.engine.queue) == queued
     rng = np.random.default_rng(0)
     packets = [rng.bytes(int(n)) for n in rng.integers(0, 200, 2000)]
     packets += [b"/vaesynth/knob/1\x00\x00\x00\x00" + rng.bytes(int(n) * 4) for n in rng.integers(0, 6, 500)]
