@@ -33,6 +33,7 @@ from synth.ui.surface import ControlError, ControlSurface
 HOST = "127.0.0.1"
 PUSH_HZ = 30.0
 KNOB_POLL_S = 0.004  # how often the knobs are compared while a page is open (a moved knob is pushed at once)
+SHUTDOWN_S = 1.0
 SEND_TIMEOUT_S = 1.0  # a page that takes longer to accept one state message is dropped
 MAX_BODY_BYTES = 64 * 1024  # request bodies and WebSocket messages: controls are tiny
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -199,7 +200,8 @@ class WebSurface:
     # ------------------------------------------------------------------ lifetime (on the loop)
     async def start(self, port: int) -> None:
         """Listen on 127.0.0.1:``port`` (0: a free port); ``self.port`` is the one bound."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A page mid-request (an upload, a socket) gets a second at shutdown, not aiohttp's minute.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, HOST, port)
         await site.start()
