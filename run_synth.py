@@ -21,6 +21,7 @@ from typing import Any
 from synth.config import add_config_option, parse_args_with_config
 from synth.errors import VaesynthError, run_command
 from synth.timbre_cli import add_timbre_options
+from synth.ui.cli import add_arguments as add_ui_arguments
 
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "default"
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--learn", metavar="KNOB", type=int, default=None,
                       help="MIDI learn: the next controller (CC) you move drives knob KNOB (0..7); saved")
     add_state_options(live)
+    add_ui_arguments(live)
     add_timbre_options(ap)
     return ap
 

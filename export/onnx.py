@@ -229,8 +229,8 @@ def reference_soundfont(stats: dict[str, Any], wanted: str | None = None) -> str
 
 def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
     """One snapshot per trained GM program of the reference soundfont (mean mu of its training
-    notes, named by the GM instrument); data without soundfont tags (NSynth, WAV folders) gets one
-    per family. Padded to MIN_SNAPSHOTS with points along the top knobs."""
+    notes in ``training.train.SNAPSHOT_KEYS``, named by the GM instrument); data without soundfont
+    tags (NSynth, WAV folders) gets one per family. Padded to MIN_SNAPSHOTS with points along the top knobs."""
     snaps, used = [], set()
     tag = reference_soundfont(stats, reference)
     if tag is not None:

@@ -421,6 +421,16 @@ class Engine:
         return self.knobs.coords.astype(np.float32)
 
     @property
+    def knob_ccs(self) -> tuple[int, ...]:
+        """Per knob: the (lowest) CC that drives it, -1 for a knob no CC reaches (``set_knob_ccs``)."""
+        ccs = [-1] * self.knobs.count
+        for cc in range(127, -1, -1):
+            knob = int(self._knob_of_cc[cc])
+            if knob >= 0:
+                ccs[knob] = cc
+        return tuple(ccs)
+
+    @property
     def knob_pickup(self) -> NDArray[np.bool_]:
         """Per knob: True when its hardware control drives it, False while it waits for pick-up."""
         return self.knobs.pickup.copy()

@@ -32,6 +32,7 @@ from synth.learn import (
     save_mapping,
 )
 from synth.state import LiveState
+from synth.ui.cli import start_surface
 
 MIDI_CLIENT_NAME = "vaesynth"
 # Under JACK, PortAudio's client already holds "vaesynth", and rtmidi is a second
@@ -143,14 +144,21 @@ class LiveSynth:
 
     def on_midi(self, event: tuple[list[int], float], data: object = None) -> None:
         """rtmidi callback: timestamp the message in output samples and queue it."""
-        arrival = time.perf_counter()
         message = event[0]
+        self.push_control(message)
+        learn = self.learn  # read once: the control surface may end a learn session meanwhile
+        if learn is not None:
+            learn.offer(message)
+
+    def push_control(self, message: bytes | list[int] | tuple[int, ...]) -> bool:
+        """Queue one MIDI message now, from any thread (MIDI inputs, control surface, OSC): the
+        engine's only way in. False when the queue refused it (full, or not a channel message)."""
+        arrival = time.perf_counter()
         with self._producer_lock:
-            self.engine.push_event(self.clock.to_sample(arrival), bytes(message))
+            ok = self.engine.push_event(self.clock.to_sample(arrival), bytes(message))
             self.stats.midi_events += 1
             self.stats.last_midi = tuple(message)
-        if self.learn is not None:
-            self.learn.offer(message)
+        return ok
 
     @property
     def xruns(self) -> int:
@@ -675,7 +683,9 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
+    surface = None
     try:
+        surface = start_surface(args, synth, preset, path)  # --ui: web page + OSC on their own thread
         _start_stream(stream)
         midi.watch()
         if audio.under_jack and getattr(args, "no_connect", False):
@@ -688,6 +698,8 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     except KeyboardInterrupt:
         stopping = True
     finally:
+        if surface is not None:
+            surface.stop()
         if not finished[0]:
             if stopping:
                 try:

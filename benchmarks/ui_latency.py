@@ -1,0 +1,280 @@
+"""Control-surface figures under a private jackd (dummy driver, sync, 48 kHz, period 128), with
+run_synth.py --ui and Debian's headless chromium on its page.
+
+Prints markdown tables:
+- CC-to-screen: a CC 70 sent through JACK until the page has drawn knob 1 at its new value
+  (the probe stamps the wall clock of the cycle that carries the CC; the page stamps its draw);
+- knob-to-sound from a browser drag: a real pointer drag (chromedriver input, no steps) of knob 1
+  over its whole travel under a held note, from the page sending the control to the sound
+  changing, against the same change sent over OSC and as a MIDI CC at an exact frame, all with
+  the same detector (the moment the spectrum is half-way from the old timbre to the new one,
+  which lags the first changed sample by the detector's window and the engine's glide). The
+  difference to MIDI is what the browser path adds to knob-to-sound; ``benchmarks.live_latency``
+  gives the MIDI knob-to-sound itself (the engine's first changed sample);
+- DSP load with the page open (receiving the state at ~30 Hz and drawing it) and without, in one
+  run, alternating phases with the same held voices: the synth's own callback load (its state,
+  polled at 10 Hz in every phase) and JACK's DSP load. Goal: the page costs <= 3 points.
+
+Run (never while training or another heavy job holds the cores)::
+
+    flock /work/rt-bench.lock python -m benchmarks.ui_latency [--preset DIR] [--repeats 10] [--seconds 20]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.jack_probe import JackProbe, control, note_off, note_on
+from tests.ui_harness import SurfaceSession, add_latent_map
+
+SERVER = "vaesynth-ui-bench"
+RATE, PERIOD = 48000, 128
+HELD_KEY = 57
+DETECT_WINDOW = 1024  # samples per spectrum of the timbre detector
+DETECT_HOP = 32
+
+
+def start_jackd() -> subprocess.Popen[bytes]:
+    cmd = ["jackd", "-n", SERVER, "-R", "-S", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.run(["jack_wait", "-s", SERVER, "-w", "-t", "10"], capture_output=True, timeout=15)
+    return proc
+
+
+class StampedProbe(JackProbe):
+    """A probe that also notes the wall clock (``time.time``) of every cycle it records."""
+
+    def __init__(self, server: str, name: str) -> None:
+        self.stamps: list[tuple[int, float]] = []  # (first frame of the cycle, wall time at its callback)
+        super().__init__(server, name)
+
+    def _process(self, frames: int) -> None:
+        run = self._run
+        if run is not None and not run.done.is_set():
+            self.stamps.append((run.pos, time.time()))
+        super()._process(frames)
+
+    def record(self, *args, **kwargs):  # noqa: ANN002, ANN003 - JackProbe.record's
+        self.stamps = []
+        return super().record(*args, **kwargs)
+
+    def wall_of(self, frame: float) -> float:
+        """Wall time (s) of a frame of the last recording."""
+        pos = np.array([p for p, _ in self.stamps])
+        i = max(int(np.searchsorted(pos, frame, side="right")) - 1, 0)
+        return self.stamps[i][1] + (frame - self.stamps[i][0]) / RATE
+
+    def frame_of(self, wall: float) -> float:
+        """Frame of the last recording at wall time ``wall`` (s)."""
+        walls = np.array([w for _, w in self.stamps])
+        i = max(int(np.searchsorted(walls, wall, side="right")) - 1, 0)
+        return self.stamps[i][0] + (wall - self.stamps[i][1]) * RATE
+
+
+def send_midi(probe: JackProbe, *messages: bytes) -> None:
+    probe.record([(2 * PERIOD + i, m) for i, m in enumerate(messages)], 4 * PERIOD, freewheel=False)
+
+
+def stats_row(name: str, values: list[float], goal: str = "") -> str:
+    v = np.asarray(values, float)
+    return f"| {name} | {len(v)} | {np.nanmin(v):.1f} | {np.nanmedian(v):.1f} | {np.nanmax(v):.1f} | {goal} |"
+
+
+def cc_to_screen(session: SurfaceSession, probe: StampedProbe, repeats: int) -> list[float]:
+    """ms from the cycle carrying CC 70 to the page's draw of knob 1 at the new value."""
+    out = []
+    for r in range(repeats):
+        value, shown = (127, 1) if r % 2 == 0 else (0, -1)
+        frame = 4 * PERIOD + (37 * r) % PERIOD
+        probe.record([(frame, control(70, value))], 8 * PERIOD, freewheel=False)
+        sent_ms = probe.wall_of(frame) * 1000.0
+        drawn = session.wait_js(
+            "const e = window.vaesynth.drawLog.find(d => d.t > %f && d.knobs[0] === %d); return e ? e.t : null"
+            % (sent_ms - 100.0, shown), timeout=5.0)
+        out.append(drawn - sent_ms)
+        time.sleep(0.05)
+    return out
+
+
+def half_way_frame(audio: np.ndarray, change: int) -> float | None:
+    """The first frame after ``change`` where the spectrum is closer to the new timbre than the old.
+
+    Log spectra of ``DETECT_WINDOW`` samples every ``DETECT_HOP``; old = their mean over the 200 ms
+    before ``change``, new = over 300..500 ms after it; a window's progress is its distance to old
+    over the sum of both distances; returns the end of the first window past 0.5 (None: no change).
+    """
+    mono = audio.mean(axis=1).astype(np.float64)
+    win = np.hanning(DETECT_WINDOW)
+    starts = np.arange(change - int(0.2 * RATE), change + int(0.5 * RATE) - DETECT_WINDOW, DETECT_HOP)
+    spec = np.log(np.abs(np.fft.rfft(np.stack([mono[s:s + DETECT_WINDOW] * win for s in starts]), axis=1)) + 1e-6)
+    ends = starts + DETECT_WINDOW
+    old = spec[ends <= change].mean(axis=0)
+    new = spec[starts >= change + int(0.3 * RATE)].mean(axis=0)
+    loud = np.maximum(old, new) > max(old.max(), new.max()) - np.log(1e3)  # 60 dB
+    d_old = np.linalg.norm(spec[:, loud] - old[loud], axis=1)
+    d_new = np.linalg.norm(spec[:, loud] - new[loud], axis=1)
+    if np.linalg.norm(old[loud] - new[loud]) < 1.0:
+        return None
+    past = np.flatnonzero((d_old / (d_old + d_new) > 0.5) & (ends > change))
+    return float(ends[past[0]]) if past.size else None
+
+
+def _osc_knob_1(value: float) -> bytes:
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder("/vaesynth/knob/1")
+    builder.add_arg(float(value), "f")
+    return builder.build().dgram
+
+
+def drag_to_sound(session: SurfaceSession, probe: StampedProbe, repeats: int) -> dict[str, list[float]]:
+    """ms from a knob-1 change (-> -1) to the half-way point of the timbre change, per path: a browser
+    drag (from the page sending it), OSC (from the datagram's send), MIDI CC (from its exact frame)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    svg = session.driver.find_element(By.CSS_SELECTOR, '.knob[data-knob="0"] svg')
+    osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    seconds, change_s = 1.6, 0.8
+    out: dict[str, list[float]] = {"browser": [], "osc": [], "midi": []}
+    try:
+        for r in range(3 * repeats):
+            path = ("browser", "osc", "midi")[r % 3]
+            send_midi(probe, control(70, 127))
+            session.wait_js("return window.vaesynth.state.knobs[0] === 1")
+            change = int(change_s * RATE) + (53 * r) % PERIOD
+            events = [(10 * PERIOD, note_on(HELD_KEY)), (int((seconds - 0.05) * RATE), note_off(HELD_KEY))]
+            if path == "midi":
+                events.append((change, control(70, 0)))
+            holder: list = []
+            thread = threading.Thread(target=lambda: holder.append(probe.record(events, int(seconds * RATE), False)))
+            thread.start()
+            sent = 0.0
+            if path == "browser":
+                time.sleep(change_s)
+                ActionChains(session.driver, duration=0).click_and_hold(svg).move_by_offset(0, 300).release().perform()
+            elif path == "osc":
+                time.sleep(change_s)
+                sent = time.time()
+                osc.sendto(_osc_knob_1(-1.0), ("127.0.0.1", session.osc_port))
+            thread.join(30)
+            audio = holder[0].audio
+            if path == "midi":
+                at = half_way_frame(audio, change)
+                out[path].append(np.nan if at is None else (at - change) * 1000.0 / RATE)
+                continue
+            if path == "browser":
+                sent = session.driver.execute_script(
+                    "const e = window.vaesynth.sendLog.filter(s => s.msg.type === 'knob' && s.msg.knob === 0).pop();"
+                    "return e ? e.t : null") / 1000.0
+            at = half_way_frame(audio, int(probe.frame_of(sent)))
+            out[path].append(np.nan if at is None else (probe.wall_of(at) - sent) * 1000.0)
+            time.sleep(0.35)  # the release ends
+    finally:
+        osc.close()
+    return out
+
+
+def load_phases(session: SurfaceSession, probe: JackProbe, voices: int, seconds: float) -> str:
+    """Alternating phases without and with the page, the same voices held throughout."""
+    keys = [36 + (7 * i) % 48 for i in range(voices)]
+    send_midi(probe, *[note_on(k, 90) for k in keys])
+    rows = []
+    try:
+        for phase in ("without", "with", "without", "with"):
+            if phase == "with":
+                session.open_page()
+            elif session.driver is not None:
+                session.driver.quit()
+                session.driver = None
+            time.sleep(1.0)
+            loads: list[float] = []
+            sounding: list[int] = []
+            stop = threading.Event()
+
+            def poll() -> None:
+                while not stop.wait(0.1):
+                    state = session.api("/api/state")
+                    loads.append(state["load"])
+                    sounding.append(state["voices"])
+
+            poller = threading.Thread(target=poll)
+            messages0 = session.driver.execute_script("return window.vaesynth.counts.messages") if session.driver else 0
+            poller.start()
+            take = probe.record([], int(seconds * RATE), freewheel=False)
+            stop.set()
+            poller.join()
+            rate = ((session.driver.execute_script("return window.vaesynth.counts.messages") - messages0) / seconds
+                    if session.driver else 0.0)
+            rows.append((phase, 100 * float(np.mean(loads)), 100 * float(np.percentile(loads, 99)),
+                         take.dsp_load_mean, take.dsp_load_max, take.xruns, int(np.median(sounding)), rate))
+    finally:
+        send_midi(probe, *[note_off(k) for k in keys])
+    lines = ["| page | voices | synth load mean, % | synth load p99, % | JACK DSP load mean, % | JACK DSP max, % "
+             "| xruns | state messages/s |", "|---|---|---|---|---|---|---|---|"]
+    for phase, mean, p99, jmean, jmax, xr, v, rate in rows:
+        pushed = f"{rate:.1f}" if phase == "with" else "–"
+        lines.append(f"| {phase} | {v} | {mean:.1f} | {p99:.1f} | {jmean:.1f} | {jmax:.1f} | {xr} | {pushed} |")
+    off = [r for r in rows if r[0] == "without"]
+    on = [r for r in rows if r[0] == "with"]
+    cost = np.mean([r[1] for r in on]) - np.mean([r[1] for r in off])
+    jcost = np.mean([r[3] for r in on]) - np.mean([r[3] for r in off])
+    lines.append(f"\nThe page's cost: {cost:+.1f} points of synth load, {jcost:+.1f} points of JACK DSP load "
+                 f"(goal <= 3).")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="presets/default")
+    ap.add_argument("--repeats", type=int, default=10, help="CC-to-screen and drag takes each")
+    ap.add_argument("--seconds", type=float, default=20.0, help="seconds per load phase (four phases)")
+    ap.add_argument("--voices", type=int, default=16, help="voices held during the load phases")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ui-bench-"))
+    if not (Path(args.preset) / "preset.toml").exists():
+        from tests.fake_preset import make_fake_preset
+
+        print(f"({args.preset} has no preset.toml: using tests/fake_preset.py's fake preset)", file=sys.stderr)
+        args.preset = str(add_latent_map(make_fake_preset(work / "fake")))
+    jackd = start_jackd()
+    os.environ["JACK_DEFAULT_SERVER"] = SERVER
+    session = None
+    try:
+        session = SurfaceSession(Path(args.preset), SERVER, extra=["--polyphony", "64"],
+                                 env={"VAESYNTH_CONFIG_DIR": str(work / "cfg")},
+                                 probe=StampedProbe(SERVER, "vaesynth-ui-bench-probe"))
+        probe = session.probe
+        session.open_page()
+        print(f"preset: {args.preset}\n")
+        print("| measure, ms | takes | min | median | max | goal |\n|---|---|---|---|---|---|")
+        print(stats_row("CC 70 through JACK -> knob drawn on the page", cc_to_screen(session, probe, args.repeats),
+                        "one display frame (16.7 ms)"), flush=True)
+        paths = drag_to_sound(session, probe, args.repeats)
+        print(stats_row("browser drag of knob 1 -> sound half-way to the new timbre", paths["browser"]))
+        print(stats_row("OSC /vaesynth/knob/1 -> the same point", paths["osc"]))
+        print(stats_row("MIDI CC 70 at an exact frame -> the same point (reference)", paths["midi"]))
+        added = np.nanmedian(paths["browser"]) - np.nanmedian(paths["midi"])
+        print(stats_row("what the browser path adds to knob-to-sound (medians: drag minus MIDI)", [added],
+                        "knob-to-sound <= 20 ms"), "\n", flush=True)
+        print(load_phases(session, probe, args.voices, args.seconds))
+    finally:
+        status, err = session.close() if session is not None else (0, "")
+        jackd.terminate()
+        jackd.wait(timeout=10)
+    if status != 0:
+        print(f"synth exited {status}: {err[-500:]}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

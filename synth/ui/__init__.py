@@ -1,0 +1,1 @@
+"""The control surface: a local web page (``synth.ui.server``) and OSC (``synth.osc``) for live mode."""

@@ -1,0 +1,216 @@
+"""The control surface's web server (aiohttp): the page, its state push, and the guard around both.
+
+Routes (every one needs ``?token=TOKEN``):
+
+- ``GET /`` the page; ``GET /static/app.js``, ``/static/style.css`` its two files;
+- ``GET /api/info`` preset name, knob names, snapshots and the map (JSON, once per page load);
+- ``GET /api/state`` the live state (JSON; the same object the WebSocket pushes);
+- ``GET /ws`` WebSocket: the server pushes the state about ``PUSH_HZ`` times a second, and at
+  once when a knob moves (hardware CCs are drawn within a display frame); the page
+  sends controls as JSON (``{"type": "knob", "knob": 0, "value": 0.5}``, ``"program"``,
+  ``"snapshot"``, ``"note"``, ``"learn"``; see :meth:`WebSurface.apply`).
+
+Security: the server binds 127.0.0.1. A request passes only with the right token, a ``Host`` of
+``127.0.0.1:PORT`` or ``localhost:PORT`` (a DNS-rebinding page has its own host name there), an
+``Origin`` of the same origin when one is sent (WebSocket handshakes must send one), and no
+``Sec-Fetch-Site: cross-site``; anything else is a 403. Messages are size-limited
+(``MAX_BODY_BYTES``) and parsed as JSON into plain values. A slow or vanished page only slows its
+own push loop (each send has ``SEND_TIMEOUT_S``); the audio thread never waits on this one.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from importlib import resources
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from synth.ui.surface import ControlError, ControlSurface
+
+HOST = "127.0.0.1"
+PUSH_HZ = 30.0
+KNOB_POLL_S = 0.004  # how often the knobs are compared while a page is open (a moved knob is pushed at once)
+SHUTDOWN_S = 1.0
+SEND_TIMEOUT_S = 1.0  # a page that takes longer to accept one state message is dropped
+MAX_BODY_BYTES = 64 * 1024  # request bodies and WebSocket messages: controls are tiny
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+TOKEN_PLACEHOLDER = "{{TOKEN}}"
+
+
+def _static_text(name: str) -> str:
+    return resources.files("synth.ui").joinpath("static", name).read_text(encoding="utf-8")
+
+
+class WebSurface:
+    """The aiohttp application around one :class:`ControlSurface`; ``port`` is known after start."""
+
+    def __init__(self, surface: ControlSurface, token: str | None = None) -> None:
+        self.surface = surface
+        self.token = token or secrets.token_hex(16)
+        self.port = 0
+        self.refused = 0  # requests answered 403
+        self._page = _static_text("index.html")
+        self._static = {name: _static_text(name) for name in STATIC_FILES}
+        self._state_text = ""
+        self._state_at = -1.0
+        self._runner: web.AppRunner | None = None
+        self._sockets = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._moved = asyncio.Event()  # replaced each time it fires (no loop is bound until first awaited)
+
+    # ------------------------------------------------------------------ guard
+    def allowed(self, request: web.Request) -> bool:
+        """Token, Host, Origin and fetch-site checks (see the module docstring)."""
+        if not secrets.compare_digest(request.query.get("token", ""), self.token):
+            return False
+        hosts = (f"{HOST}:{self.port}", f"localhost:{self.port}")
+        if request.headers.get("Host", "") not in hosts:
+            return False
+        origin = request.headers.get("Origin")
+        is_socket = request.headers.get("Upgrade", "").lower() == "websocket"
+        if origin is None:
+            if is_socket or request.method not in ("GET", "HEAD"):
+                return False
+        elif origin not in tuple(f"http://{h}" for h in hosts):
+            return False
+        return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not self.allowed(request):
+            self.refused += 1
+            return web.Response(status=403, text="forbidden: open the address run_synth.py --ui printed\n")
+        response = await handler(request)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        sockets = " ".join(f"ws://{h}:{self.port}" for h in (HOST, "localhost"))
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'self'; connect-src 'self' {sockets}; img-src 'self' data:; frame-ancestors 'none'")
+        return response
+
+    # ------------------------------------------------------------------ routes
+    def app(self) -> web.Application:
+        application = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
+        application.router.add_get("/", self._index)
+        application.router.add_get("/static/{name}", self._static_file)
+        application.router.add_get("/api/info", self._info)
+        application.router.add_get("/api/state", self._state)
+        application.router.add_get("/ws", self._socket)
+        return application
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._page.replace(TOKEN_PLACEHOLDER, self.token), content_type="text/html")
+
+    async def _static_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC_FILES:
+            raise web.HTTPNotFound()
+        return web.Response(text=self._static[name], content_type=STATIC_FILES[name])
+
+    async def _info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.surface.info())
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.state_text(), content_type="application/json")
+
+    def state_text(self) -> str:
+        """The state as JSON, computed at most once per push period however many pages are open."""
+        now = time.monotonic()
+        if now - self._state_at >= 0.5 / PUSH_HZ:
+            self.surface.poll_learn()
+            self._state_text = json.dumps(self.surface.state(), separators=(",", ":"))
+            self._state_at = now
+        return self._state_text
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_BODY_BYTES)
+        await ws.prepare(request)
+        self._sockets += 1
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_knobs())
+        pusher = asyncio.create_task(self._push(ws))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self.apply(msg.data)
+                else:
+                    self.surface.refuse()
+        finally:
+            pusher.cancel()
+            self._sockets -= 1
+        return ws
+
+    async def _watch_knobs(self) -> None:
+        """While a page is open: look at the knobs every ``KNOB_POLL_S`` and wake every pusher at once
+        when one moved, so a turned hardware knob is drawn within a display frame, not a push period."""
+        last = None
+        while self._sockets > 0:
+            knobs = self.surface.knob_snapshot()
+            if knobs != last:
+                last = knobs
+                self._state_at = -1.0  # the next state_text() reads afresh
+                moved, self._moved = self._moved, asyncio.Event()
+                moved.set()
+            await asyncio.sleep(KNOB_POLL_S)
+
+    async def _push(self, ws: web.WebSocketResponse) -> None:
+        """State to one page at ``PUSH_HZ`` on a fixed schedule, and at once when a knob moves; a page
+        that stalls is closed."""
+        period = 1.0 / PUSH_HZ
+        next_at = time.monotonic()
+        while not ws.closed:
+            try:
+                await asyncio.wait_for(ws.send_str(self.state_text()), SEND_TIMEOUT_S)
+            except (ConnectionError, asyncio.TimeoutError):
+                await ws.close()
+                return
+            next_at = max(next_at + period, time.monotonic() - period)
+            try:
+                await asyncio.wait_for(self._moved.wait(), max(0.0, next_at - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+
+    def apply(self, text: str) -> None:
+        """One control message from the page; malformed or refused ones are counted, never raised."""
+        try:
+            msg = json.loads(text)
+            if not isinstance(msg, dict):
+                raise ControlError("a control message is a JSON object")
+            kind = msg.get("type")
+            if kind == "knob":
+                self.surface.knob(msg.get("knob"), msg.get("value"))
+            elif kind == "program":
+                self.surface.program(msg.get("program"))
+            elif kind == "snapshot":
+                self.surface.snapshot(msg.get("snapshot"))
+            elif kind == "note":
+                self.surface.note(msg.get("key"), msg.get("velocity"))
+            elif kind == "learn":
+                self.surface.learn(msg.get("knob"))
+            else:
+                raise ControlError(f"unknown control type {kind!r}")
+        except (ValueError, ControlError):  # json.JSONDecodeError is a ValueError
+            self.surface.refuse()
+
+    # ------------------------------------------------------------------ lifetime (on the loop)
+    async def start(self, port: int) -> None:
+        """Listen on 127.0.0.1:``port`` (0: a free port); ``self.port`` is the one bound."""
+        # A page mid-request (an upload, a socket) gets a second at shutdown, not aiohttp's minute.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=SHUTDOWN_S)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, HOST, port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/?token={self.token}"

@@ -1,0 +1,362 @@
+"""The control surface against the real things: run_synth.py --ui under jackd, Debian's headless
+chromium through selenium, OSC over UDP, MIDI and audio through a JACK probe.
+
+One synth and one browser for the module (start-up dominates); the tests run in file order but
+each sets up the state it asserts on.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from synth.knobs import KNOB_RANGE_STD
+from synth.preset import load_preset
+from tests.fake_preset import make_fake_preset
+from tests.jack_probe import JackProbe, Take, control, note_off, note_on, spectrum_db
+from tests.ui_harness import SurfaceSession, add_latent_map
+
+pytestmark = pytest.mark.jack
+RATE = 48000
+HELD = (57,)  # one note: a chord's near-coincident partials beat, moving peak levels by dB
+SCREENSHOT_ENV = "VAESYNTH_SCREENSHOT"  # a path: also copy the page's screenshot there (docs/)
+
+
+@pytest.fixture(scope="module")
+def preset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return add_latent_map(make_fake_preset(tmp_path_factory.mktemp("ui") / "fake", release_seconds=0.3))
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cfg")
+
+
+@pytest.fixture(scope="module")
+def session(jack_server: str, preset_dir: Path, config_dir: Path) -> Iterator[SurfaceSession]:
+    s = SurfaceSession(preset_dir, jack_server, env={"VAESYNTH_CONFIG_DIR": str(config_dir)})
+    try:
+        s.open_page()
+        yield s
+    finally:
+        status, err = s.close()
+    assert status == 0, err
+    assert "Traceback" not in err
+
+
+def _snapshot_coords(preset_dir: Path, index: int) -> np.ndarray:
+    """Snapshot ``index``'s knob coordinates, computed from the preset file (synth.knobs' formula)."""
+    preset = load_preset(preset_dir)
+    k = preset.knobs
+    return (k.directions @ (preset.snapshots[index].z.astype(np.float64) - k.center)) / (KNOB_RANGE_STD * k.scale)
+
+
+def _send_midi(probe: JackProbe, *messages: bytes) -> None:
+    """Send ``messages`` through JACK in the next cycles (real time, a few ms)."""
+    p = probe.period
+    probe.record([(2 * p + i, m) for i, m in enumerate(messages)], 4 * p, freewheel=False)
+
+
+def _record_in_background(probe: JackProbe, events: list[tuple[int, bytes]], seconds: float):
+    """Start a real-time recording; returns (thread, holder) — the Take lands in holder[0]."""
+    holder: list[Take] = []
+    thread = threading.Thread(target=lambda: holder.append(probe.record(events, int(seconds * RATE), freewheel=False)),
+                              daemon=True)
+    thread.start()
+    return thread, holder
+
+
+def _held(period: int, seconds: float) -> list[tuple[int, bytes]]:
+    start, end = 10 * period, int((seconds - 0.1) * RATE)
+    return [(start, note_on(k)) for k in HELD] + [(end, note_off(k)) for k in HELD]
+
+
+def _window(take: Take, t0: float, t1: float) -> np.ndarray:
+    spec = spectrum_db(take.audio[int(t0 * RATE):int(t1 * RATE)])
+    return spec - spec.max()
+
+
+def _knob_element(session: SurfaceSession, knob: int):
+    from selenium.webdriver.common.by import By
+
+    return session.driver.find_element(By.CSS_SELECTOR, f'.knob[data-knob="{knob}"]')
+
+
+def _drag_knob(session: SurfaceSession, knob: int, dy: int) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    svg = _knob_element(session, knob).find_element(By.TAG_NAME, "svg")
+    ActionChains(session.driver).click_and_hold(svg).move_by_offset(0, dy // 2).move_by_offset(0, dy - dy // 2) \
+        .release().perform()
+
+
+def _wait_state(session: SurfaceSession, test, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = session.api("/api/state")
+        if test(state):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"state never matched: {state}")
+        time.sleep(0.02)
+
+
+def _wait_shown(session: SurfaceSession, expected: np.ndarray, atol: float = 2e-4, timeout: float = 5.0) -> None:
+    """Until the page's knobs show ``expected`` (the engine applies a control, the next push shows it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = np.array(session.shown_knobs())
+        if np.allclose(shown, expected, atol=atol):
+            return
+        if time.monotonic() > deadline:
+            np.testing.assert_allclose(shown, expected, atol=atol)
+        time.sleep(0.02)
+
+
+def test_page_loads(session: SurfaceSession, preset_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = session.driver
+    assert driver.title == "vaesynth control surface"
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".knob .name")]
+    preset = load_preset(preset_dir)
+    assert names == [f"{i + 1} · z{d}" for i, d in enumerate(preset.knob_order[:8])]
+    buttons = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#snapshots button")]
+    assert buttons == [s.name for s in preset.snapshots]
+    assert driver.find_element(By.ID, "mapnote").text.startswith(f"{preset.latent_map.size} training notes")
+    legend = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#legend span")]
+    assert legend == list(preset.latent_map.families)
+    assert session.wait_js("return document.getElementById('conn').textContent") == "connected"
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors  # CSP violations, failed loads, script errors
+
+
+def test_midi_cc_through_jack_moves_onscreen_knob(session: SurfaceSession) -> None:
+    for value, shown in ((127, 1.0), (0, -1.0)):
+        _send_midi(session.probe, control(72, value))  # knob 3
+        session.wait_js(f"return document.querySelector('.knob[data-knob=\"2\"]').dataset.value === '{shown:.4f}'",
+                        timeout=2.0)
+
+
+def test_map_point_follows_knobs_1_and_2_and_moves_them(session: SurfaceSession) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    _send_midi(session.probe, control(70, 127), control(71, 0))
+    session.wait_js("const m = document.getElementById('map').dataset; return m.x === '1.0000' && m.y === '-1.0000'",
+                    timeout=2.0)
+    # Drag the point to the upper left quarter of the map: the engine's knobs 1 and 2 follow.
+    canvas = session.driver.find_element(By.ID, "map")
+    w = canvas.size["width"]
+    ActionChains(session.driver).move_to_element_with_offset(canvas, -w // 4, -w // 4).click_and_hold() \
+        .move_by_offset(3, 3).release().perform()
+    state = _wait_state(session, lambda s: s["knobs"][0] < -0.2 and s["knobs"][1] > 0.2)
+    time.sleep(0.1)  # the drag's last CCs have landed; the page shows the engine's values within a push
+    x, y = _wait_state(session, lambda s: True)["knobs"][:2]
+    session.wait_js("const m = document.getElementById('map').dataset; "
+                    f"return Math.abs(m.x - {x}) < 1e-3 && Math.abs(m.y - {y}) < 1e-3", timeout=2.0)
+
+
+def test_knob_drag_changes_rendered_spectrum(session: SurfaceSession) -> None:
+    _send_midi(session.probe, control(70, 127))  # knob 1 at +1
+    session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.value === '1.0000'")
+    seconds = 2.4
+    thread, holder = _record_in_background(session.probe, _held(session.probe.period, seconds), seconds)
+    try:
+        time.sleep(0.9)
+        _drag_knob(session, 0, 300)  # down by more than the whole travel: knob 1 to -1
+    finally:
+        thread.join(30)
+    assert _wait_state(session, lambda s: True)["knobs"][0] == -1.0
+    before, after = _window(holder[0], 0.35, 0.75), _window(holder[0], 1.8, 2.2)
+    loud = before > -40
+    assert np.max(np.abs(after[loud] - before[loud])) > 3.0, "dragging knob 1 did not change the spectrum"
+
+
+def test_snapshot_click_recalls_snapshot_and_knob_takes_over(session: SurfaceSession, preset_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    _send_midi(session.probe, control(70, 0))  # hardware knob 1 at the bottom
+    session.driver.find_element(By.CSS_SELECTOR, '#snapshots button[data-program="9"]').click()  # snap2
+    expected = _snapshot_coords(preset_dir, 2)
+    session.wait_js("return window.vaesynth.state.midi === 'c0 09'")
+    session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'false'")
+    _wait_shown(session, expected)
+    # The on-screen knob sits at the snapshot's value, so dragging it takes the knob at once.
+    _drag_knob(session, 0, 60)
+    state = _wait_state(session, lambda s: s["pickup"][0] and s["knobs"][0] < expected[0] - 0.2)
+    assert session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'true'")
+    assert state["knobs"][1:] == pytest.approx(list(expected[1:]), abs=2e-4)
+
+
+class _ForeignSite(http.server.BaseHTTPRequestHandler):
+    """Another web page on this machine (another port = another origin) that tries to drive the synth."""
+
+    page = ""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = self.page.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _status(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_foreign_origin_and_missing_token_refused(session: SurfaceSession) -> None:
+    base = f"http://127.0.0.1:{session.port}"
+    good = f"{base}/api/state?token={session.token}"
+    assert _status(good, {}) == 200
+    assert _status(good, {"Origin": base}) == 200
+    assert _status(good, {"Origin": "http://evil.example"}) == 403
+    assert _status(good, {"Host": f"evil.example:{session.port}"}) == 403  # DNS rebinding
+    assert _status(f"{base}/api/state", {}) == 403
+    assert _status(f"{base}/api/state?token={'0' * len(session.token)}", {}) == 403
+    assert _status(good, {"Sec-Fetch-Site": "cross-site"}) == 403
+    # In the browser: a page from another origin that knows the token still cannot open the socket.
+    before = session.api("/api/state")["knobs"][4]
+    _ForeignSite.page = (
+        "<title>foreign</title><script>const ws = new WebSocket('ws://127.0.0.1:%d/ws?token=%s');"
+        "ws.onopen = () => { ws.send(JSON.stringify({type: 'knob', knob: 4, value: 1})); document.title = 'opened'; };"
+        "ws.onerror = () => { document.title = 'refused'; };</script>" % (session.port, session.token))
+    server = http.server.HTTPServer(("127.0.0.1", 0), _ForeignSite)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    driver = session.driver
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        session.wait_js("return document.title !== 'foreign'")
+        assert driver.title == "refused"
+    finally:
+        server.shutdown()
+        driver.get(session.url)
+        session.wait_js("return window.vaesynth && window.vaesynth.drawLog.length > 0")
+    assert session.api("/api/state")["knobs"][4] == before
+
+
+def _osc(address: str, *args: object) -> bytes:
+    builder = OscMessageBuilder(address)
+    for a in args:
+        builder.add_arg(a)
+    return builder.build().dgram
+
+
+MALFORMED = [
+    b"garbage that is not OSC",
+    b"/vaesynth/knob/1\x00\x00\x00\x00,f\x00\x00\x00",  # a float cut to one byte (not 4-aligned)
+    _osc("/vaesynth/knob/1", "loud"),  # a string where a number goes
+    _osc("/vaesynth/knob/1", float("nan")),
+    _osc("/vaesynth/knob/9", 0.5),  # there are 8 knobs
+    _osc("/vaesynth/knob/1", 0.5, 0.5),
+    _osc("/vaesynth/program", 300),
+    _osc("/vaesynth/nothing", 1),
+    b"#bundle\x00" + b"\x00" * 8 + b"\x00\x00\x00\x40/vaesynth",  # an element longer than the packet
+]
+
+
+def _osc_take(session: SurfaceSession) -> tuple[Take, bytes, int]:
+    """A held note under knob 1 at -1: malformed packets at 0.8 s, a state query, then a valid knob-1
+    message at about 1.4 s. Returns (take, the state reply, how many messages were refused)."""
+    _send_midi(session.probe, control(70, 0))  # knob 1 at -1
+    _wait_state(session, lambda s: s["knobs"][0] == -1.0)
+    ignored = session.api("/api/state")["ignored"]
+    osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    osc.settimeout(2.0)
+    target = ("127.0.0.1", session.osc_port)
+    seconds = 2.6
+    thread, holder = _record_in_background(session.probe, _held(session.probe.period, seconds), seconds)
+    try:
+        time.sleep(0.8)
+        for packet in MALFORMED:
+            osc.sendto(packet, target)
+        time.sleep(0.6)
+        osc.sendto(_osc("/vaesynth/state"), target)
+        reply = osc.recv(1024)
+        osc.sendto(_osc("/vaesynth/knob/1", 1.0), target)
+        thread.join(30)
+    finally:
+        osc.close()
+    state = session.api("/api/state")
+    assert state["knobs"][0] == 1.0
+    return holder[0], reply, state["ignored"] - ignored
+
+
+def test_osc_knob_changes_sound_and_malformed_packets_change_nothing(session: SurfaceSession) -> None:
+    # Real time on a shared machine: a take with an xrun (a dropout inside a window changes its
+    # spectrum) is taken again, once.
+    take, reply, refused = _osc_take(session)
+    if take.xruns or take.lost_cycles:
+        take, reply, refused = _osc_take(session)
+    assert refused == len(MALFORMED)
+    assert reply.startswith(b"/vaesynth/state\x00") and b"," + b"ifii" + b"f" * 8 in reply
+    quiet, noisy, changed = (_window(take, a, b) for a, b in ((0.35, 0.75), (0.95, 1.35), (2.0, 2.4)))
+    peaks = _harmonic_peaks(quiet)
+    drift = np.abs(noisy[peaks] - quiet[peaks])
+    assert np.max(drift) < 1.0, f"a malformed OSC packet changed the sound: {np.round(drift, 2)} (xruns {take.xruns})"
+    assert np.max(np.abs(changed[peaks] - quiet[peaks])) > 3.0, "the OSC knob message did not change the sound"
+
+
+def _harmonic_peaks(spec_db: np.ndarray, floor_db: float = -30.0) -> np.ndarray:
+    """Bins of the spectrum's local maxima above ``floor_db`` (the chord's partials): the valleys
+    between them are leakage, which moves with each window's phases."""
+    mid = spec_db[1:-1]
+    return np.flatnonzero((mid > spec_db[:-2]) & (mid >= spec_db[2:]) & (mid > floor_db)) + 1
+
+
+def test_midi_learn_by_click(session: SurfaceSession, config_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    _knob_element(session, 3).find_element(By.TAG_NAME, "button").click()
+    session.wait_js("return window.vaesynth.state.learning === 3")
+    _send_midi(session.probe, control(20, 127))  # the hardware control the player moves
+    session.wait_js("return document.querySelector('.knob[data-knob=\"3\"] .cc').textContent === 'CC 20'")
+    saved = tomllib.loads((config_dir / "mappings.toml").read_text())
+    assert saved["cc_to_knob"] == {"20": 3}  # the file --learn writes
+    # A sweep over the whole travel crosses the knob's value: picked up, it follows CC 20 to the top.
+    _send_midi(session.probe, control(20, 0), control(20, 127))
+    session.wait_js("return document.querySelector('.knob[data-knob=\"3\"]').dataset.value === '1.0000'")
+
+
+def test_screenshot_while_playing_over_osc(session: SurfaceSession, tmp_path: Path) -> None:
+    osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for key in (48, 55, 64, 67):
+            osc.sendto(_osc("/vaesynth/note", key, 90), ("127.0.0.1", session.osc_port))
+        state = _wait_state(session, lambda s: s["voices"] == 4)
+        # (the overload governor may shed a voice on a busy machine: the page shows what sounds)
+        session.wait_js("return Number(document.getElementById('voices').textContent) > 0")
+        shot = tmp_path / "control-surface.png"
+        assert session.driver.save_screenshot(str(shot))
+        assert state["midi"] == "90 43 5a"
+    finally:
+        for key in (48, 55, 64, 67):
+            osc.sendto(_osc("/vaesynth/note", key, 0), ("127.0.0.1", session.osc_port))
+        osc.close()
+    _wait_state(session, lambda s: s["voices"] == 0)
+    target = os.environ.get(SCREENSHOT_ENV)
+    if target:
+        shutil.copyfile(shot, target)
