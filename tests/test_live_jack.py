@@ -89,18 +89,6 @@ def _spectrum_change(live: JackProbe, messages: list[bytes]) -> float:
     return float(np.max(np.abs(after[loud] - before[loud])))
 
 
-def test_random_button_and_user_program_change_the_timbre(live: JackProbe) -> None:
-    steady = _spectrum_change(live, [])  # the chord's own decay between the two windows
-    user = [control(0, 1), bytes([0xC0, 0])]
-    assert _spectrum_change(live, user) > steady + 3.0, "user program 0 not recalled"
-    flat = _spectrum_change(live, [])  # the same decay, on user program 0's timbre
-    empty = [control(0, 1), bytes([0xC0, 1])]
-    assert abs(_spectrum_change(live, empty) - flat) < 1.0, "an empty user program changed the sound"
-    assert _spectrum_change(live, [control(0, 0), bytes([0xC0, 0])]) > flat + 3.0, "bank 0: no snapshot recalled"
-    _spectrum_change(live, user)  # back on the flat user timbre, far from the latent map's draws
-    assert _spectrum_change(live, [control(80, 127), control(80, 0)]) > flat + 3.0, "CC 80 drew no new timbre"
-
-
 def _melody(period: int) -> tuple[list[tuple[int, bytes]], list[tuple[int, int, int]], int]:
     """Four notes one after another at varied offsets in the cycle; (events, notes, frames)."""
     events, notes = [], []
@@ -177,6 +165,19 @@ def test_realtime_short_run(live: JackProbe, engine_latency: int) -> None:
     # A dropped cycle shows as a whole period of silence inside the held note.
     silent = np.convolve(held < 1e-6, np.ones(p), "valid")
     assert take.lost_cycles == 0 and silent.max() < p
+
+
+def test_random_button_and_user_program_change_the_timbre(live: JackProbe) -> None:
+    """Through real JACK MIDI: Bank Select 1 + Program Change recalls a user program, Bank Select 0 the
+    preset's snapshots again, CC 80 draws a random timbre (an empty user program changing nothing is
+    checked exactly in tests/test_timbre.py: this spectrum measure varies by ~1 dB between takes)."""
+    steady = _spectrum_change(live, [])  # the chord's own decay between the two windows
+    user = [control(0, 1), bytes([0xC0, 0])]
+    assert _spectrum_change(live, user) > steady + 3.0, "user program 0 not recalled"
+    flat = max(steady, _spectrum_change(live, []))  # the same decay, on user program 0's timbre
+    assert _spectrum_change(live, [control(0, 0), bytes([0xC0, 0])]) > flat + 3.0, "bank 0: no snapshot recalled"
+    _spectrum_change(live, user)  # back on the flat user timbre, far from the latent map's draws
+    assert _spectrum_change(live, [control(80, 127), control(80, 0)]) > flat + 3.0, "CC 80 drew no new timbre"
 
 
 def _cli(args: list[str], server: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
