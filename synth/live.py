@@ -160,6 +160,13 @@ class LiveSynth:
             self.stats.last_midi = tuple(message)
         return ok
 
+    def push_engine_event(self, status: int, d1: int = 0, d2: int = 0) -> bool:
+        """Queue one of the engine's own events (``synth.timbre``: select a slot, morph endpoints) now,
+        on the producer path ``push_control`` uses."""
+        arrival = time.perf_counter()
+        with self._producer_lock:
+            return self.engine.push(self.clock.to_sample(arrival), status, d1, d2)
+
     @property
     def xruns(self) -> int:
         """JACK's own xrun count where a JackWatch runs, else PortAudio's underflow flags."""

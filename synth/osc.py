@@ -8,6 +8,12 @@ address                         arguments   effect
 ``/vaesynth/knob/N``            f           knob N (1..8) to coordinate -1..1 (its CC)
 ``/vaesynth/program``           i           program change 0..127 (recalls a snapshot)
 ``/vaesynth/snapshot``          s or i      recall a preset snapshot by name or number (1..)
+``/vaesynth/user``              s or i      recall a user snapshot (captured timbre) by name or
+                                            user program 0..127
+``/vaesynth/random``            (none)      the random-timbre button
+``/vaesynth/morph``             f           morph position 0 (endpoint A) .. 1 (B)
+``/vaesynth/morph/endpoints``   s s         morph between two snapshots, by name (user
+                                            snapshots first, then the preset's)
 ``/vaesynth/note``              i i         note key 0..127, velocity 0..127 (0: note-off)
 ``/vaesynth/state``             [i]         reply ``/vaesynth/state`` to the sender (or to
                                             its host at port i): voices i, load f, xruns i,
@@ -81,6 +87,10 @@ class OscControl(asyncio.DatagramProtocol):
         self._routes: dict[str, Callable[[list[Any], tuple[str, int]], None]] = {
             f"{PREFIX}/program": self._program,
             f"{PREFIX}/snapshot": self._snapshot,
+            f"{PREFIX}/user": self._user,
+            f"{PREFIX}/random": self._random,
+            f"{PREFIX}/morph": self._morph,
+            f"{PREFIX}/morph/endpoints": self._morph_endpoints,
             f"{PREFIX}/note": self._note,
             f"{PREFIX}/state": self._state,
         }
@@ -132,6 +142,25 @@ class OscControl(asyncio.DatagramProtocol):
         self._arity(params, 1)
         which = params[0]
         self.surface.snapshot(which if isinstance(which, str) else _integer(which) - 1)
+
+    def _user(self, params: list[Any], addr: tuple[str, int]) -> None:
+        self._arity(params, 1)
+        which = params[0]
+        self.surface.user(which if isinstance(which, str) else _integer(which))
+
+    def _random(self, params: list[Any], addr: tuple[str, int]) -> None:
+        self._arity(params, 0)
+        self.surface.random()
+
+    def _morph(self, params: list[Any], addr: tuple[str, int]) -> None:
+        self._arity(params, 1)
+        self.surface.morph(_number(params[0]))
+
+    def _morph_endpoints(self, params: list[Any], addr: tuple[str, int]) -> None:
+        self._arity(params, 2)
+        if not all(isinstance(p, str) for p in params):
+            raise ControlError("morph endpoints are two snapshot names")
+        self.surface.morph_endpoints(params[0], params[1])
 
     def _note(self, params: list[Any], addr: tuple[str, int]) -> None:
         self._arity(params, 2)

@@ -46,8 +46,14 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def session(jack_server: str, preset_dir: Path, config_dir: Path) -> Iterator[SurfaceSession]:
-    s = SurfaceSession(preset_dir, jack_server, env={"VAESYNTH_CONFIG_DIR": str(config_dir)})
+def library_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("library")
+
+
+@pytest.fixture(scope="module")
+def session(jack_server: str, preset_dir: Path, config_dir: Path, library_dir: Path) -> Iterator[SurfaceSession]:
+    s = SurfaceSession(preset_dir, jack_server, extra=["--library", str(library_dir)],
+                       env={"VAESYNTH_CONFIG_DIR": str(config_dir)})
     try:
         s.open_page()
         yield s
@@ -339,6 +345,90 @@ def test_midi_learn_by_click(session: SurfaceSession, config_dir: Path) -> None:
     # A sweep over the whole travel crosses the knob's value: picked up, it follows CC 20 to the top.
     _send_midi(session.probe, control(20, 0), control(20, 127))
     session.wait_js("return document.querySelector('.knob[data-knob=\"3\"]').dataset.value === '1.0000'")
+
+
+def _coords(preset_dir: Path, z: np.ndarray) -> np.ndarray:
+    k = load_preset(preset_dir).knobs
+    return (k.directions @ (np.asarray(z, np.float64) - k.center)) / (KNOB_RANGE_STD * k.scale)
+
+
+def _note_wav(preset_dir: Path, z: np.ndarray, path: Path) -> Path:
+    """One C4 of latent ``z`` rendered offline by the engine, written as a WAV (what a player records)."""
+    import soundfile as sf
+
+    from synth.engine import Engine
+
+    engine = Engine(load_preset(preset_dir), device="cpu", knob_pickup=False)
+    for d, v in enumerate(z):
+        engine.set_latent(d, float(v), absolute=True)
+    engine.prepare(RATE, 1024, warm=False)
+    engine.push(8, 0x90, 60, 100)
+    engine.push(8 + int(1.5 * RATE), 0x80, 60, 0)
+    out = np.zeros((2 * RATE, 2), np.float32)
+    for a in range(0, len(out), 1024):
+        engine.process(out[a:a + 1024])
+    sf.write(path, out, RATE, subtype="PCM_24")
+    return path
+
+
+def test_random_button_changes_the_timbre(session: SurfaceSession) -> None:
+    from selenium.webdriver.common.by import By
+
+    before = session.api("/api/state")
+    session.driver.find_element(By.ID, "random").click()
+    state = _wait_state(session, lambda s: s["timbre"].startswith("random:"))
+    assert state["knobs"] != before["knobs"]
+    session.wait_js("return document.getElementById('timbre').textContent.startsWith('random:')")
+
+
+def test_capture_drop_zone_makes_a_selectable_user_snapshot(session: SurfaceSession, preset_dir: Path,
+                                                            library_dir: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from tests.fake_preset import capture_subspace
+
+    z = (np.random.default_rng(4).standard_normal(len(capture_subspace())) @ capture_subspace()).astype(np.float32)
+    wav = _note_wav(preset_dir, z, tmp_path / "bottle.wav")
+    driver = session.driver
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF but not really a wave file" * 10)
+    driver.find_element(By.ID, "capturefile").send_keys(str(junk))
+    session.wait_js("return document.getElementById('capturemsg').textContent.startsWith('not captured')")
+    assert "junk.wav" in driver.find_element(By.ID, "capturemsg").text  # the one-line reason names the file
+    driver.find_element(By.ID, "capturefile").send_keys(str(wav))
+    session.wait_js("return document.getElementById('capturemsg').textContent.startsWith('captured')", timeout=60)
+    library = tomllib.loads((library_dir / "library.toml").read_text())
+    stored = [e for e in library["snapshot"] if e["name"] == "bottle"]
+    assert len(stored) == 1  # saved as --capture saves it
+    session.wait_js("const b = document.querySelector('#usersnaps button[data-user]'); "
+                    "return b && b.textContent === 'bottle'")
+    driver.find_element(By.CSS_SELECTOR, "#usersnaps button[data-user]").click()
+    _wait_state(session, lambda s: s["timbre"] == "bottle")
+    _wait_shown(session, _coords(preset_dir, stored[0]["z"]))
+
+
+def test_morph_slider_moves_between_two_chosen_timbres(session: SurfaceSession, preset_dir: Path) -> None:
+    def choose(select: str, name: str) -> None:
+        session.driver.execute_script(
+            "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
+            "s.dispatchEvent(new Event('change'));", select, name)
+
+    def slide(value: int) -> None:
+        session.driver.execute_script(
+            "const s = document.getElementById('morph'); s.value = arguments[0];"
+            "s.dispatchEvent(new Event('input'));", value)
+
+    slide(0)
+    choose("morph-a", "snap0")
+    choose("morph-b", "snap2")
+    _wait_state(session, lambda s: s["morphing"] and s["timbre"].startswith("snap0->snap2"))
+    snaps = load_preset(preset_dir).snapshots
+    for value, target in ((1000, snaps[2].z), (0, snaps[0].z)):
+        slide(value)
+        expected = _coords(preset_dir, target)
+        state = _wait_state(session, lambda s: abs(s["knobs"][0] - expected[0]) < 2e-4)
+        np.testing.assert_allclose(state["knobs"], expected, atol=2e-4)
+    session.wait_js("return document.getElementById('morph').value === '0'")
 
 
 def test_screenshot_while_playing_over_osc(session: SurfaceSession, tmp_path: Path) -> None:

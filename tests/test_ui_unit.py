@@ -16,7 +16,7 @@ from synth.latent_map import LatentMap
 from synth.live import LiveSynth
 from synth.osc import OscControl
 from synth.preset import load_preset
-from synth.ui.server import WebSurface
+from synth.ui.server import MAX_UPLOAD_BYTES, WebSurface
 from synth.ui.surface import ControlSurface, cc_value, map_coordinates
 from tests.fake_preset import make_fake_preset
 from tests.ui_harness import add_latent_map
@@ -115,6 +115,22 @@ def test_osc_controls_and_hostile_datagrams(surface: ControlSurface) -> None:
     assert len(surface.synth.engine.queue) - queued <= 2 * accepted
 
 
+def test_osc_timbre_addresses(surface: ControlSurface) -> None:
+    engine = surface.synth.engine
+    osc = OscControl(surface)
+    osc.datagram_received(_osc("/vaesynth/random"), ("127.0.0.1", 9))
+    _render(surface)
+    assert engine.current_timbre.label.startswith("random:")
+    osc.datagram_received(_osc("/vaesynth/morph/endpoints", "snap0", "snap2"), ("127.0.0.1", 9))
+    osc.datagram_received(_osc("/vaesynth/morph", 1.0), ("127.0.0.1", 9))
+    _render(surface)
+    assert engine.current_timbre.label.startswith("snap0->snap2 100")
+    for bad in (_osc("/vaesynth/morph", 1.5), _osc("/vaesynth/morph/endpoints", "snap0", "nope"),
+                _osc("/vaesynth/user", "nobody"), _osc("/vaesynth/random", 1)):
+        osc.datagram_received(bad, ("127.0.0.1", 9))
+    assert surface.ignored == 4 and osc.handled == 3
+
+
 def test_web_messages_refused_and_counted(surface: ControlSurface) -> None:
     web = WebSurface(surface)
     bad = ["not json", "[]", "{}", '{"type": "knob", "knob": "0", "value": 0}',
@@ -189,11 +205,18 @@ def test_server_thread_pushes_state_and_guards_sockets(surface: ControlSurface) 
                     refused = 0
                 except aiohttp.WSServerHandshakeError as exc:
                     refused = exc.status
+                capture = f"{origin}/api/capture?token={token}&name=x&filename=x.wav"
+                async with http.post(capture, data=b"RIFF") as no_origin:
+                    pass
+                too_big = b"\0" * (MAX_UPLOAD_BYTES + 1)
+                async with http.post(capture, data=too_big, headers={"Origin": origin}) as big:
+                    pass
                 async with http.get(f"{origin}/?token={token}") as page:
-                    return count, refused, page.status
+                    return count, refused, page.status, no_origin.status, big.status
 
-        count, refused, page = asyncio.run(session())
+        count, refused, page, no_origin, big = asyncio.run(session())
         assert 25 <= count <= 35 and refused == 403 and page == 200
+        assert no_origin == 403 and big == 413  # a POST must carry our Origin; an upload is bounded
         assert len(surface.synth.engine.queue) == 1  # the knob's CC, queued for the engine
         taken = SurfaceThread(surface.synth, surface.preset, surface.mapping_path, port, 0)
         with pytest.raises(SurfaceError, match="cannot start the control surface"):

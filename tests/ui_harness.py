@@ -88,7 +88,7 @@ class SurfaceSession:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}?token={self.token}", timeout=5) as r:
             return json.loads(r.read())
 
-    def open_page(self, width: int = 1180, height: int = 960):
+    def open_page(self, width: int = 1180, height: int = 1300):
         """Headless chromium on the page; waits until the first state has been drawn."""
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service

@@ -47,7 +47,8 @@ def add_arguments(group: Any) -> None:
 class SurfaceThread:
     """The web server and OSC on their own event loop thread; ``url`` and ``osc_port`` once started."""
 
-    def __init__(self, synth: Any, preset: Any, mapping_path: Path, ui_port: int, osc_port: int) -> None:
+    def __init__(self, synth: Any, preset: Any, mapping_path: Path, ui_port: int, osc_port: int,
+                 library_dir: Path | None = None) -> None:
         try:
             from synth.osc import start_osc
             from synth.ui.server import HOST, WebSurface
@@ -56,7 +57,7 @@ class SurfaceThread:
             raise SurfaceError(f"--ui needs the control surface's libraries ({exc.name}): "
                                "pip install 'vaesynth[ui]'") from None
         self._start_osc, self.host = start_osc, HOST
-        self.surface = ControlSurface(synth, preset, mapping_path)
+        self.surface = ControlSurface(synth, preset, mapping_path, library_dir)
         self.web = WebSurface(self.surface)
         self._ports = (ui_port, osc_port)
         self.osc_port = 0
@@ -122,7 +123,7 @@ def start_surface(args: argparse.Namespace, synth: Any, preset: Any, mapping_pat
     what --ui asked for). None without ``--ui``."""
     if not getattr(args, "ui", False):
         return None
-    surface = SurfaceThread(synth, preset, mapping_path, args.ui_port, args.osc_port)
+    surface = SurfaceThread(synth, preset, mapping_path, args.ui_port, args.osc_port, getattr(args, "library", None))
     surface.start()
     print(f"control surface: {surface.url}", flush=True)
     if not getattr(args, "quiet", False):

@@ -8,13 +8,18 @@ Routes (every one needs ``?token=TOKEN``):
 - ``GET /ws`` WebSocket: the server pushes the state about ``PUSH_HZ`` times a second, and at
   once when a knob moves (hardware CCs are drawn within a display frame); the page
   sends controls as JSON (``{"type": "knob", "knob": 0, "value": 0.5}``, ``"program"``,
-  ``"snapshot"``, ``"note"``, ``"learn"``; see :meth:`WebSurface.apply`).
+  ``"snapshot"``, ``"user"``, ``"random"``, ``"morph"``, ``"morph_endpoints"``, ``"note"``,
+  ``"learn"``; see :meth:`WebSurface.apply`);
+- ``POST /api/capture?name=NAME&filename=FILE`` a recording (the body, at most
+  ``MAX_UPLOAD_BYTES``) captured as user snapshot NAME; JSON ``{name, program, summary}`` or
+  ``{error}`` (400; 413 when too large).
 
 Security: the server binds 127.0.0.1. A request passes only with the right token, a ``Host`` of
 ``127.0.0.1:PORT`` or ``localhost:PORT`` (a DNS-rebinding page has its own host name there), an
 ``Origin`` of the same origin when one is sent (WebSocket handshakes must send one), and no
 ``Sec-Fetch-Site: cross-site``; anything else is a 403. Messages are size-limited
-(``MAX_BODY_BYTES``) and parsed as JSON into plain values. A slow or vanished page only slows its
+(``MAX_BODY_BYTES``; a recording ``MAX_UPLOAD_BYTES``, streamed to a private temp file and read by
+soundfile through ``synth.capture``'s checks) and parsed as JSON into plain values. A slow or vanished page only slows its
 own push loop (each send has ``SEND_TIMEOUT_S``); the audio thread never waits on this one.
 """
 from __future__ import annotations
@@ -22,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import tempfile
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -36,6 +44,8 @@ KNOB_POLL_S = 0.004  # how often the knobs are compared while a page is open (a 
 SHUTDOWN_S = 1.0
 SEND_TIMEOUT_S = 1.0  # a page that takes longer to accept one state message is dropped
 MAX_BODY_BYTES = 64 * 1024  # request bodies and WebSocket messages: controls are tiny
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a recording to capture: minutes of 16-bit stereo WAV
+UPLOAD_CHUNK = 256 * 1024
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 TOKEN_PLACEHOLDER = "{{TOKEN}}"
 
@@ -101,7 +111,36 @@ class WebSurface:
         application.router.add_get("/api/info", self._info)
         application.router.add_get("/api/state", self._state)
         application.router.add_get("/ws", self._socket)
+        application.router.add_post("/api/capture", self._capture)
         return application
+
+    async def _capture(self, request: web.Request) -> web.Response:
+        """Stream the body to a private temp file (bounded), capture it off the loop, answer in JSON."""
+        from synth.errors import VaesynthError, one_line
+
+        name = request.query.get("name", "").strip()
+        filename = Path(request.query.get("filename", "")).name[:200].strip(". ") or "recording.wav"
+        if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+            return web.json_response({"error": f"the recording is over {MAX_UPLOAD_BYTES >> 20} MB"}, status=413)
+        folder = Path(tempfile.mkdtemp(prefix="vaesynth-capture-"))  # private (0700), removed below
+        path = folder / filename
+        try:
+            size = 0
+            with open(path, "wb") as f:
+                while chunk := await request.content.read(UPLOAD_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_UPLOAD_BYTES:
+                        return web.json_response(
+                            {"error": f"the recording is over {MAX_UPLOAD_BYTES >> 20} MB"}, status=413)
+                    f.write(chunk)
+            loop = asyncio.get_running_loop()
+            try:
+                result = await loop.run_in_executor(None, self.surface.capture, path, name, filename)
+            except VaesynthError as exc:  # the message names the upload, not our temp folder
+                return web.json_response({"error": one_line(exc).replace(str(path), filename)}, status=400)
+            return web.json_response(result)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text=self._page.replace(TOKEN_PLACEHOLDER, self.token), content_type="text/html")
@@ -188,6 +227,14 @@ class WebSurface:
                 self.surface.program(msg.get("program"))
             elif kind == "snapshot":
                 self.surface.snapshot(msg.get("snapshot"))
+            elif kind == "user":
+                self.surface.user(msg.get("user"))
+            elif kind == "random":
+                self.surface.random()
+            elif kind == "morph":
+                self.surface.morph(msg.get("value"))
+            elif kind == "morph_endpoints":
+                self.surface.morph_endpoints(msg.get("a"), msg.get("b"))
             elif kind == "note":
                 self.surface.note(msg.get("key"), msg.get("velocity"))
             elif kind == "learn":

@@ -11,6 +11,13 @@ into the render path.
 Knob values are knob coordinates (``synth.knobs``): -1..1 spans a knob's travel, and the CC
 value ``round((u + 1) * 127 / 2)`` puts knob i at u. The map is the training-note sample
 (``preset.latent_map``) in the coordinates of knobs 1 and 2.
+
+Timbres (``synth.timbre``): a preset snapshot is Bank Select 0 + its program change, a user
+snapshot Bank Select 1 + its user program, the random button a press of CC 80, the morph amount
+the morph CC (the mod wheel unless ``--morph-cc``); choosing the morph endpoints stores them in
+timbre slots and queues the engine's MORPH event on the same producer path. A capture (a dropped
+recording) runs ``synth.capture`` off the event loop, is stored in the user's library
+(``synth.library``, as ``--capture`` does) and becomes a user program at once.
 """
 from __future__ import annotations
 
@@ -25,6 +32,11 @@ from synth import events as ev
 from synth.errors import VaesynthError, one_line
 from synth.knobs import KNOB_RANGE_STD
 from synth.learn import LearnSession, bind, load_mapping, save_mapping
+from synth.timbre import CC_BANK_SELECT, CC_RANDOM, MORPH, NO_SLOT, SNAPSHOT, USER, USER_BANK, USER_SLOTS, \
+    TimbreInfo
+
+PRESET_BANK = 0  # Bank Select value of the preset's snapshots (synth.timbre: USER_BANK for the user's)
+BUTTON_DOWN, BUTTON_UP = 127, 0  # the random button's CC: a press is a rise past 64, then a release
 
 MAP_DECIMALS = 3  # map coordinates sent to the page: a 1/1000 of the knob travel is below a pixel
 
@@ -66,10 +78,13 @@ class ControlSurface:
     ``mapping_path``: where MIDI learn saves its bindings (as ``--learn`` does).
     """
 
-    def __init__(self, synth: Any, preset: Any, mapping_path: Path) -> None:
+    def __init__(self, synth: Any, preset: Any, mapping_path: Path, library_dir: Path | None = None) -> None:
         self.synth = synth
         self.preset = preset
         self.mapping_path = Path(mapping_path)
+        self.library_dir = library_dir  # None: the platform's user data folder (synth.library)
+        self._capture_lock = threading.Lock()  # one capture at a time: the library is read-modify-write
+        self.user_version = 0  # bumped when a capture adds a user snapshot: the page reloads its list
         self.knob_count = int(preset.knobs.count)
         self.ignored = 0  # malformed or refused control messages (web and OSC together)
         self._lock = threading.Lock()  # learn-session bookkeeping only
@@ -106,10 +121,71 @@ class ControlSurface:
         self._push(status, cc, cc_value(float(u)))
 
     def program(self, program: int) -> None:
-        """Program change ``program`` 0..127 (recalls the snapshot ``preset.programs`` names)."""
+        """Bank Select 0 + program change ``program`` 0..127: the preset snapshot ``preset.programs``
+        names (after a user snapshot the bank would still point at the user's)."""
         if isinstance(program, bool) or not isinstance(program, int) or not 0 <= program <= 127:
             raise ControlError(f"program {program!r}: must be 0..127")
+        self._push(ev.CONTROL_CHANGE | self.channel, CC_BANK_SELECT, PRESET_BANK)
         self._push(ev.PROGRAM_CHANGE | self.channel, program)
+
+    def user_snapshots(self) -> list[dict[str, Any]]:
+        """The user programs loaded in the engine (the library's snapshots for this preset)."""
+        bank = self.synth.engine.timbre
+        return [{"name": bank.info[p].name, "program": p} for p in range(USER_SLOTS)
+                if bank.filled[p] and bank.info[p] is not None and bank.info[p].kind == USER]
+
+    def user(self, which: int | str) -> None:
+        """Recall a user snapshot by user program 0..127 or name: Bank Select 1 + Program Change."""
+        mine = self.user_snapshots()
+        found = [u for u in mine if (u["name"] == which if isinstance(which, str) else u["program"] == which)]
+        if isinstance(which, bool) or not found:
+            raise ControlError(f"no user snapshot {which!r}")
+        self._push(ev.CONTROL_CHANGE | self.channel, CC_BANK_SELECT, USER_BANK)
+        self._push(ev.PROGRAM_CHANGE | self.channel, found[0]["program"])
+
+    def random(self) -> None:
+        """The random-timbre button: a press and release of CC 80."""
+        self._push(ev.CONTROL_CHANGE | self.channel, CC_RANDOM, BUTTON_DOWN)
+        self._push(ev.CONTROL_CHANGE | self.channel, CC_RANDOM, BUTTON_UP)
+
+    def morph(self, amount: float) -> None:
+        """The morph position 0 (endpoint A) .. 1 (B), as the morph CC."""
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount <= 1.0:
+            raise ControlError(f"morph amount {amount!r}: must be 0..1")
+        self._push(ev.CONTROL_CHANGE | self.channel, int(self.synth.engine.timbre.morph_cc), int(round(amount * 127)))
+
+    def _slot_of(self, name: Any) -> int:
+        """The timbre slot of a user snapshot (its program) or a preset snapshot (stored now), by name."""
+        engine = self.synth.engine
+        for u in self.user_snapshots():
+            if u["name"] == name:
+                return int(u["program"])
+        for s in self.preset.snapshots:
+            if s.name == name:
+                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program))
+        raise ControlError(f"morph endpoint {name!r}: not a user or preset snapshot")
+
+    def morph_endpoints(self, a: str, b: str) -> None:
+        """Morph between two snapshots (user snapshots first, then the preset's, by name)."""
+        slots = (self._slot_of(a), self._slot_of(b))
+        if not self.synth.push_engine_event(MORPH, *slots):
+            raise ControlError("the synth's event queue is full; control dropped")
+
+    def capture(self, path: Path, name: str, source: str) -> dict[str, Any]:
+        """Capture the recording at ``path`` as user snapshot ``name`` (library + engine); raises
+        VaesynthError subclasses (CaptureError, LibraryError) with one-line messages. Slow (about a
+        second): never on the event loop."""
+        from synth.capture import capture_file
+        from synth.library import Library
+
+        with self._capture_lock:
+            cap = capture_file(self.preset, path)
+            library = Library.open(self.library_dir)
+            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source)
+            self.synth.engine.timbre.store_user(snap.program, cap.z, TimbreInfo(USER, snap.name, program=snap.program))
+            self.user_version += 1
+        return {"name": snap.name, "program": snap.program, "summary": cap.describe(self.preset),
+                "library": str(library.path)}
 
     def snapshot(self, which: int | str) -> None:
         """Recall a preset snapshot by index (0-based) or name, through its program change."""
@@ -187,6 +263,7 @@ class ControlSurface:
             "knobs": knobs,
             "snapshots": [{"name": s.name, "program": int(s.program), "x": where[i][0] if where else None,
                            "y": where[i][1] if where else None} for i, s in enumerate(preset.snapshots)],
+            "user": self.user_snapshots(),
             "map": None if points is None else {
                 "x": np.round(points[0], MAP_DECIMALS).tolist(),
                 "y": np.round(points[1], MAP_DECIMALS).tolist(),
@@ -219,4 +296,8 @@ class ControlSurface:
             "ignored": self.ignored,
             "learning": learning,
             "learned": learned,
+            "timbre": engine.current_timbre.label,
+            "morph": round(engine.timbre.morph_value / 127.0, 4),
+            "morphing": engine.timbre.morph_a != NO_SLOT,
+            "user_version": self.user_version,
         }

@@ -236,6 +236,7 @@ function draw() {
   const last = drawLog.length ? drawLog[drawLog.length - 1].knobs : null;
   if (!last || shown.some((v, i) => v !== last[i])) remember(drawLog, { t: wallMs(), knobs: shown });
   drawMap();
+  drawTimbres();
   document.getElementById("voices").textContent = state.voices;
   document.getElementById("load").textContent = (100 * state.load).toFixed(1) + " %";
   document.getElementById("peak").textContent = (100 * state.load_peak).toFixed(1) + " %";
@@ -251,6 +252,94 @@ function draw() {
   else if (learned && learned.error) msg.textContent = `MIDI learn: CC ${learned.cc} → knob ${learned.knob + 1} not saved: ${learned.error}`;
   else if (learned) msg.textContent = `MIDI learn: CC ${learned.cc} → knob ${learned.knob + 1}, saved to ${learned.saved}`;
   else msg.textContent = "";
+}
+
+// ------------------------------------------------------------------ timbres: user snapshots, random, morph, capture
+let userVersion = 0;
+let morphHeld = false;
+
+function timbreButton(label, title, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.title = title;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function renderTimbres() {
+  const mine = document.getElementById("usersnaps");
+  mine.replaceChildren(...info.user.map((u) => {
+    const b = timbreButton(u.name, `user program ${u.program}`, () => send({ type: "user", user: u.program }));
+    b.dataset.user = String(u.program);
+    return b;
+  }));
+  if (!info.user.length) mine.textContent = "none yet: capture a recording below";
+  const names = info.user.map((u) => u.name).concat(info.snapshots.map((s) => s.name));
+  ["morph-a", "morph-b"].forEach((id, k) => {
+    const select = document.getElementById(id);
+    const keep = select.value;
+    select.replaceChildren(...names.map((n) => { const o = document.createElement("option"); o.value = o.textContent = n; return o; }));
+    select.value = names.includes(keep) ? keep : names[Math.min(k, names.length - 1)] || "";
+  });
+}
+
+function sendEndpoints() {
+  const a = document.getElementById("morph-a").value, b = document.getElementById("morph-b").value;
+  if (a && b) send({ type: "morph_endpoints", a, b });
+}
+
+async function reloadInfo() {
+  const response = await fetch("/api/info" + Q, { cache: "no-store" });
+  info = await response.json();
+  renderTimbres();
+}
+
+async function upload(file) {
+  const msg = document.getElementById("capturemsg");
+  const field = document.getElementById("capturename");
+  const name = field.value.trim() || file.name.replace(/\.[^.]*$/, "");
+  msg.className = "hint";
+  msg.textContent = `capturing ${file.name}…`;
+  const url = `/api/capture${Q}&name=${encodeURIComponent(name)}&filename=${encodeURIComponent(file.name)}`;
+  try {
+    const response = await fetch(url, { method: "POST", body: file });
+    const result = await response.json();
+    if (!response.ok) throw new Error(result.error || response.statusText);
+    msg.textContent = `captured “${result.name}” as user program ${result.program}: ${result.summary}`;
+    field.value = "";  // the new user snapshot's button comes with the next state (user_version)
+  } catch (err) {
+    msg.className = "hint error";
+    msg.textContent = `not captured: ${err.message}`;
+  }
+}
+
+function setUpTimbres() {
+  document.getElementById("random").addEventListener("click", () => send({ type: "random" }));
+  const slider = document.getElementById("morph");
+  slider.addEventListener("pointerdown", () => { morphHeld = true; if (!state || !state.morphing) sendEndpoints(); });
+  slider.addEventListener("pointerup", () => { morphHeld = false; });
+  slider.addEventListener("input", () => send({ type: "morph", value: slider.value / 1000 }));
+  for (const id of ["morph-a", "morph-b"]) document.getElementById(id).addEventListener("change", sendEndpoints);
+  const zone = document.getElementById("dropzone");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
+  });
+  const input = document.getElementById("capturefile");
+  input.addEventListener("change", () => { if (input.files.length) upload(input.files[0]); input.value = ""; });
+}
+
+function drawTimbres() {
+  document.getElementById("timbre").textContent = state.timbre;
+  if (!morphHeld) document.getElementById("morph").value = String(Math.round(state.morph * 1000));
+  if (state.user_version !== userVersion) {
+    userVersion = state.user_version;
+    reloadInfo();
+  }
 }
 
 function connect() {
@@ -282,6 +371,8 @@ async function start() {
     snaps.append(b);
   });
   if (!info.snapshots.length) snaps.textContent = "This preset has no snapshots.";
+  renderTimbres();
+  setUpTimbres();
   prepareMap();
   connect();
 }
