@@ -396,10 +396,11 @@ class Engine:
         self.level = self.level_target = 1.0
         self.z_current[:] = self.z_target
 
-    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None) -> None:
+    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None, snapshot_level: bool = True) -> None:
         """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
         snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
-        of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up."""
+        of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up.
+        ``snapshot_level=False`` (a capture, random or morph timbre) plays at level 1.0, as it did."""
         if not 0 <= program <= 127:
             raise ValueError(f"program {program} outside 0..127")
         if z is not None:
@@ -407,6 +408,8 @@ class Engine:
             if z.shape != self.z_target.shape or not np.all(np.isfinite(z)):
                 raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
         self._program_change(program)
+        if not snapshot_level:
+            self.level_target = 1.0
         self.level = self.level_target
         if z is not None:
             self.z_target[:] = z

@@ -213,7 +213,9 @@ def restore_timbre(engine: Any, state: LiveState | None) -> str | None:
             raise ValueError(f"program {program!r} is not an integer")
         if z is not None and not (isinstance(z, list) and all(_finite(v) for v in z)):
             raise ValueError("z is not a list of finite numbers")
-        engine.restore_timbre(program, None if z is None else np.asarray(z, np.float32))
+        # Only a snapshot (with or without knob moves) has a level trim; other timbres play at 1.0.
+        snapshot_level = state.timbre.get("kind", "snapshot") == "snapshot"
+        engine.restore_timbre(program, None if z is None else np.asarray(z, np.float32), snapshot_level)
     except ValueError as exc:
         warn(f"saved timbre not restored ({exc})")
         return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,9 +48,26 @@ def test_state_round_trip_restores_timbre_and_knobs(preset, tmp_path: Path) -> N
     np.testing.assert_allclose(fresh.z_target, engine.z_target, atol=1e-6)
     assert fresh.program == PROGRAMS[1]
     assert not fresh.knob_pickup.any()  # hardware knobs unknown after a restart: pick-up
+    assert fresh.level_target == engine.level_target  # the snapshot's level trim comes back with it
+
     restored_args = argparse.Namespace(output=None, midi_in="Keystation")
     assert state.restore_options(restored_args, saved) == ["output 'BlackHole'"]
     assert restored_args.output == "BlackHole" and restored_args.midi_in == "Keystation"  # command line wins
+
+
+def test_restored_random_timbre_plays_at_unity_level(preset, tmp_path: Path) -> None:  # noqa: ANN001
+    """A capture/random/morph timbre has no level trim: restoring it must not borrow the last
+    program's snapshot level."""
+    trimmed = dataclasses.replace(preset, snapshots=[dataclasses.replace(s, level=2.0) for s in preset.snapshots])
+    engine = _played(trimmed)
+    assert engine.level_target == 2.0  # every snapshot here has a +6 dB trim
+    path = tmp_path / "state.toml"
+    saved_state = state.capture(engine, argparse.Namespace(output=None, midi_in=None))
+    saved_state.timbre["kind"] = "random"
+    state.save_state(path, saved_state)
+    fresh = Engine(trimmed)
+    state.restore_timbre(fresh, state.load_state(path))
+    assert fresh.level_target == 1.0 and fresh.level == 1.0
 
 
 @pytest.mark.parametrize("text", ["[state\nversion = 1", "[state]\nversion = 99\n",
