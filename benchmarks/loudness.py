@@ -3,7 +3,8 @@
     python -m benchmarks.loudness [--preset presets/default]
 
 Each program 0..127 is recalled by a program change (its own snapshot, else its group's), then a
-C4 at velocity 100 is held 1 s and released, rendered offline by the engine exactly as
+C4 at velocity 100 is held 1 s and released (export calibrated each snapshot's level on exactly
+this note, so the C4 table checks that the engine applies it; C3 and C5 are the honest test), rendered offline by the engine exactly as
 ``run_synth.py --render`` would (default master gain, the preset's [mix] gain and the snapshot's
 level). Goal: the single note peaks between -12 and -6 dBFS; chords (8 notes at velocity 127, on
 the loudest programs) never pass 0 dBFS.
@@ -23,6 +24,7 @@ from synth.preset import Preset
 NOTE_RANGE_DBFS = (-12.0, -6.0)
 HOLD_S, TAIL_S = 1.0, 0.6
 CHORD = (48, 52, 55, 60, 64, 67, 72, 76)
+KEYS = (48, 60, 72)  # C3, C4 (the calibration note), C5
 
 
 def render_peak(preset: Preset, program: int, keys: tuple[int, ...], velocity: int) -> float:
@@ -51,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         preset = open_preset(args.preset)
         lo, hi = NOTE_RANGE_DBFS
-        levels = []
-        for program in range(128):
-            levels.append(dbfs(render_peak(preset, program, (60,), 100)))
-            if program % 16 == 15:
-                log(f"programs 0..{program} rendered")
-        levels_arr = np.asarray(levels)
+        by_key = {key: np.asarray([dbfs(render_peak(preset, p, (key,), 100)) for p in range(128)]) for key in KEYS}
+        log("rendered")
+        print(f"### v100 single notes, all 128 programs: share inside {lo:g}..{hi:g} dBFS\n")
+        print(markdown_table(["key", "inside", "median dBFS", "min", "max"],
+                             [[key, f"{int(np.sum((v >= lo) & (v <= hi)))}/128", f"{np.median(v):.1f}",
+                               f"{v.min():.1f}", f"{v.max():.1f}"] for key, v in by_key.items()]))
+        print()
+        levels_arr = by_key[60]
         rows = []
         for g, name in enumerate(GM_GROUPS):
             grp = levels_arr[g * 8:(g + 1) * 8]
