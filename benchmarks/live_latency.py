@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.jack_probe import JackProbe, SynthProcess, control, note_off, note_on, onset
+from tests.jack_probe import JackProbe, SynthProcess, note_off, note_on, onset
 
 SERVER = "vaesynth-bench"
 RATE, PERIOD = 48000, 128

@@ -171,7 +171,7 @@ def report(preset: Preset, seconds: float, blocks: int, engine_cls: EngineClass 
     if preset_dir is not None and engine_cls is Engine:
         startup = cli_render_seconds(preset_dir, [(0, 0x90, 60, 100), (RATE // 10, 0x80, 60, 0)])
         gross = cli_render_seconds(preset_dir, passage(seconds))
-        table += [[f"the same through run_synth.py --render: gross (start-up included)",
+        table += [["the same through run_synth.py --render: gross (start-up included)",
                    f"{seconds / gross:.2f}x real time ({gross:.2f} s)", "≥ 20x"],
                   ["start-up: run_synth.py --render of a 0.1 s note", f"{startup:.2f} s", "≤ 1.5 s"]]
     print(markdown_table(["render", "measured", "goal"], table))

@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 
 from synth.events import CC_ALL_NOTES_OFF, CC_SUSTAIN, KNOB_CCS
-from tests.jack_probe import AUDIO_PORTS, MIDI_PORT, SynthProcess
+from tests.jack_probe import JackProbe, SynthProcess
 
 SERVER = "vaesynth-soak"
 RATE, PERIOD = 48000, 128
@@ -156,32 +156,13 @@ class _Run:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class SoakProbe:
-    """A JACK client apart from the synth: plays a schedule into its MIDI input, keeps per-period
-    peaks and the last seconds of its output, and counts the server's xruns."""
+class SoakProbe(JackProbe):
+    """A JACK client apart from the synth (tests.jack_probe's, with its ports, wiring and xrun
+    count): plays a schedule into the synth's MIDI input, keeps per-period peaks and the last
+    seconds of its output instead of the whole recording."""
 
     def __init__(self, server: str, name: str = "vaesynth-soak-probe") -> None:
-        import jack
-
-        self.client = jack.Client(name, servername=server, no_start_server=True)
-        self.xruns = 0
-        self._run: _Run | None = None
-        self.client.set_process_callback(self._process)
-        self.client.set_xrun_callback(self._on_xrun)
-        self.midi_out = None
-        self.ins: list = []
-        self.client.activate()
-
-    def connect_synth(self) -> None:
-        """Registered only now: the synth connects every MIDI source it sees at its start."""
-        self.ins = [self.client.inports.register(f"in_{i}") for i in range(2)]
-        self.midi_out = self.client.midi_outports.register("midi_out")
-        self.client.connect(self.midi_out, MIDI_PORT)
-        for src, dst in zip(AUDIO_PORTS, self.ins):
-            self.client.connect(src, dst)
-
-    def _on_xrun(self, delay_usecs: float) -> None:
-        self.xruns += 1
+        super().__init__(server, name)
 
     def _process(self, frames: int) -> None:
         if self.midi_out is None:
@@ -225,11 +206,6 @@ class SoakProbe:
         finally:
             self._run = None
         return run, self.xruns - xruns0
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
 
 # ---------------------------------------------------------------------------- analysis
 def dbfs(x: float) -> float:

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from synth.contract import ENCODER_INPUT, ENCODER_OUTPUTS
 from synth.errors import VaesynthError
 from synth.pitch import WINDOW_S, yin
+from synth.model_file import cpu_session, read_model
 from synth.preset import Preset
 from synth.stft import encoder_frames
 
@@ -269,15 +270,9 @@ class Refiner:
     the (momentum) gradient, so latent directions the note does not constrain barely move."""
 
     def __init__(self, preset: Preset) -> None:
-        import onnxruntime as ort
-
         from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(str(preset.decoder_path), opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(read_model(preset.decoder_path))
         self._inputs, self._output = DECODER_INPUTS, DECODER_OUTPUT
         self.preset = preset
 
@@ -348,13 +343,7 @@ class Encoder:
     """The preset's encoder.onnx on the CPU, one thread (deterministic): ``(T, F)`` frames -> ``mu (L,)``."""
 
     def __init__(self, preset: Preset) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(str(preset.encoder_path), opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(read_model(preset.encoder_path))
 
     def __call__(self, frames: NDArray[np.float32]) -> NDArray[np.float32]:
         mu, _ = self._session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: np.asarray(frames, np.float32)[None]})

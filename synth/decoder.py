@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
 from synth.errors import VaesynthError
-from synth.model_file import read_model
+from synth.model_file import read_model, session_options
 from synth.partials import PARTS_OUTPUTS, place_partials
 from synth.preset import Preset
 
@@ -30,22 +30,6 @@ class DecoderError(VaesynthError, RuntimeError):
 
 def _notice(message: str) -> None:
     print(f"notice: {message}", file=sys.stderr)
-
-
-def _session_options(threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    # A fixed thread count and sequential execution make the output bit-identical run to run.
-    opts.intra_op_num_threads = int(threads) if threads else 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    opts.enable_mem_pattern = True
-    # Idle intra-op workers would otherwise spin after every call, taking the core the audio
-    # thread or the DAW needs; the caller's thread runs its share of the work either way.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -74,7 +58,7 @@ class FrameDecoder:
             raise DecoderError(f"device must be auto, cpu or gpu, not {device!r}")
         self.latent_size = preset.latent_size
         self.n_bins = preset.params.n_bins
-        opts = _session_options(threads)
+        opts = session_options(threads)
         # The checked bytes, never the path: what synth.model_file vetted (no external data) is
         # exactly what onnxruntime loads.
         model = read_model(preset.decoder_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 from synth.errors import VaesynthError
 
@@ -196,3 +197,27 @@ def read_model(path: Path) -> bytes:
                           "a preset's models must carry their weights (re-export it)")
     return data
 
+
+
+def session_options(threads: int | None = 1) -> Any:
+    """onnxruntime options every session of the engine uses: deterministic and quiet."""
+    import onnxruntime as ort  # imported here: reading and checking files needs no runtime
+
+    opts = ort.SessionOptions()
+    # A fixed thread count and sequential execution make the output bit-identical run to run.
+    opts.intra_op_num_threads = int(threads) if threads else 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.enable_mem_pattern = True
+    # Idle intra-op workers would otherwise spin after every call, taking the core the audio
+    # thread or the DAW needs; the caller's thread runs its share of the work either way.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def cpu_session(model: bytes, threads: int | None = 1) -> Any:
+    """A CPU onnxruntime session over checked model bytes (from :func:`read_model`)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])

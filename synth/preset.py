@@ -31,7 +31,8 @@ from synth.contract import (
     gm_group,
 )
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
-from synth.model_file import MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, preset_file, read_bounded, read_model
+from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_session, preset_file, read_bounded,
+                               read_model)
 
 READ_VERSIONS = (1, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``) and
@@ -235,13 +236,9 @@ TensorSpec = tuple[int, int | None]
 
 def _session(path: Path) -> Any:
     """An onnxruntime CPU session over the checked bytes of ``path`` (see synth.model_file)."""
-    import onnxruntime as ort  # imported here: preset parsing alone needs no runtime
-
     model = read_model(path)
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        return cpu_session(model)
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PresetError(f"{path}: not a loadable ONNX model ({first[:160]})") from None

@@ -9,6 +9,7 @@ benchmarks/live_latency.py.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import jack
 import numpy as np
@@ -192,6 +194,21 @@ class JackProbe:
         self.client.deactivate()
         self.client.close()
 
+
+@contextlib.contextmanager
+def wired_synth(args: list[str], server: str, env: dict[str, str] | None = None) -> Iterator[JackProbe]:
+    """``run_synth.py ARGS`` under ``server``, wired to a fresh probe; on leaving, stops the synth
+    and checks that it exited with status 0 and no traceback."""
+    synth = SynthProcess(args, server, env=env)
+    probe = JackProbe(server)
+    try:
+        synth.wait_for_ports(probe.client)
+        probe.connect_synth()
+        yield probe
+    finally:
+        probe.close()
+        status, err = synth.stop()
+    assert status == 0 and "Traceback" not in err, err
 
 def onset(audio: np.ndarray, start: int, threshold: float = 1e-4) -> int | None:
     """First frame at or after ``start`` where either channel exceeds ``threshold``."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.fake_preset import make_fake_preset
-from tests.jack_probe import JackProbe, SynthProcess, control, note_off, note_on
+from tests.jack_probe import JackProbe, control, note_off, note_on, wired_synth
 
 pytestmark = pytest.mark.jack
 RATE = 48000
@@ -29,17 +29,9 @@ CHORD = (48, 55, 60, 64, 67, 72, 76, 79)
 @pytest.fixture
 def live(jack_server: str, tmp_path: Path) -> Iterator[JackProbe]:
     preset = make_fake_preset(tmp_path / "fake", release_seconds=RELEASE_S)
-    synth = SynthProcess(["--preset", str(preset), "--quiet", "--state", str(tmp_path / "s.toml")], jack_server,
-                         env={"VAESYNTH_CONFIG_DIR": str(tmp_path)})
-    probe = JackProbe(jack_server)
-    try:
-        synth.wait_for_ports(probe.client)
-        probe.connect_synth()
+    with wired_synth(["--preset", str(preset), "--quiet", "--state", str(tmp_path / "s.toml")], jack_server,
+                     env={"VAESYNTH_CONFIG_DIR": str(tmp_path)}) as probe:
         yield probe
-    finally:
-        probe.close()
-        status, err = synth.stop()
-    assert status == 0 and "Traceback" not in err, err
 
 
 def test_flood_leaves_no_note_stuck(live: JackProbe) -> None:

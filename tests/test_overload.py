@@ -4,7 +4,6 @@ when the load falls. The decoder is the real one, slowed per row so 32 voices ca
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

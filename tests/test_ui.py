@@ -7,7 +7,6 @@ each sets up the state it asserts on.
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import shutil
 import socket
@@ -170,7 +169,7 @@ def test_map_point_follows_knobs_1_and_2_and_moves_them(session: SurfaceSession)
     w = canvas.size["width"]
     ActionChains(session.driver).move_to_element_with_offset(canvas, -w // 4, -w // 4).click_and_hold() \
         .move_by_offset(3, 3).release().perform()
-    state = _wait_state(session, lambda s: s["knobs"][0] < -0.2 and s["knobs"][1] > 0.2)
+    _wait_state(session, lambda s: s["knobs"][0] < -0.2 and s["knobs"][1] > 0.2)
     time.sleep(0.1)  # the drag's last CCs have landed; the page shows the engine's values within a push
     x, y = _wait_state(session, lambda s: True)["knobs"][:2]
     session.wait_js("const m = document.getElementById('map').dataset; "
