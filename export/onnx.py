@@ -27,12 +27,14 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
-from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from export.knob_travel import calibrate_travel
+from synth.contract import DECODER_CONTRACT as CONTRACT
+from synth.contract import DECODER_INPUTS, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
-from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL
+from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
 from training.data import GM_PROGRAM_NAMES, parse_instrument
-from training.model import CONTRACT, TimbreVAE
+from training.model import TimbreVAE
 from training.train import RunConfig, TrainError, load_config
 
 OPSET = 17
@@ -258,7 +260,6 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitch: 
     itself on the preset written in ``preset_dir``, at unity output gain: attack normalisation,
     phase reconstruction and all, exactly what a player hears before the gain."""
     from synth.engine import Engine
-    from synth.preset import load_preset
 
     preset = load_preset(preset_dir)
     rate = MIX_RENDER_RATE
@@ -304,6 +305,9 @@ def validate_doc(doc: dict[str, Any]) -> None:
         problems.append("knob directions are not orthonormal")
     if not np.all(scale >= 0) or list(scale) != sorted(scale, reverse=True):
         problems.append("knob scales must be >= 0 and in decreasing order")
+    travel = np.array(k.get("travel", [KNOB_TRAVEL_RANGE[0]] * n), np.float64)
+    if travel.shape != (n,) or not np.all((travel >= KNOB_TRAVEL_RANGE[0]) & (travel <= KNOB_TRAVEL_RANGE[1])):
+        problems.append(f"knob travel must be {n} values in {KNOB_TRAVEL_RANGE[0]:g}..{KNOB_TRAVEL_RANGE[1]:g}")
     if not (np.isfinite(doc["mix"]["gain"]) and doc["mix"]["gain"] > 0):
         problems.append("mix gain must be positive")
     programs = [s["program"] for s in doc["snapshots"]]
@@ -317,7 +321,7 @@ def validate_doc(doc: dict[str, Any]) -> None:
 
 def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                snaps: list[dict[str, Any]], gain: float, median_peak: float, parts: bool = True,
-               latent_map: bool = False) -> dict[str, Any]:
+               latent_map: bool = False, travel: Sequence[float] | None = None) -> dict[str, Any]:
     """The preset.toml content (format version 2, ARCHITECTURE.md layout)."""
     p = run.audio
     k = stats["knobs"]
@@ -336,7 +340,8 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                    "std": [float(v) for v in stats["std"]]},
         "knobs": {"center": [float(v) for v in k["center"]],
                   "directions": [[float(v) for v in row] for row in k["directions"]],
-                  "scale": [float(v) for v in k["scale"]]},
+                  "scale": [float(v) for v in k["scale"]],
+                  **({"travel": [round(float(v), 3) for v in travel]} if travel is not None else {})},
         "pitch": {"min": float(stats["pitch_min"]), "max": float(stats["pitch_max"])},
         "decoder": {"file": "decoder.onnx", "contract": CONTRACT, "time_on_max": float(run.model.time_on_max),
                     "release_seconds": float(p.note_seconds - p.hold_seconds),
@@ -376,8 +381,9 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts, has_map))
     gain, median_peak, levels = mix_gain(out, snaps)
     errors["mix_gain"] = gain
+    travel = calibrate_travel(load_preset(out))
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
-    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map, travel))
     keep_run_files(checkpoint.parent, out)
     return errors
 

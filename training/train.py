@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from synth.contract import LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
+from synth.contract import DEFAULT_KNOB_TRAVEL, LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
 from synth.errors import VaesynthError, run_command
 from synth.latent_map import LatentMap
 from training.model import (
@@ -452,10 +452,11 @@ def reconstruct(model: TimbreVAE, cache: Any, note: int, run: RunConfig, device:
 @torch.no_grad()
 def knob_sweep(model: TimbreVAE, stats: dict[str, Any], knob: int, device: torch.device, steps: int = 21,
                pitch: float = 60.0, velocity: float = 100.0, time_on: float = 0.5) -> np.ndarray:
-    """Held-note frames along knob ``knob`` from -1 to +1 (center ± 3 scale) -> ``(steps, F)``."""
+    """Held-note frames along knob ``knob`` from -1 to +1 (center ± DEFAULT_KNOB_TRAVEL scale: export
+    may widen a weak knob's travel later) -> ``(steps, F)``."""
     k = stats["knobs"]
     a = torch.linspace(-1.0, 1.0, steps)[:, None]
-    z = torch.tensor(k["center"]) + a * 3.0 * k["scale"][knob] * torch.tensor(k["directions"][knob])
+    z = torch.tensor(k["center"]) + a * DEFAULT_KNOB_TRAVEL * k["scale"][knob] * torch.tensor(k["directions"][knob])
     full = lambda v: torch.full((steps,), float(v), device=device)  # noqa: E731
     return model.decoder(z.to(device), full(pitch), full(velocity), full(time_on), full(-1.0)).float().cpu().numpy()
 
