@@ -27,6 +27,8 @@ capture-speed table times anything, so only it needs the cores to itself.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -153,19 +155,34 @@ def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], h
     return "\n".join(lines)
 
 
+def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> float:
+    """Seconds from reading ``path`` to its latent in a fresh process, as ``run_synth.py --capture`` meets
+    it: model sessions started, nothing (numba's first call included) warmed by an engine."""
+    code = ("import sys, time\n"
+            "from synth.capture import capture, read_recording\n"
+            "from synth.preset import load_preset\n"
+            "preset = load_preset(sys.argv[1])\n"
+            "started = time.perf_counter()\n"
+            "capture(preset, *read_recording(sys.argv[2]), refine=sys.argv[3] == 'refine')\n"
+            "print(time.perf_counter() - started)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(preset.root), str(path), "refine" if refine else "plain"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
+    if done.returncode != 0:
+        raise BenchmarkError(f"first capture in a fresh process failed: {done.stderr.strip()[-300:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
-    """A 4 s WAV to its latent: the first capture of a process (encoder/decoder sessions started, as the
-    command line does), and the median of later ones (sessions kept, as a running synth would)."""
+    """A 4 s WAV to its latent: the first capture of a fresh process (model sessions started, as
+    ``--capture`` meets it), and the median of later ones in one process (sessions kept, as a running
+    synth would; this one has run the engine, as a synth has)."""
     fluid = FluidNotes(preset.params.sample_rate, 3.0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "take.wav"
         sf.write(path, fluid.note(program, CAPTURE_KEY)[: 4 * preset.params.sample_rate], preset.params.sample_rate)
         for label, refine in (("", True), (", encoder alone", False)):
-            started = time.perf_counter()
-            audio, rate = read_recording(path)
-            capture(preset, audio, rate, refine=refine)
-            first = time.perf_counter() - started
+            first = _first_capture_seconds(preset, path, refine)
             encoder, refiner = Encoder(preset), Refiner(preset)
             later = []
             for _ in range(repeats):
@@ -174,7 +191,7 @@ def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
                 capture(preset, audio, rate, encoder=encoder, refiner=refiner, refine=refine)
                 later.append(time.perf_counter() - started)
             rows.append([f"program {program}{label}", f"{first:.3f} s", f"{np.median(later):.3f} s", "<= 1 s"])
-    return markdown_table(["capture of a 4 s WAV", "first (sessions started)", "median of later", "goal"], rows)
+    return markdown_table(["capture of a 4 s WAV", "first, fresh process", "median of later", "goal"], rows)
 
 
 def _change_time(preset: Preset, control: tuple[int, int] | None, morph: bool, at: int) -> np.ndarray:

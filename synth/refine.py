@@ -15,9 +15,10 @@ programs: bright, thin low notes). So the fit (:class:`Refiner`) has two terms:
    without snapshots fits the note alone.
 
 The optimiser takes finite-difference gradients in the latent's per-dim std units, all ``L + 1``
-candidates of a step in one decoder batch (the engine's ``FrameDecoder``: on the CPU the parts
-decoder plus ``synth.partials``), momentum, and steps of fixed, shrinking length, so directions
-nothing constrains barely move; the best point seen wins, so it never ends worse than its start.
+candidates of a step in one decoder batch (the preset's parts decoder plus ``synth.partials``' placement
+where it ships one, as the engine decodes on the CPU; else the full decoder), momentum, and steps of
+fixed, shrinking length, so directions nothing constrains barely move; the best point seen wins, so it
+never ends worse than its start.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.contract import HELD_TIME_OFF
-from synth.decoder import FrameDecoder
+from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF
+from synth.model_file import cpu_session, read_model
+from synth.partials import PARTS_OUTPUTS, place_partials, place_partials_batch
 from synth.preset import Preset
 from synth.stft import log_magnitude
 
@@ -87,14 +89,29 @@ class Refiner:
         self.preset = preset
         self._frames = NOTE_FRAMES + len(KEYBOARD_OFFSETS) * len(KEYBOARD_TIMES)
         self._rows = (preset.latent_size + 1) * self._frames  # one optimiser step's batch
-        self._decoder = FrameDecoder(preset, device="cpu", threads=1, max_batch=self._rows)
-        self._z = np.zeros((self._rows, preset.latent_size), np.float32)
-        self._pitch = np.zeros(self._rows, np.float32)
+        parts = preset.decoder_parts_path
+        self._session = cpu_session(read_model(parts if parts is not None else preset.decoder_path))
+        self._parts = parts is not None
         self._velocity = np.full(self._rows, VELOCITY, np.float32)
-        self._time_on = np.zeros(self._rows, np.float32)
         self._time_off = np.full(self._rows, HELD_TIME_OFF, np.float32)
         self._out = np.zeros((self._rows, preset.params.n_bins), np.float32)
         self._terms: list[_Term] = []
+
+    def _decode_rows(self, z: NDArray, pitch: NDArray, time_on: NDArray) -> NDArray[np.float32]:
+        """One decoder call: ``(R,)`` rows -> ``(R, F)`` log-magnitudes."""
+        n = len(pitch)
+        feeds = dict(zip(DECODER_INPUTS, (z, pitch, self._velocity[:n], time_on, self._time_off[:n])))
+        if not self._parts:
+            return self._session.run([DECODER_OUTPUT], feeds)[0]
+        amp, inharm, noise = self._session.run(list(PARTS_OUTPUTS), feeds)
+        params = self.preset.params
+        geometry = (params.n_fft / params.sample_rate, params.sample_rate / 2.0, params.log_floor)
+        if not place_partials.signatures:
+            # numba's first call in a process takes about 0.5 s, more than the whole fit: a process
+            # that has not made it (a --capture run) places the partials in numpy, an engine's in numba
+            return place_partials_batch(amp, inharm, noise, pitch, *geometry)
+        place_partials(amp, inharm, noise, pitch, n, *geometry, self._out)
+        return self._out[:n]
 
     def _decode(self, z: NDArray[np.floating], pitch: NDArray, time_on: NDArray) -> NDArray[np.float32]:
         """Log-magnitude frames of each latent ``z (C, L)`` at ``pitch, time_on (T,)`` -> ``(C, T, F)``."""
@@ -103,12 +120,10 @@ class Refiner:
         out = np.empty((len(z), t, self._out.shape[1]), np.float32)
         for a in range(0, len(z), per_call):
             c = min(per_call, len(z) - a)
-            rows = c * t
-            self._z[:rows] = np.repeat(np.asarray(z[a:a + c], np.float32), t, axis=0)
-            self._pitch[:rows] = np.tile(pitch, c)
-            self._time_on[:rows] = np.tile(np.minimum(time_on, self.preset.time_on_max), c)
-            self._decoder.decode(self._z, self._pitch, self._velocity, self._time_on, self._time_off, self._out, rows)
-            out[a:a + c] = self._out[:rows].reshape(c, t, -1)
+            frames = self._decode_rows(np.repeat(np.asarray(z[a:a + c], np.float32), t, axis=0),
+                                       np.tile(pitch, c).astype(np.float32),
+                                       np.tile(np.minimum(time_on, self.preset.time_on_max), c).astype(np.float32))
+            out[a:a + c] = frames.reshape(c, t, -1)
         return out
 
     def _loss(self, u: NDArray[np.float64], terms: list[_Term] | None = None) -> NDArray[np.float64]:
