@@ -34,7 +34,7 @@ from synth.errors import VaesynthError
 from synth.model_file import cpu_session, read_model
 from synth.pitch import WINDOW_S, harmonic_pitch, yin
 from synth.preset import Preset
-from synth.refine import Refiner
+from synth.refine import SOUNDING_DB, Refiner
 from synth.stft import encoder_frames
 
 CAPTURE_PEAK_DBFS = -12.0
@@ -48,7 +48,6 @@ ONSET_RANGE_DB = 40.0  # the attack is searched back to this far below the peak
 ONSET_GAP_DB = 20.0  # the note starts at the last frame this far below its peak (a softer note before it is not it)
 RISE_TOLERANCE_DB = 10.0  # going back, a rise this far above the lowest point so far is an earlier note
 NEXT_ONSET_DB = 12.0  # a rise this large after the peak is the next note's attack
-SOUNDING_DB = 30.0  # a note "sounds" while its envelope is within this of its peak
 CLIP_LEVEL = 0.99  # of full scale
 CLIP_FLAT = 1e-4  # a sample this close to its neighbour at CLIP_LEVEL is a flat (clipped) top
 CLIP_MAX_SAMPLES = 8  # more flat-top samples than this (and 1e-4 of the file) is clipping

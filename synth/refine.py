@@ -35,7 +35,7 @@ from synth.stft import log_magnitude
 
 NOTE_SECONDS = 1.0  # the note's first second is matched (its key may be up after that)
 NOTE_FRAMES = 12  # frames of it, spread evenly over where it sounds
-SOUNDING_DB = 30.0  # a frame "sounds" within this of the note's loudest
+SOUNDING_DB = 30.0  # a note "sounds" while within this of its peak (capture's note finding too)
 VELOCITY = 100.0  # capture levels the note to a velocity-100 training note's peak (synth.capture)
 RANGE_DB = 60.0  # both sides clipped this far below the target's peak: below lie noise and the decoder's floor
 MIN_BINS = 8  # fewer bins above that floor: nothing to match (a capture of near-silence keeps its start)
