@@ -218,18 +218,39 @@ def test_level_is_normalised_and_pull_moves_toward_the_data(preset: Preset) -> N
         pull_toward_data(preset, far, 1.5)
 
 
-def test_real_encoder_places_an_engine_note_near_its_snapshot() -> None:
-    """The shipped encoder: a note the engine plays from a snapshot is captured among that snapshot's
-    three nearest (of the preset's ~100), far closer than the median snapshot."""
+def _held_mag(x: np.ndarray, preset: Preset, hold_s: float) -> np.ndarray:
+    """``(T, F)`` STFT magnitudes of the held part (0.1 s .. the key's release) of a note rendered at ``SR``."""
+    import soxr
+
+    from synth.stft import stft
+
+    mag = np.abs(stft(soxr.resample(x, SR, preset.params.sample_rate), preset.params))
+    return mag[int(0.1 * preset.params.frame_rate): int(hold_s * preset.params.frame_rate)]
+
+
+def test_real_capture_of_a_snapshot_note_sounds_like_it() -> None:
+    """The shipped preset: a note the engine plays from a snapshot, captured (refined, as users get it) and
+    played back at its key, is closer to it (LSD over the held part, level-matched) than any of 12 other
+    snapshots' notes and than 0.7 times their median. (In latent distance this no longer holds: the
+    snapshots are fitted to their instruments across the keyboard, not the posterior of one note.)"""
+    from synth.stft import log_spectral_distance_db
+
     real = load_preset(REPO / "presets" / "default")
-    zs = np.array([s.z for s in real.snapshots], np.float32)
+    hold, seconds = 1.5, 2.0
+    rng = np.random.default_rng(0)
+
+    def lsd(ref: np.ndarray, z: np.ndarray) -> float:
+        played = _held_mag(engine_note(real, z=z, hold_s=hold, seconds=seconds), real, hold)
+        return log_spectral_distance_db(ref, played * np.sqrt(np.mean(ref ** 2) / np.mean(played ** 2)))
+
     for program in (19, 24, 56, 81):  # organ, guitar, brass, synth lead
         snap = real.snapshot_for_program(program)
-        cap = capture(real, engine_note(real, program=program, hold_s=3.0), SR)
-        d = np.linalg.norm(zs - cap.z, axis=1)
-        mine = d[real.snapshots.index(snap)]
-        assert (d < mine).sum() <= 2, f"{snap.name}: {int((d < mine).sum())} snapshots nearer"
-        assert mine < 0.7 * np.median(d)
+        x = engine_note(real, program=program, hold_s=hold, seconds=seconds)
+        ref = _held_mag(x, real, hold)
+        mine = lsd(ref, capture(real, x, SR).z)
+        others = [s for s in real.snapshots if s is not snap]
+        theirs = [lsd(ref, np.asarray(others[i].z, np.float32)) for i in rng.choice(len(others), 12, replace=False)]
+        assert mine < min(theirs) and mine < 0.7 * np.median(theirs), (snap.name, mine, theirs)
 
 
 def test_real_capture_is_stable_across_level_and_rate() -> None:
