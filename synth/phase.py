@@ -14,7 +14,9 @@ frame start, i.e. it equals the window-centred STFT times (-1)^m, which is added
 Heap integration: starting from the largest coefficient, phase is carried along time (trapezoid
 of d phi/dx between frames n-1 and n) and frequency (trapezoid of d phi/dw between bins) in
 order of decreasing magnitude, so errors are made where they matter least. Bins below the
-tolerance get the plain phase-vocoder advance: deterministic, no random numbers anywhere.
+tolerance get the plain phase-vocoder advance: deterministic, no random numbers anywhere. The
+streaming step finds the same visiting order within a frame with two sweeps instead of a heap
+(``_integrate_frame``): a frame's bins form a chain.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class PhaseError(ValueError):
     """Bad arguments to the phase reconstruction (shapes, voice indices)."""
 
 
-# ---------------------------------------------------------------- preallocated binary max-heap
+# ---------------------------------------------------------------- preallocated binary max-heap (offline PGHI)
 @njit(nogil=True, cache=True)
 def _heap_push(keys: NDArray, vals: NDArray, size: int, key: float, val: int) -> int:
     """Insert into the max-heap stored in ``keys/vals[:size]``; returns the new size."""
@@ -142,59 +144,81 @@ def _snap_real(ph: float) -> float:
     return np.pi * np.round(ph / np.pi)
 
 
-@njit(nogil=True, cache=True)
-def _heapify(keys: NDArray, vals: NDArray, size: int) -> None:
-    """Floyd's O(n) bottom-up construction of the max-heap in ``keys/vals[:size]``."""
-    for start in range((size >> 1) - 1, -1, -1):
-        _sift_down(keys, vals, size, start, keys[start], vals[start])
-
-
 # ---------------------------------------------------------------- one frame of heap integration
+# Where a bin of the frame being written takes its phase from (``_integrate_frame``).
+FROM_TIME, FROM_LEFT, FROM_RIGHT = range(3)
+_ISLAND_OFFSET = 1e6  # an island seed's level sits this far below its magnitude: after every real level
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _may_spread(harm: NDArray, a: int, b: int) -> bool:
+    """Phase spreads between neighbouring bins unless they belong to two different harmonics."""
+    return not (harm[a] and harm[b] and harm[a] != harm[b])
+
+
 @njit(nogil=True, cache=True)
 def _integrate_frame(s_prev: NDArray, s_cur: NDArray, ph_prev: NDArray, dt_prev: NDArray,
                      dt_cur: NDArray, df_cur: NDArray, harm: NDArray, thresh: float,
-                     ph_cur: NDArray, done: NDArray, hkeys: NDArray, hvals: NDArray) -> None:
+                     ph_cur: NDArray, from_left: NDArray, from_right: NDArray, parent: NDArray) -> None:
     """RTPGHI for frame n given frame n-1's phase: writes ``ph_cur (F,)`` (not wrapped).
 
-    Heap entries: value ``m`` = "carry bin m from frame n-1 along time", value ``m + F`` =
-    "spread from bin m of frame n along frequency". Bins of frame n that are significant but whose
-    frame n-1 bin was not start new islands; they are queued with a key far below every real
-    magnitude, ordered by their own magnitude, so each island grows fully before the next starts.
-    Bins below ``thresh`` never enter the heap: they get the phase-vocoder advance directly.
-    Phase never spreads along frequency between bins of different harmonics (``harm``): each
-    harmonic's lobe keeps advancing at its own k*f0 even where lobes overlap.
+    Heap integration visits the significant bins (``s_cur >= thresh``) in order of decreasing
+    magnitude: a bin takes its phase either along time from frame n-1 (an entry of level
+    ``s_prev``) or along frequency from a neighbour already done (an entry of level
+    ``s_cur[neighbour]``, popped no earlier than that neighbour was). Bins whose frame n-1 bin was
+    not significant seed new islands, ordered by their own magnitude after every real level
+    (``_ISLAND_OFFSET``), so each island grows fully before the next starts. The priority queue
+    therefore gives each bin the source of highest *bottleneck* level: on a chain of bins the
+    widest path comes from the left or from the right, so two sweeps find it in O(F) with no
+    heap. ``from_left``/``from_right (F,)`` hold the arrival levels, ``parent (F,)`` the source
+    (``FROM_*``), all work arrays. The phases are then those of the heap, bit for bit (the heap
+    might break exact ties between equal levels the other way). Bins below ``thresh`` get the
+    phase-vocoder advance directly. Phase never spreads along frequency between bins of
+    different harmonics (``harm``): each harmonic's lobe keeps advancing at its own k*f0 even
+    where lobes overlap.
     """
     f = s_cur.shape[0]
-    size = 0
+    no_path = -np.inf
+    # forward sweep: the best level arriving from the left (through significant bins only)
+    carried = no_path  # level of the left neighbour's best path, capped by its magnitude
     for m in range(f):
         if s_cur[m] < thresh:
             ph_cur[m] = ph_prev[m] + 0.5 * (dt_prev[m] + dt_cur[m])
-            done[m] = True
+            carried = no_path
             continue
-        done[m] = False
-        hkeys[size] = s_prev[m] if s_prev[m] >= thresh else s_cur[m] - 1e6
-        hvals[size] = m
-        size += 1
-    _heapify(hkeys, hvals, size)  # O(F) instead of F pushes
-    while size > 0:
-        v = hvals[0]
-        size = _heap_pop(hkeys, hvals, size)
-        if v < f:
-            if not done[v]:
-                ph_cur[v] = ph_prev[v] + 0.5 * (dt_prev[v] + dt_cur[v])
-                if v == 0 or v == f - 1:
-                    ph_cur[v] = _snap_real(ph_cur[v])
-                done[v] = True
-                size = _heap_push(hkeys, hvals, size, s_cur[v], v + f)
+        own = s_prev[m] if s_prev[m] >= thresh else s_cur[m] - _ISLAND_OFFSET
+        arrive = carried if m > 0 and _may_spread(harm, m - 1, m) else no_path
+        from_left[m] = arrive
+        carried = min(max(own, arrive), s_cur[m])
+    # backward sweep: the best level from the right; decide each bin's source, place the phases
+    # of bins seeded along time or reached from the right (their right neighbour is done first)
+    carried = no_path
+    for m in range(f - 1, -1, -1):
+        if s_cur[m] < thresh:
+            carried = no_path
             continue
-        m = v - f
-        for nb in (m - 1, m + 1):
-            if 0 <= nb < f and not done[nb] and not (harm[m] and harm[nb] and harm[m] != harm[nb]):
-                ph_cur[nb] = ph_cur[m] + (nb - m) * 0.5 * (df_cur[m] + df_cur[nb])
-                if nb == 0 or nb == f - 1:
-                    ph_cur[nb] = _snap_real(ph_cur[nb])
-                done[nb] = True
-                size = _heap_push(hkeys, hvals, size, s_cur[nb], nb + f)
+        own = s_prev[m] if s_prev[m] >= thresh else s_cur[m] - _ISLAND_OFFSET
+        arrive = carried if m < f - 1 and _may_spread(harm, m, m + 1) else no_path
+        from_right[m] = arrive
+        carried = min(max(own, arrive), s_cur[m])
+        left = from_left[m]
+        if own >= left and own >= arrive:
+            parent[m] = FROM_TIME
+            ph_cur[m] = ph_prev[m] + 0.5 * (dt_prev[m] + dt_cur[m])
+        elif arrive > left:
+            parent[m] = FROM_RIGHT
+            ph_cur[m] = ph_cur[m + 1] - 0.5 * (df_cur[m + 1] + df_cur[m])
+        else:
+            parent[m] = FROM_LEFT
+            continue
+        if m == 0 or m == f - 1:
+            ph_cur[m] = _snap_real(ph_cur[m])
+    # bins reached from the left, in order (their left neighbour is a seed or reached from the left)
+    for m in range(1, f):
+        if s_cur[m] >= thresh and parent[m] == FROM_LEFT:
+            ph_cur[m] = ph_cur[m - 1] + 0.5 * (df_cur[m - 1] + df_cur[m])
+            if m == f - 1:
+                ph_cur[m] = _snap_real(ph_cur[m])
 
 
 # The per-bin exp, cos and sin of the finishing pass were half the cost of a streaming step as
@@ -260,14 +284,15 @@ def _finish_frame(s_prev: NDArray, s_cur: NDArray, x: NDArray, ph_prev: NDArray,
 # ---------------------------------------------------------------- the batched streaming step
 @njit(nogil=True, cache=True)
 def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, state: NDArray,
-                count: NDArray, work: NDArray, harm: NDArray, done: NDArray, hkeys: NDArray,
-                hvals: NDArray, coefs: NDArray, lookahead: bool) -> None:
+                count: NDArray, work: NDArray, harm: NDArray, levels: NDArray, parent: NDArray,
+                coefs: NDArray, lookahead: bool) -> None:
     """One streaming step for every listed voice; all memory comes from the caller.
 
     ``state (4, V, F)`` = s of frame n-1, s of frame n (look-ahead only), phase of n-1, advance of
     n-1; ``work (3, F)`` = advance, group delay and phase of the frame being written;
     ``f0_all (V,)`` = f0 in Hz of the frame being written (0: unknown);
-    ``harm (F,)`` = harmonic number of each bin (work); ``coefs``: one PHASE_COEFS record.
+    ``harm (F,)`` = harmonic number of each bin, ``levels (2, F)`` and ``parent (F,)`` the
+    integration's sweeps (work); ``coefs``: one PHASE_COEFS record.
     """
     c = coefs[0]
     tol_ln, ln_floor, log_floor = c.tolerance_ln, c.ln_floor, c.log_floor
@@ -293,7 +318,7 @@ def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, 
         if count[v] == (1 if lookahead else 0):
             dt_prev[:] = dt_cur
         _integrate_frame(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df_cur, harm, top + tol_ln,
-                         ph_cur, done, hkeys, hvals)
+                         ph_cur, levels[0], levels[1], parent)
         _finish_frame(s_prev, s_cur, x, ph_prev, ph_cur, dt_prev, dt_cur, log_floor, lookahead,
                       out[i])
         count[v] += 1
@@ -329,10 +354,9 @@ class StreamingPhase:
         self._state = np.zeros((4, self.max_voices, f), dtype=np.float64)
         self._count = np.zeros(self.max_voices, dtype=np.int64)
         self._work = np.zeros((3, f), dtype=np.float64)
-        self._done = np.zeros(f, dtype=np.bool_)
         self._harm = np.zeros(f, dtype=np.int32)
-        self._hkeys = np.zeros(2 * f + 2, dtype=np.float64)  # each bin enters at most twice
-        self._hvals = np.zeros(2 * f + 2, dtype=np.int64)
+        self._levels = np.zeros((2, f), dtype=np.float64)  # arrival levels from the left / right
+        self._parent = np.zeros(f, dtype=np.int8)  # FROM_* of each bin
         self._no_f0 = np.zeros(self.max_voices, dtype=np.float32)  # "no hint" without allocating
 
     def reset(self, voice: int) -> None:
@@ -365,7 +389,7 @@ class StreamingPhase:
         if k and (voices.min() < 0 or voices.max() >= self.max_voices):
             raise PhaseError(f"voice index out of range 0..{self.max_voices - 1}")
         _push_batch(voices, log_mag_next, f0_hz, out, self._state, self._count, self._work,
-                    self._harm, self._done, self._hkeys, self._hvals, self._coefs, self.lookahead)
+                    self._harm, self._levels, self._parent, self._coefs, self.lookahead)
 
 
 def streaming_spectrum(log_mag: NDArray, params: SpectrogramParams = DEFAULT_PARAMS,

@@ -248,3 +248,60 @@ def test_pitch_hint_bad_shape_raises():
     out = np.zeros((1, PARAMS.n_bins), np.complex64)
     with pytest.raises(PhaseError, match="f0_hz"):
         sp.push(np.array([0], np.int32), ok, out, np.zeros(2, np.float32))
+
+
+# ---------------------------------------------------------------- the sweeps are heap integration
+def _heap_integrate(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df_cur, harm, thresh):
+    """The priority-queue form of RTPGHI's integration (the papers' algorithm, plain Python): the
+    oracle for ``synth.phase._integrate_frame``'s two sweeps."""
+    import heapq
+
+    def snap(ph: float) -> float:  # DC and Nyquist are real
+        return np.pi * np.round(ph / np.pi)
+
+    f = len(s_cur)
+    ph = np.zeros(f)
+    done = s_cur < thresh
+    ph[done] = ph_prev[done] + 0.5 * (dt_prev[done] + dt_cur[done])
+    heap = [(-(s_prev[m] if s_prev[m] >= thresh else s_cur[m] - 1e6), m, True) for m in range(f) if not done[m]]
+    heapq.heapify(heap)
+    while heap:
+        _, m, along_time = heapq.heappop(heap)
+        if along_time:
+            if done[m]:
+                continue
+            ph[m] = ph_prev[m] + 0.5 * (dt_prev[m] + dt_cur[m])
+            if m in (0, f - 1):
+                ph[m] = snap(ph[m])
+            done[m] = True
+            heapq.heappush(heap, (-s_cur[m], m, False))
+            continue
+        for nb in (m - 1, m + 1):
+            if 0 <= nb < f and not done[nb] and not (harm[m] and harm[nb] and harm[m] != harm[nb]):
+                ph[nb] = ph[m] + (nb - m) * 0.5 * (df_cur[m] + df_cur[nb])
+                if nb in (0, f - 1):
+                    ph[nb] = snap(ph[nb])
+                done[nb] = True
+                heapq.heappush(heap, (-s_cur[nb], nb, False))
+    return ph
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sweep_integration_equals_heap_integration(seed):
+    from synth.phase import _integrate_frame
+
+    rng = np.random.default_rng(seed)
+    f = PARAMS.n_bins
+    # islands of all kinds: quiet gaps, bins new in this frame, lobes of neighbouring harmonics
+    s_prev = rng.normal(-6.0, 3.0, f)
+    s_prev[rng.random(f) < 0.3] = -20.0
+    s_cur = s_prev + rng.normal(0.0, 1.0, f)
+    s_cur[rng.random(f) < 0.2] = -20.0
+    ph_prev, dt_prev, dt_cur, df = (rng.normal(0.0, 3.0, f) for _ in range(4))
+    harm = np.where(rng.random(f) < 0.5, rng.integers(1, 4, f), 0).astype(np.int32)
+    thresh = float(max(s_prev.max(), s_cur.max()) - 6.9)
+    got = np.zeros(f)
+    _integrate_frame(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df, harm, thresh, got, np.zeros(f), np.zeros(f),
+                     np.zeros(f, np.int8))
+    want = _heap_integrate(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df, harm, thresh)
+    assert (got == want).all()
