@@ -24,14 +24,22 @@ _LOBE_EDGE = 1e-5  # the fractional bin position is kept this far from 0 and 1 (
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _lobe(frac: float, m: int) -> float:
+def _lobe_peak(frac: float) -> float:
+    """The numerator of every bin of one partial's lobe (``_lobe``): one sine per partial, not per bin."""
+    f = min(max(frac, _LOBE_EDGE), 1.0 - _LOBE_EDGE)
+    return math.sin(math.pi * min(f, 1.0 - f))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _lobe(frac: float, m: int, peak: float) -> float:
     """Normalised Hann main-lobe magnitude at integer offset ``m`` from a partial ``frac`` bins
     past bin ``floor(centre)``: |sin(pi d) / (pi d (1 - d^2))| with d = m - frac, written with
-    integer +- frac factors so it stays exact near the removable singularities."""
+    integer +- frac factors so it stays exact near the removable singularities; ``peak`` is
+    ``_lobe_peak(frac)``, |sin(pi d)| for every integer m."""
     f = min(max(frac, _LOBE_EDGE), 1.0 - _LOBE_EDGE)
     d = m - f
     den = math.pi * abs(d * (1.0 - m + f) * (1.0 + m - f))
-    return math.sin(math.pi * min(f, 1.0 - f)) / den
+    return peak / den
 
 
 @njit(nogil=True, cache=True)
@@ -61,10 +69,11 @@ def place_partials(amp: NDArray, inharm: NDArray, noise: NDArray, pitch: NDArray
             centre = freq * bins_per_hz
             base = math.floor(centre)
             frac = centre - base
+            peak = _lobe_peak(frac)
             for m in range(-1, 3):
                 idx = int(base) + m
                 if 0 <= idx < n_bins:
-                    row[idx] += a * np.float32(_lobe(frac, m))
+                    row[idx] += a * np.float32(_lobe(frac, m, peak))
         for i in range(n_bins):
             row[i] = np.log(row[i] + noise[b, i] + np.float32(log_floor))
 
