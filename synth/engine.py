@@ -85,9 +85,9 @@ class EngineStats:
 # Decoder batch layout: row r of the batch is one log-mag frame of one voice.
 # ``bcol (5, B)`` float32 columns (the decoder binds to the first four as its inputs):
 COL_PITCH, COL_VELOCITY, COL_TIME_ON, COL_TIME_OFF, COL_F0 = range(5)
-# ``bidx (3, B)`` int64: which voice, which of its log-mag frames, and its phase round (a voice
-# with two rows in one batch pushes them to the phase reconstruction in two rounds, in order).
-IDX_VOICE, IDX_FRAME, IDX_ROUND = range(3)
+# ``bidx (2, B)`` int32: which voice, which of its log-mag frames. A voice's rows follow each
+# other in frame order, so the phase reconstruction takes the whole batch in one push, row by row.
+IDX_VOICE, IDX_FRAME = range(2)
 
 FRAME_GRID = np.dtype([
     ("hop_out", np.int64),  # output samples between frames
@@ -108,13 +108,12 @@ PITCH_CONTROL = np.dtype([
 
 
 @njit(nogil=True, cache=True)
-def _add_frame(v, n, b, phase_round, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol,
-               bidx) -> tuple:
+def _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol, bidx) -> int:
     """Decoder rows for frame ``n`` of voice ``v``: log-mag n+1 (and log-mag 0 when n == 0).
 
     ``grid`` (FRAME_GRID) and ``pitch`` (PITCH_CONTROL) are one-record arrays. Column COL_F0
     holds the f0 (Hz) of the frame that row's phase push writes (frame m-1: the voice's previous
-    row, kept in ``vf0``). Returns (rows, next phase round of this voice).
+    row, kept in ``vf0``). Returns the rows now in the batch.
     """
     g, pc = grid[0], pitch[0]
     p = min(max(key[v] + pc.bend, pc.lowest), pc.highest)
@@ -134,35 +133,31 @@ def _add_frame(v, n, b, phase_round, onset, release_t, key, velocity, vf0, grid,
         vf0[v] = f0
         bidx[IDX_VOICE, b] = v
         bidx[IDX_FRAME, b] = m
-        bidx[IDX_ROUND, b] = phase_round
-        phase_round += 1
         b += 1
-    return b, phase_round
+    return b
 
 
 @njit(nogil=True, cache=True)
-def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, vround, t_end, horizon, grid,
-                 pitch, z_cur, bz, bcol, bidx) -> tuple:
+def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, t_end, horizon, grid,
+                 pitch, z_cur, bz, bcol, bidx) -> int:
     """Fill the decoder batch: every frame due before ``t_end``, plus early frames to balance blocks.
 
     A frame is due when its window starts before ``t_end`` (so a note-on's first frames are made
     in its own block: no added latency). Frames whose windows start in the next block
     (``t_end .. horizon``) may be made now, with the inputs known now: about half of the
     difference between the next block's due frames and this block's, so all voices starting
-    together no longer load every second block with all their frames. Returns (rows, highest
-    phase round).
+    together no longer load every second block with all their frames. A voice's rows are added
+    in frame order, due frames first. Returns the number of rows.
     """
     hop_out = grid[0].hop_out
     cap = bz.shape[0]
     b, frames, due = 0, 0, 0
     for v in range(state.shape[0]):
-        vround[v] = 0
         if state[v] == FREE or muted[v]:
             continue
         n = next_frame[v]
         while onset[v] + n * hop_out < t_end and b + 2 <= cap:
-            b, vround[v] = _add_frame(v, n, b, vround[v], onset, release_t, key, velocity, vf0, grid, pitch, z_cur,
-                                      bz, bcol, bidx)
+            b = _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol, bidx)
             n += 1
             frames += 1
         next_frame[v] = n
@@ -177,15 +172,11 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
             continue
         n = next_frame[v]
         while take > 0 and onset[v] + n * hop_out < horizon and b + 2 <= cap:
-            b, vround[v] = _add_frame(v, n, b, vround[v], onset, release_t, key, velocity, vf0, grid, pitch, z_cur,
-                                      bz, bcol, bidx)
+            b = _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol, bidx)
             n += 1
             take -= 1
         next_frame[v] = n
-    max_round = -1
-    for v in range(state.shape[0]):
-        max_round = max(max_round, vround[v] - 1)
-    return b, max_round
+    return b
 
 
 @njit(nogil=True, cache=True)
@@ -234,30 +225,17 @@ def _check_rows(blog, rows, bidx, muted, state, quiet, fade_start, fade_step, t0
 
 
 @njit(nogil=True, cache=True)
-def _gather_round(phase_round, rows, bidx, bcol, blog, sv, sm, sf0, slog, contiguous) -> int:
-    """Collect the rows of ``phase_round`` (each voice at most once); ``contiguous``: only round 0
-    exists, so the rows already are the round and the log-magnitudes need no copy."""
-    k = 0
+def _queue_frames(rows, bidx, spec, hop_out, pad, fvoice, fpos) -> int:
+    """Queue the frames the phase step wrote (the push of log-mag frame m yields frame m-1; the
+    push of a note's frame 0 yields nothing) for the inverse FFT; returns how many."""
+    nb = spec.shape[1]
+    nf = 0
     for b in range(rows):
-        if bidx[IDX_ROUND, b] == phase_round:
-            sv[k] = bidx[IDX_VOICE, b]
-            sm[k] = bidx[IDX_FRAME, b]
-            sf0[k] = bcol[COL_F0, b]
-            if not contiguous:
-                slog[k, :] = blog[b]
-            k += 1
-    return k
-
-
-@njit(nogil=True, cache=True)
-def _scatter_round(k, sv, sm, sspec, hop_out, pad, fvoice, fpos, nf) -> int:
-    """Queue the frames this phase round produced (push of frame m yields frame m-1)."""
-    nb = sspec.shape[1]
-    for i in range(k):
-        if sm[i] >= 1:
-            pad[nf, :nb] = sspec[i]
-            fvoice[nf] = sv[i]
-            fpos[nf] = (sm[i] - 1) * hop_out
+        m = bidx[IDX_FRAME, b]
+        if m >= 1:
+            pad[nf, :nb] = spec[b]
+            fvoice[nf] = bidx[IDX_VOICE, b]
+            fpos[nf] = (m - 1) * hop_out
             nf += 1
     return nf
 
@@ -484,18 +462,16 @@ class Engine:
         f32 = np.float32
         self._bz = np.zeros((bmax, lat), f32)
         self._bcol = np.zeros((5, bmax), f32)  # COL_*: the decoder's inputs, and f0 for the phase
-        self._bidx = np.zeros((3, bmax), np.int64)  # IDX_*: voice, log-mag frame, phase round
+        self._bidx = np.zeros((2, bmax), np.int32)  # IDX_*: voice, log-mag frame
         # fixed views: the decoder binds once to arrays that keep their identity
         self._bp, self._bv = self._bcol[COL_PITCH], self._bcol[COL_VELOCITY]
         self._bon, self._boff = self._bcol[COL_TIME_ON], self._bcol[COL_TIME_OFF]
         self._vf0 = np.zeros(slots, np.float64)  # f0 of each voice's last planned frame
-        self._vround = np.zeros(slots, np.int64)
         self._pitch = np.zeros(1, PITCH_CONTROL)
         self._pitch["lowest"], self._pitch["highest"] = 0.0, 127.0
         self._bend_field = self._pitch["bend"]  # (1,) float64 view: per-block writes allocate nothing
         self._blog = np.zeros((bmax, nb), f32)
-        self._sv, self._sm, self._sf0 = np.zeros(slots, np.int32), np.zeros(slots, np.int64), np.zeros(slots, f32)
-        self._slog, self._sspec = np.zeros((slots, nb), f32), np.zeros((slots, nb), np.complex64)
+        self._spec = np.zeros((bmax, nb), np.complex64)  # the phase step's frames, one per batch row
         self._pad = np.zeros((bmax, self.n_out // 2 + 1), np.complex64)
         self._frames = np.zeros((bmax, self.n_out), f32)
         self._fvoice, self._fpos = np.zeros(bmax, np.int32), np.zeros(bmax, np.int64)
@@ -534,7 +510,7 @@ class Engine:
         self._decoder.warm_up()
         out = np.zeros((self.max_block, 2), np.float32)
         frame = self.hop_out * self.sample_rate // self.internal_rate + 1  # output samples per frame
-        for i in range(min(4, self.polyphony)):  # a chord: several voices, phase rounds, stealing
+        for i in range(min(4, self.polyphony)):  # a chord: several voices, several rows per voice, stealing
             self.push(0, ev.NOTE_ON, 60 + 4 * i, 100)
         self.push(frame, ev.PITCH_BEND, 0, 80)
         self.push(2 * frame, ev.NOTE_OFF, 60, 0)
@@ -722,8 +698,8 @@ class Engine:
         vb = self.voices
         self._bend_field[0] = self._bend
         bc = self._bcol
-        rows, max_round = _plan_frames(
-            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0, self._vround,
+        rows = _plan_frames(
+            vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0,
             t_end, t_end + (t_end - t0), self._grid, self._pitch, self.z_current, self._bz, bc, self._bidx)
         if rows == 0:
             return
@@ -732,14 +708,9 @@ class Engine:
                           t0, float(vb.steal_step), self._release_fade_step, self._ln_floor)
         if bad:
             self.stats.nan_voices += bad
-        nf = 0
-        one_round = max_round == 0  # the usual block: each voice once, rows already in push order
-        for phase_round in range(max_round + 1):
-            k = _gather_round(phase_round, rows, self._bidx, bc, self._blog, self._sv, self._sm, self._sf0, self._slog,
-                              one_round)
-            logs = self._blog[:k] if one_round else self._slog[:k]
-            self.phase.push(self._sv[:k], logs, self._sspec[:k], self._sf0[:k])
-            nf = _scatter_round(k, self._sv, self._sm, self._sspec, self.hop_out, self._pad, self._fvoice, self._fpos, nf)
+        # one push for the whole batch: a voice's rows come in frame order (see _plan_frames)
+        self.phase.push(self._bidx[IDX_VOICE, :rows], self._blog[:rows], self._spec[:rows], bc[COL_F0, :rows])
+        nf = _queue_frames(rows, self._bidx, self._spec, self.hop_out, self._pad, self._fvoice, self._fpos)
         if nf:
             np.fft.irfft(self._pad[:nf], n=self.n_out, axis=1, out=self._frames[:nf])
             _overlap_add(self._frames, nf, self._fvoice, self._fpos, self._window, self._ring)

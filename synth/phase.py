@@ -369,8 +369,9 @@ class StreamingPhase:
              out: NDArray[np.complex64], f0_hz: NDArray[np.float32] | None = None) -> None:
         """Row i of ``log_mag_next (V, F)`` is frame n+1 of voice ``voices[i]``; row i of
         ``out (V, F)`` receives that voice's frame n as ``mag * exp(i phase)`` (scale of
-        ``synth.stft``). The first push after ``reset`` writes zeros (no frame n yet). List each voice
-        at most once per push (a repeated voice would advance twice).
+        ``synth.stft``). The first push after ``reset`` writes zeros (no frame n yet). Rows are taken
+        in order: a voice listed again advances again, so row j of a repeated voice is its next
+        frame (a batch may hold several consecutive frames of one voice).
 
         ``f0_hz (V,)`` float32, optional: fundamental in Hz of each voice for frame n (the frame
         written, pitch bend included); 0 or None means unknown. Where given, bins in the main lobe

@@ -305,3 +305,18 @@ def test_sweep_integration_equals_heap_integration(seed):
                      np.zeros(f, np.int8))
     want = _heap_integrate(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df, harm, thresh)
     assert (got == want).all()
+
+
+def test_repeated_voice_in_one_push_takes_consecutive_frames(note):
+    """The engine pushes a batch in which one voice may hold several consecutive frames."""
+    log_mag, _ = note
+    one = StreamingPhase(PARAMS, 3)
+    both = StreamingPhase(PARAMS, 3)
+    apart = np.zeros((2, PARAMS.n_bins), np.complex64)
+    together = np.zeros((3, PARAMS.n_bins), np.complex64)
+    for j in range(0, 20, 2):
+        one.push(np.array([2], np.int32), log_mag[j:j + 1], apart[:1])
+        one.push(np.array([2], np.int32), log_mag[j + 1:j + 2], apart[1:])
+        rows = np.stack([log_mag[j], log_mag[j], log_mag[j + 1]])
+        both.push(np.array([0, 2, 2], np.int32), rows, together)
+        assert together[1:].tobytes() == apart.tobytes()
