@@ -239,14 +239,12 @@ def _sincos(p: float) -> tuple:
     r2 = r * r
     sn = r * (1.0 + r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362880.0)))))
     cs = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40320.0 + r2 * (-1.0 / 3628800.0)))))
+    # the quadrant by selects, not returns from four branches (phases are random: those branches
+    # were mispredicted and kept the finishing loop scalar)
     quadrant = int(q) & 3
-    if quadrant == 0:
-        return sn, cs
-    if quadrant == 1:
-        return cs, -sn
-    if quadrant == 2:
-        return -sn, -cs
-    return -cs, sn
+    odd = cs if quadrant & 1 else sn  # quadrants 1 and 3: sine and cosine trade places
+    even = sn if quadrant & 1 else cs
+    return -odd if quadrant & 2 else odd, -even if quadrant == 1 or quadrant == 2 else even
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -264,20 +262,24 @@ def _exp(x: float) -> float:
 def _finish_frame(s_prev: NDArray, s_cur: NDArray, x: NDArray, ph_prev: NDArray, ph_cur: NDArray,
                   dt_prev: NDArray, dt_cur: NDArray, log_floor: float, lookahead: bool,
                   out: NDArray) -> None:
-    """One pass: ``out (F,) = mag * exp(i (phase + pi m))`` (the (-1)^m moves the reference to the
-    frame start) and the state shift to the next frame, phase wrapped so precision never degrades."""
-    for m in range(s_cur.shape[0]):
+    """``out (F,) = mag * exp(i (phase + pi m))`` (the (-1)^m moves the reference to the frame
+    start) and the state shift to the next frame, phase wrapped so precision never degrades.
+    Separate passes, each simple enough for the compiler to keep in registers and pipeline."""
+    f = s_cur.shape[0]
+    for m in range(f):
         p = ph_cur[m]
-        p -= _TWO_PI * np.floor(p / _TWO_PI)
+        ph_prev[m] = p - _TWO_PI * np.floor(p / _TWO_PI)
+    for m in range(f):
         mag = max(_exp(s_cur[m]) - log_floor, 0.0)
         if m & 1:
             mag = -mag
-        sn, cs = _sincos(p)
+        sn, cs = _sincos(ph_prev[m])
         out[m] = complex(mag * cs, mag * sn)
-        ph_prev[m] = p
+    for m in range(f):
         dt_prev[m] = dt_cur[m]
         s_prev[m] = s_cur[m]
-        if lookahead:
+    if lookahead:
+        for m in range(f):
             s_cur[m] = x[m]
 
 
