@@ -228,3 +228,71 @@ def test_server_thread_pushes_state_and_guards_sockets(surface: ControlSurface) 
                 osc_taken.start()
     finally:
         thread.stop()
+
+
+def test_a_moved_knob_is_pushed_at_once_and_a_flood_is_coalesced(surface: ControlSurface) -> None:
+    """The real server and LiveSynth, its audio callback driven in real time by a thread: a CC queued
+    as the MIDI thread queues it reaches the page well within a push period; a CC flood does not
+    flood the socket; without a page nothing listens on the producer path."""
+    import asyncio
+    import threading
+    import time
+    import types
+
+    import aiohttp
+
+    from synth.ui.cli import SurfaceThread
+    from synth.ui.server import MIN_PUSH_GAP_S, PUSH_HZ
+
+    synth = surface.synth
+    stop = threading.Event()
+
+    def audio() -> None:  # the audio callback at its real pace
+        out = np.zeros((BLOCK, 2), np.float32)
+        status = types.SimpleNamespace(output_underflow=False)
+        while not stop.wait(BLOCK / RATE):
+            synth.audio_callback(out, BLOCK, None, status)
+
+    player = threading.Thread(target=audio, daemon=True)
+    player.start()
+    thread = SurfaceThread(synth, surface.preset, surface.mapping_path, 0, 0)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{thread.web.port}/ws?token={thread.web.token}"
+
+        async def page() -> tuple[list[float], int, float]:
+            async with aiohttp.ClientSession() as http, \
+                    http.ws_connect(url, origin=f"http://127.0.0.1:{thread.web.port}") as ws:
+                await ws.receive_str()
+                delays = []
+                for take in range(12):
+                    await asyncio.sleep(0.011 * take % (1.0 / PUSH_HZ))  # anywhere in the push period
+                    value = 127 if take % 2 == 0 else 0
+                    sent = time.monotonic()
+                    await asyncio.to_thread(synth.push_control, bytes([0xB0, 70, value]))  # another thread, as MIDI
+                    while json.loads(await ws.receive_str())["knobs"][0] != (1.0 if value else -1.0):
+                        pass
+                    delays.append(time.monotonic() - sent)
+                flood_s, count = 0.5, 0
+                start = time.monotonic()
+                for i in range(500):  # a CC every millisecond
+                    synth.push_control(bytes([0xB0, 71, i % 128]))
+                    await asyncio.sleep(0.001)
+                    while True:
+                        try:
+                            await ws.receive_str(timeout=0.0001)
+                            count += 1
+                        except asyncio.TimeoutError:
+                            break
+                return delays, count, time.monotonic() - start
+
+        delays, count, flood_s = asyncio.run(page())
+        assert synth.control_listener is None  # the page closed: the producer path calls nothing
+    finally:
+        thread.stop()
+        stop.set()
+        player.join(5)
+    # The 30 Hz tick alone would take half a period (16.7 ms) in the median.
+    assert np.median(delays) < 0.25 / PUSH_HZ, np.round(delays, 4)
+    assert count <= flood_s * (1.0 / MIN_PUSH_GAP_S + PUSH_HZ) + 2, (count, flood_s)
+    assert count >= flood_s * PUSH_HZ / 2  # the knob moved all along: pushed, coalesced
