@@ -13,9 +13,12 @@ Prints markdown tables, per browser:
   which lags the first changed sample by the detector's window and the engine's glide). The
   difference to MIDI is what the browser path adds to knob-to-sound; ``benchmarks.live_latency``
   gives the MIDI knob-to-sound itself (the engine's first changed sample);
-- DSP load with the page open (receiving the state at ~30 Hz and drawing it) and without, in one
+- DSP load with the page open (receiving the state, 10 Hz and on knob moves, and drawing it) and without, in one
   run, alternating phases with the same held voices: the synth's own callback load (its state,
-  polled at 10 Hz in every phase) and JACK's DSP load. Goal: the page costs <= 3 points.
+  polled at 10 Hz in every phase) and JACK's DSP load. Goal: the page costs <= 3 points. On a
+  shared host these move by more than that from phase to phase, so the CPU time the browser's
+  processes and the synth's process took in each phase (``/proc``, % of one core) is shown too:
+  what the page takes from the cores the audio runs on.
 
 Run (never while training or another heavy job holds the cores)::
 
@@ -82,6 +85,31 @@ class StampedProbe(JackProbe):
         walls = np.array([w for _, w in self.stamps])
         i = max(int(np.searchsorted(walls, wall, side="right")) - 1, 0)
         return self.stamps[i][0] + (wall - self.stamps[i][1]) * RATE
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and every live descendant (``/proc``)."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])  # after "pid (comm)": state, ppid, ...; utime, stime are 14, 15
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in used.items():
+        p = pid
+        while p > 1 and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += seconds
+    return total
 
 
 def send_midi(probe: JackProbe, *messages: bytes) -> None:
@@ -211,26 +239,35 @@ def load_phases(session: SurfaceSession, browser: str, probe: JackProbe, voices:
             poller = threading.Thread(target=poll)
             count = "return window.vaesynth.counts.messages"
             messages0 = page.js(count) if page else 0
+            synth_cpu0, page_cpu0 = cpu_seconds(session.synth.proc.pid), cpu_seconds(page.pid) if page else 0.0
             poller.start()
             take = probe.record([], int(seconds * RATE), freewheel=False)
             stop.set()
             poller.join()
             rate = (page.js(count) - messages0) / seconds if page else 0.0
+            synth_cpu = 100 * (cpu_seconds(session.synth.proc.pid) - synth_cpu0) / seconds
+            page_cpu = 100 * (cpu_seconds(page.pid) - page_cpu0) / seconds if page else 0.0
             rows.append((phase, 100 * float(np.mean(loads)), 100 * float(np.percentile(loads, 99)),
-                         take.dsp_load_mean, take.dsp_load_max, take.xruns, int(np.median(sounding)), rate))
+                         take.dsp_load_mean, take.dsp_load_max, take.xruns, int(np.median(sounding)), rate,
+                         synth_cpu, page_cpu))
     finally:
         send_midi(probe, *[note_off(k) for k in keys])
     lines = ["| page | voices | synth load mean, % | synth load p99, % | JACK DSP load mean, % | JACK DSP max, % "
-             "| xruns | state messages/s |", "|---|---|---|---|---|---|---|---|"]
-    for phase, mean, p99, jmean, jmax, xr, v, rate in rows:
-        pushed = f"{rate:.1f}" if phase == "with" else "–"
-        lines.append(f"| {phase} | {v} | {mean:.1f} | {p99:.1f} | {jmean:.1f} | {jmax:.1f} | {xr} | {pushed} |")
+             "| xruns | state messages/s | synth process CPU, % of a core | browser CPU, % of a core |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for phase, mean, p99, jmean, jmax, xr, v, rate, synth_cpu, page_cpu in rows:
+        with_page = phase == "with"
+        lines.append(f"| {phase} | {v} | {mean:.1f} | {p99:.1f} | {jmean:.1f} | {jmax:.1f} | {xr} "
+                     f"| {f'{rate:.1f}' if with_page else '–'} | {synth_cpu:.1f} "
+                     f"| {f'{page_cpu:.1f}' if with_page else '–'} |")
     off = [r for r in rows if r[0] == "without"]
     on = [r for r in rows if r[0] == "with"]
     cost = np.mean([r[1] for r in on]) - np.mean([r[1] for r in off])
     jcost = np.mean([r[3] for r in on]) - np.mean([r[3] for r in off])
+    synth_extra = np.mean([r[8] for r in on]) - np.mean([r[8] for r in off])
     lines.append(f"\nThe page's cost: {cost:+.1f} points of synth load, {jcost:+.1f} points of JACK DSP load "
-                 f"(goal <= 3).")
+                 f"(goal <= 3); it took {np.mean([r[9] for r in on]):.1f} % of a core in the browser and "
+                 f"{synth_extra:+.1f} % in the synth's process (its server).")
     return "\n".join(lines)
 
 

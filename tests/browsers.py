@@ -55,6 +55,11 @@ class Page(ABC):
     def title(self) -> str:
         ...
 
+    @property
+    @abstractmethod
+    def pid(self) -> int:
+        """The process that started the browser: it and its descendants are the browser."""
+
     @abstractmethod
     def close(self) -> None:
         ...
@@ -121,6 +126,10 @@ class ChromiumPage(Page):
     def title(self) -> str:
         return self.driver.title
 
+    @property
+    def pid(self) -> int:
+        return int(self.driver.service.process.pid)  # chromedriver, chromium's parent
+
     def close(self) -> None:
         self.driver.quit()
 
@@ -167,6 +176,10 @@ class FirefoxPage(Page):
     @property
     def title(self) -> str:
         return self.client.title
+
+    @property
+    def pid(self) -> int:
+        return int(self.client.instance.runner.process_handler.pid)
 
     def close(self) -> None:
         self.client.cleanup()  # ends the session, stops firefox, removes its profile

@@ -47,7 +47,8 @@ from aiohttp import WSMsgType, web
 from synth.ui.surface import ControlError, ControlSurface
 
 HOST = "127.0.0.1"
-PUSH_HZ = 30.0  # the meters' push rate; a moved knob is pushed at once (module docstring: Push)
+PUSH_HZ = 10.0  # the meters' push rate (voices, load, xruns); a moved knob is pushed at once (docstring: Push)
+STATE_FRESH_S = 0.015  # the state JSON is rebuilt at most this often, however many pages and requests ask
 MIN_PUSH_GAP_S = 0.008  # pushes to one page at most every 8 ms (125 a second, one per frame of a 120 Hz display)
 APPLY_WAIT_S = 0.05  # a control the audio callback has not rendered by then (a stalled stream) is read anyway
 APPLY_POLL_S = 0.001  # re-check the rendered frames this often once the expected block should be done
@@ -173,9 +174,9 @@ class WebSurface:
         return web.Response(text=self.state_text(), content_type="application/json")
 
     def state_text(self) -> str:
-        """The state as JSON, computed at most once per push period however many pages are open."""
+        """The state as JSON, rebuilt at most every ``STATE_FRESH_S`` (and after each knob move)."""
         now = time.monotonic()
-        if now - self._state_at >= 0.5 / PUSH_HZ:
+        if now - self._state_at >= STATE_FRESH_S:
             self.surface.poll_learn()
             self._state_text = json.dumps(self.surface.state(), separators=(",", ":"))
             self._state_at = now

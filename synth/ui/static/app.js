@@ -1,4 +1,4 @@
-// vaesynth control surface: state arrives over the WebSocket (30 Hz, and at once when a knob
+// vaesynth control surface: state arrives over the WebSocket (10 Hz, and at once when a knob
 // moves), controls leave as JSON. Drawing happens in the next animation frame after a state
 // message, and touches only what changed (the page's CPU is taken from the synth's cores); a knob
 // being dragged shows the value under the pointer until it is let go (the engine's echo follows it).
