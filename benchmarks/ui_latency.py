@@ -13,9 +13,9 @@ Prints markdown tables, per browser:
   which lags the first changed sample by the detector's window and the engine's glide). The
   difference to MIDI is what the browser path adds to knob-to-sound; ``benchmarks.live_latency``
   gives the MIDI knob-to-sound itself (the engine's first changed sample);
-- DSP load with the page open (receiving the state, 10 Hz and on knob moves, and drawing it) and without, in one
-  run, alternating phases with the same held voices: the synth's own callback load (its state,
-  polled at 10 Hz in every phase) and JACK's DSP load. Goal: the page costs <= 3 points. On a
+- DSP load with the page open (receiving the state, 10 Hz and on knob moves, and drawing it) and
+  without, in one run: phases without, with, with, without, the same voices struck in each: the
+  synth's own callback load (its state, polled at 10 Hz in every phase) and JACK's DSP load. Goal: the page costs <= 3 points. On a
   shared host these move by more than that from phase to phase, so the CPU time the browser's
   processes and the synth's process took in each phase (``/proc``, % of one core) is shown too:
   what the page takes from the cores the audio runs on.
@@ -48,6 +48,7 @@ RATE, PERIOD = 48000, 128
 HELD_KEY = 57
 DETECT_WINDOW = 1024  # samples per spectrum of the timbre detector
 DETECT_HOP = 32
+PHASES = ("without", "with", "with", "without")  # the load phases, in this order
 
 
 def start_jackd() -> subprocess.Popen[bytes]:
@@ -213,18 +214,20 @@ def drag_to_sound(session: SurfaceSession, page: Page, probe: StampedProbe, repe
 
 
 def load_phases(session: SurfaceSession, browser: str, probe: JackProbe, voices: int, seconds: float) -> str:
-    """Alternating phases without and with the page in ``browser``, the same voices held throughout."""
+    """Phases without, with, with, without the page in ``browser`` (a drift of the host's load over
+    the run cancels out), the same voices struck afresh at the start of each (the overload governor
+    may have shed some in the phase before)."""
     keys = [36 + (7 * i) % 48 for i in range(voices)]
-    send_midi(probe, *[note_on(k, 90) for k in keys])
     rows = []
     try:
         page = None
-        for phase in ("without", "with", "without", "with"):
-            if phase == "with":
+        for phase in PHASES:
+            if phase == "with" and page is None:
                 page = session.open_page(browser)
-            elif page is not None:
+            elif phase == "without" and page is not None:
                 session.close_page(page)
                 page = None
+            send_midi(probe, *[note_off(k) for k in keys], *[note_on(k, 90) for k in keys])
             time.sleep(1.0)
             loads: list[float] = []
             sounding: list[int] = []

@@ -9,6 +9,7 @@ visible), clicks, drags with a real pointer, and closes the browser. ``BROWSERS`
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -143,7 +144,15 @@ class FirefoxPage(Page):
         from marionette_driver.marionette import Marionette
 
         _need(FIREFOX, "firefox-esr")
-        self.client = Marionette(bin=FIREFOX, headless=True, port=0, startup_timeout=START_TIMEOUT_S)
+        # Profiles go in a folder of ours, removed on close (mozprofile's own removal runs in __del__,
+        # which may come after the interpreter has started to shut down).
+        self._workspace = tempfile.mkdtemp(prefix="vaesynth-firefox-")
+        try:
+            self.client = Marionette(bin=FIREFOX, headless=True, port=0, startup_timeout=START_TIMEOUT_S,
+                                     workspace=self._workspace)
+        except BaseException:
+            shutil.rmtree(self._workspace, ignore_errors=True)
+            raise
         try:
             self.client.start_session()
             self.client.set_window_rect(width=width, height=height)
@@ -182,7 +191,10 @@ class FirefoxPage(Page):
         return int(self.client.instance.runner.process_handler.pid)
 
     def close(self) -> None:
-        self.client.cleanup()  # ends the session, stops firefox, removes its profile
+        try:
+            self.client.cleanup()  # ends the session, stops firefox
+        finally:
+            shutil.rmtree(self._workspace, ignore_errors=True)
 
 
 BROWSERS: dict[str, type[Page]] = {"chromium": ChromiumPage, "firefox": FirefoxPage}
