@@ -8,6 +8,7 @@ visible), clicks, drags with a real pointer, and closes the browser. ``BROWSERS`
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -144,12 +145,13 @@ class FirefoxPage(Page):
         from marionette_driver.marionette import Marionette
 
         _need(FIREFOX, "firefox-esr")
-        # Profiles go in a folder of ours, removed on close (mozprofile's own removal runs in __del__,
-        # which may come after the interpreter has started to shut down).
+        # Profiles and firefox's log go in a folder of ours, removed on close (by default the log lands
+        # in the working directory, and mozprofile's own removal runs in __del__, which may come after
+        # the interpreter has started to shut down).
         self._workspace = tempfile.mkdtemp(prefix="vaesynth-firefox-")
         try:
             self.client = Marionette(bin=FIREFOX, headless=True, port=0, startup_timeout=START_TIMEOUT_S,
-                                     workspace=self._workspace)
+                                     workspace=self._workspace, gecko_log=os.path.join(self._workspace, "gecko.log"))
         except BaseException:
             shutil.rmtree(self._workspace, ignore_errors=True)
             raise
