@@ -56,78 +56,11 @@ def run_main(body: Callable[[], int]) -> int:
 
 
 def open_preset(path: str | Path) -> Preset:
-    """Load a preset; a missing default preset says where it was looked for.
-
-    A format-2 preset that this checkout's loader does not read yet is read by
-    :func:`read_v2_preset` (knob_order becomes 0..L-1; the knobs are in :func:`knob_map`).
-    """
+    """Load a preset; a missing or unreadable one is one line."""
     try:
         return load_preset(path)
     except PresetError as exc:
-        if "format_version 2" not in str(exc):
-            raise BenchmarkError(str(exc)) from None
-    return read_v2_preset(path)
-
-
-def _preset_doc(path: str | Path) -> dict:
-    try:
-        return tomllib.loads((Path(path) / "preset.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BenchmarkError(f"{path}: cannot read preset.toml ({exc})") from None
-
-
-def read_v2_preset(path: str | Path) -> Preset:
-    """A format-2 preset folder as a :class:`Preset` (the fields the benchmarks use)."""
-    from synth.preset import Snapshot
-
-    root = Path(path)
-    doc = _preset_doc(root)
-    try:
-        lat, dec, enc = doc["latent"], doc["decoder"], doc["encoder"]
-        size = int(lat["size"])
-        return Preset(root=root, name=doc["preset"]["name"], description=doc["preset"].get("description", ""),
-                      params=SpectrogramParams.from_dict(doc["audio"]), latent_size=size,
-                      latent_mean=np.asarray(lat["mean"], np.float32), latent_std=np.asarray(lat["std"], np.float32),
-                      knob_order=list(range(size)), pitch_min=float(doc["pitch"]["min"]),
-                      pitch_max=float(doc["pitch"]["max"]), decoder_path=root / dec["file"],
-                      encoder_path=root / enc["file"], time_on_max=float(dec["time_on_max"]),
-                      release_seconds=float(dec["release_seconds"]), encoder_frame_stride=int(enc["frame_stride"]),
-                      snapshots=[Snapshot(str(s["name"]), int(s["program"]), np.asarray(s["z"], np.float32))
-                                 for s in doc.get("snapshots", [])])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BenchmarkError(f"{root}: bad format-2 preset.toml ({exc})") from None
-
-
-@dataclass(frozen=True)
-class KnobMap:
-    """Where the 8 knobs move a latent: knob i at a in -1..+1 puts the component of z along
-    ``directions[i]`` at ``center·d + 3·a·scale[i]`` (format 2: PCA rows; format 1: unit vectors
-    of knob_order over mean ± 3 std)."""
-
-    center: NDArray[np.float64]  # (L,)
-    directions: NDArray[np.float64]  # (K, L)
-    scale: NDArray[np.float64]  # (K,)
-    gain: float  # [mix] gain (1.0 for format 1)
-
-    def move(self, z: NDArray, knob: int, a: float | NDArray) -> NDArray[np.float32]:
-        """``z (L,)`` with knob ``knob`` set to ``a`` (scalar or ``(n,)``) -> ``(L,)`` or ``(n, L)``."""
-        d = self.directions[knob]
-        base = np.asarray(z, np.float64) - (np.asarray(z, np.float64) - self.center) @ d * d
-        a = np.asarray(a, np.float64)
-        return (base + (a[..., None] if a.ndim else a) * 3.0 * self.scale[knob] * d).astype(np.float32)
-
-
-def knob_map(preset: Preset) -> KnobMap:
-    """The preset's knob map (format 2 ``[knobs]``, else format 1 knob_order)."""
-    doc = _preset_doc(preset.root)
-    if "knobs" in doc:
-        k = doc["knobs"]
-        return KnobMap(np.asarray(k["center"], np.float64), np.asarray(k["directions"], np.float64),
-                       np.asarray(k["scale"], np.float64), float(doc.get("mix", {}).get("gain", 1.0)))
-    order = preset.knob_order[:8]
-    eye = np.eye(preset.latent_size)[order]
-    return KnobMap(np.asarray(preset.latent_mean, np.float64), eye,
-                   np.asarray(preset.latent_std, np.float64)[order], 1.0)
+        raise BenchmarkError(str(exc)) from None
 
 
 def split_settings(run_dir: str | None, val_fraction: float, seed: int) -> tuple[float, int]:
@@ -202,11 +135,6 @@ class PresetModels:
         """Every frame (stride 1) of a note held ``hold_seconds`` -> ``log_mag (n_frames, F)``."""
         on, off = frame_times(self.params, n_frames, 1, self.preset.time_on_max, hold_seconds)
         return self.decode(z, pitch, velocity, on, off)
-
-
-def magnitudes(log_mag: NDArray, params: SpectrogramParams) -> NDArray[np.float64]:
-    """``ln(mag + floor)`` -> magnitude (clipped at 0)."""
-    return np.maximum(np.exp(np.asarray(log_mag, np.float64)) - params.log_floor, 0.0)
 
 
 def magnitude_convergence_db(reference_mag: NDArray, estimate_mag: NDArray) -> float:

@@ -33,7 +33,7 @@ from synth.errors import EXIT_USER_ERROR
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = REPO / "presets" / "default"
-PRESET_FILES = ("preset.toml", "decoder.onnx", "decoder_parts.onnx", "encoder.onnx")
+PRESET_FILES = ("preset.toml", "decoder.onnx", "decoder_parts.onnx", "encoder.onnx", "latent_map.npz")
 RAW_PYTHON_WORDING = ("not supported between instances", "object has no attribute", "invalid literal for",
                       "unhashable type", "NoneType", "object is not", "unsupported operand", "list index out of range",
                       "KeyError", "TypeError", "ValueError", "OverflowError", "RecursionError", "MemoryError")
@@ -358,6 +358,7 @@ CASES: tuple[Case, ...] = (
          lambda root: edit_toml(root, lambda d: d["latent"]["mean"].__setitem__(0, 10**400))),
     Case("pitch min = \"low\"", toml_set("pitch", "min", "low")),
     Case("mix gain = true", toml_set("mix", "gain", True)),
+    Case("knob travel = 1e9 std", lambda root: edit_toml(root, lambda d: d["knobs"].__setitem__("travel", [1e9] * 8))),
     Case("snapshot level = 10**400", snapshot_set("level", 10**400)),
     Case("snapshot program = \"5\"", snapshot_set("program", "5")),
     # model inputs and outputs

@@ -1,10 +1,12 @@
-"""Loudness through the engine: a velocity-100 C4 of every General MIDI program, and dense chords.
+"""Loudness through the engine: velocity-100 notes of every General MIDI program, and dense chords.
 
     python -m benchmarks.loudness [--preset presets/default]
 
 Each program 0..127 is recalled by a program change (its own snapshot, else its group's), then a
-C4 at velocity 100 is held 1 s and released (export calibrated each snapshot's level on exactly
-this note, so the C4 table checks that the engine applies it; C3 and C5 are the honest test), rendered offline by the engine exactly as
+note at velocity 100 is held 1 s and released, at C3, C4 and C5 (export evened each snapshot's
+level over exactly these keys, ``export.onnx.MIX_LEVEL_KEYS``, so they check that the engine
+applies it) and at F#2, F#3, F#4 and F#5 (keys no calibration saw: the honest test), rendered
+offline by the engine exactly as
 ``run_synth.py --render`` would (default master gain, the preset's [mix] gain and the snapshot's
 level). Goal: the single note peaks between -12 and -6 dBFS; chords (8 notes at velocity 127, on
 the loudest programs) never pass 0 dBFS.
@@ -24,7 +26,7 @@ from synth.preset import Preset
 NOTE_RANGE_DBFS = (-12.0, -6.0)
 HOLD_S, TAIL_S = 1.0, 0.6
 CHORD = (48, 52, 55, 60, 64, 67, 72, 76)
-KEYS = (48, 60, 72)  # C3, C4 (the calibration note), C5
+KEYS = (42, 48, 54, 60, 66, 72, 78)  # C3, C4, C5 (the calibration keys) and the F#s between them
 
 
 def render_peak(preset: Preset, program: int, keys: tuple[int, ...], velocity: int) -> float:

@@ -23,8 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, log, magnitude_convergence_db,
-                               magnitudes, markdown_table, open_preset, run_main, split_settings)
-from synth.stft import log_spectral_distance_db, stft
+                               markdown_table, open_preset, run_main, split_settings)
+from synth.stft import log_spectral_distance_db, magnitude_from_log, stft
 
 if TYPE_CHECKING:  # training.data is imported lazily: its import pulls soxr and friends
     from training.data import NoteRecord
@@ -48,7 +48,7 @@ def evaluate_note(models: PresetModels, audio: NDArray, pitch: float, velocity: 
     mag = np.abs(stft(audio, params))  # (T, F), every frame
     log_mag = np.log(mag + params.log_floor).astype(np.float32)
     mu = models.encode(log_mag[::models.preset.encoder_frame_stride])
-    est = magnitudes(models.decode_note(mu, pitch, velocity, len(mag)), params)
+    est = magnitude_from_log(models.decode_note(mu, pitch, velocity, len(mag)), params)
     return NoteScore(magnitude_convergence_db(mag, est), log_spectral_distance_db(mag, est, params.log_floor))
 
 

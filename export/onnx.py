@@ -27,12 +27,15 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
-from synth.contract import DECODER_INPUTS, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from export.knob_travel import calibrate_travel
+from synth.contract import DECODER_CONTRACT as CONTRACT
+from synth.contract import DECODER_INPUTS, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
-from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL
+from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
 from training.data import GM_PROGRAM_NAMES, parse_instrument
-from training.model import CONTRACT, TimbreVAE
+from training.model import TimbreVAE
+from training.snapshots import reference_soundfont
 from training.train import RunConfig, TrainError, load_config
 
 OPSET = 17
@@ -43,10 +46,10 @@ TOLERANCE = 1e-4
 INHARMONIC_TOLERANCE = 3e-3
 FP16_TOLERANCE = 5e-2
 MIN_SNAPSHOTS = 8
-REFERENCE_SOUNDFONT = "fluidr3"
 TARGET_PEAK_DBFS = -9.0  # a velocity-100 C4 of the median snapshot, after [mix] gain and master gain
 MIX_NOTE_SECONDS = (1.0, 0.6)  # held, then released: the note whose peak [mix] gain sets
 MIX_RENDER_RATE = 48000
+MIX_LEVEL_KEYS = (48, 60, 72)  # C3, C4, C5: the keys a snapshot's level trim evens out
 PARTS_FILE = "decoder_parts.onnx"
 # NSynth family -> a General MIDI program (0-based, as in MIDI program-change messages).
 FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass": 33,
@@ -208,31 +211,23 @@ def _knob_points(stats: dict[str, Any], count: int, used: set[int]) -> list[dict
     return out
 
 
-def reference_soundfont(stats: dict[str, Any], wanted: str | None = None) -> str | None:
-    """The soundfont tag whose programs become snapshots: ``wanted``, else fluidr3, else the tag
-    with the most programs; None when the data has no rendered (``..._TAG_PPP``) instruments."""
-    counts: dict[str, int] = {}
-    for name in stats.get("instruments", {}):
-        parsed = parse_instrument(name)
-        if parsed:
-            counts[parsed[0]] = counts.get(parsed[0], 0) + 1
-    if not counts:
-        return None
-    if wanted is not None:
-        if wanted not in counts:
-            raise ExportError(f"reference soundfont {wanted!r} is not in the training data ({', '.join(sorted(counts))})")
-        return wanted
-    if REFERENCE_SOUNDFONT in counts:
-        return REFERENCE_SOUNDFONT
-    return sorted(counts, key=lambda t: (-counts[t], t))[0]
+def reference_tag(stats: dict[str, Any], wanted: str | None = None) -> str | None:
+    """``training.snapshots.reference_soundfont`` over the run's instruments; a ``wanted`` tag the
+    data lacks is an ExportError."""
+    tag = reference_soundfont(stats.get("instruments", {}), wanted)
+    if wanted is not None and tag is None:
+        tags = sorted({p[0] for name in stats.get("instruments", {}) if (p := parse_instrument(name))})
+        raise ExportError(f"reference soundfont {wanted!r} is not in the training data ({', '.join(tags)})")
+    return tag
 
 
 def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
-    """One snapshot per trained GM program of the reference soundfont (mean mu of its training
-    notes in ``training.train.SNAPSHOT_KEYS``, named by the GM instrument); data without soundfont
+    """One snapshot per trained GM program of the reference soundfont (its latent fitted to the
+    program's training notes, ``training.snapshots``; the mean mu for another reference soundfont,
+    which training did not fit), named by the GM instrument; data without soundfont
     tags (NSynth, WAV folders) gets one per family. Padded to MIN_SNAPSHOTS with points along the top knobs."""
     snaps, used = [], set()
-    tag = reference_soundfont(stats, reference)
+    tag = reference_tag(stats, reference)
     if tag is not None:
         for name, inst in stats["instruments"].items():
             parsed = parse_instrument(name)
@@ -258,7 +253,6 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitch: 
     itself on the preset written in ``preset_dir``, at unity output gain: attack normalisation,
     phase reconstruction and all, exactly what a player hears before the gain."""
     from synth.engine import Engine
-    from synth.preset import load_preset
 
     preset = load_preset(preset_dir)
     rate = MIX_RENDER_RATE
@@ -281,11 +275,15 @@ def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, 
     """``(gain, median peak, levels)``: the [mix] gain that puts a v100 C4 of the median snapshot at
     TARGET_PEAK_DBFS through the engine (its master gain is the user's trim, 1.0 by default),
     bounded to 1e-2..1e3 for (untrained) near-silent models; and each snapshot's level trim, which
-    brings its own C4 to the same peak (within the engine's +-12 dB bounds)."""
+    brings the geometric mean of its own v100 peaks at MIX_LEVEL_KEYS to that of the median
+    snapshot's C4 (within the engine's +-12 dB bounds): one trim for the middle of the keyboard,
+    not for C4 alone, since a fitted snapshot keeps its instrument's louder or softer registers."""
     peaks = np.asarray(engine_note_peaks(preset_dir, snaps))
     median = float(np.median(peaks))
     gain = 10 ** (TARGET_PEAK_DBFS / 20) / max(median, 1e-12)
-    levels = np.clip(median / np.maximum(peaks, 1e-12), MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL)
+    spread = np.array([engine_note_peaks(preset_dir, snaps, key) if key != 60 else peaks for key in MIX_LEVEL_KEYS])
+    middle = np.exp(np.log(np.maximum(spread, 1e-12)).mean(axis=0))
+    levels = np.clip(median / middle, MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL)
     return float(np.clip(gain, 1e-2, 1e3)), median, [round(float(v), 4) for v in levels]
 
 
@@ -304,6 +302,9 @@ def validate_doc(doc: dict[str, Any]) -> None:
         problems.append("knob directions are not orthonormal")
     if not np.all(scale >= 0) or list(scale) != sorted(scale, reverse=True):
         problems.append("knob scales must be >= 0 and in decreasing order")
+    travel = np.array(k.get("travel", [KNOB_TRAVEL_RANGE[0]] * n), np.float64)
+    if travel.shape != (n,) or not np.all((travel >= KNOB_TRAVEL_RANGE[0]) & (travel <= KNOB_TRAVEL_RANGE[1])):
+        problems.append(f"knob travel must be {n} values in {KNOB_TRAVEL_RANGE[0]:g}..{KNOB_TRAVEL_RANGE[1]:g}")
     if not (np.isfinite(doc["mix"]["gain"]) and doc["mix"]["gain"] > 0):
         problems.append("mix gain must be positive")
     programs = [s["program"] for s in doc["snapshots"]]
@@ -317,7 +318,7 @@ def validate_doc(doc: dict[str, Any]) -> None:
 
 def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                snaps: list[dict[str, Any]], gain: float, median_peak: float, parts: bool = True,
-               latent_map: bool = False) -> dict[str, Any]:
+               latent_map: bool = False, travel: Sequence[float] | None = None) -> dict[str, Any]:
     """The preset.toml content (format version 2, ARCHITECTURE.md layout)."""
     p = run.audio
     k = stats["knobs"]
@@ -336,7 +337,8 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                    "std": [float(v) for v in stats["std"]]},
         "knobs": {"center": [float(v) for v in k["center"]],
                   "directions": [[float(v) for v in row] for row in k["directions"]],
-                  "scale": [float(v) for v in k["scale"]]},
+                  "scale": [float(v) for v in k["scale"]],
+                  **({"travel": [round(float(v), 3) for v in travel]} if travel is not None else {})},
         "pitch": {"min": float(stats["pitch_min"]), "max": float(stats["pitch_max"])},
         "decoder": {"file": "decoder.onnx", "contract": CONTRACT, "time_on_max": float(run.model.time_on_max),
                     "release_seconds": float(p.note_seconds - p.hold_seconds),
@@ -376,8 +378,9 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts, has_map))
     gain, median_peak, levels = mix_gain(out, snaps)
     errors["mix_gain"] = gain
+    travel = calibrate_travel(load_preset(out))
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
-    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map))
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map, travel))
     keep_run_files(checkpoint.parent, out)
     return errors
 

@@ -5,13 +5,16 @@
 2. resamples it to the preset's rate (soxr) and finds the most prominent note: the loudest 10 ms
    frame, its onset where the envelope stops rising (leading silence and earlier notes skipped),
    its end where the next note's attack begins; checks the note is long enough;
-3. estimates its pitch (YIN, ``synth.pitch``) unless given, and checks it is one clear pitched
-   note (periodic, its spectral peaks on one harmonic series: not a chord);
+3. estimates its pitch (YIN, ``synth.pitch``, then read exactly off its harmonics) unless given,
+   and checks it is one clear pitched note (periodic, its spectral peaks on one harmonic series:
+   not a chord);
 4. normalises its peak to ``CAPTURE_PEAK_DBFS`` (the level of a training note at velocity 100:
    the recording's level is the microphone's, not the instrument's), and runs the preset's
    encoder on the frames training computes (``synth.stft.encoder_frames``): ``z`` is the
-   posterior mean ``mu``; optionally (``refine``) :class:`Refiner` then moves ``z`` so the decoder
-   reproduces the note's frames at its pitch;
+   posterior mean ``mu``; then (unless ``refine=False``) ``synth.refine.Refiner`` moves ``z`` so the
+   decoder reproduces the note at its pitch and plays the other octaves as the training instruments
+   that sound most like it do (on GM programs the model never saw, the encoder's point alone plays
+   the other keys worse: see README's capture figures);
 5. says how far ``z`` lies from the training data (``synth.latent_map``), in posterior standard
    deviations, and :func:`pull_toward_data` moves it toward the nearest training note.
 """
@@ -28,9 +31,10 @@ from numpy.typing import NDArray
 
 from synth.contract import ENCODER_INPUT, ENCODER_OUTPUTS
 from synth.errors import VaesynthError
-from synth.pitch import WINDOW_S, yin
 from synth.model_file import cpu_session, read_model
+from synth.pitch import WINDOW_S, harmonic_pitch, yin
 from synth.preset import Preset
+from synth.refine import SOUNDING_DB, Refiner
 from synth.stft import encoder_frames
 
 CAPTURE_PEAK_DBFS = -12.0
@@ -44,7 +48,6 @@ ONSET_RANGE_DB = 40.0  # the attack is searched back to this far below the peak
 ONSET_GAP_DB = 20.0  # the note starts at the last frame this far below its peak (a softer note before it is not it)
 RISE_TOLERANCE_DB = 10.0  # going back, a rise this far above the lowest point so far is an earlier note
 NEXT_ONSET_DB = 12.0  # a rise this large after the peak is the next note's attack
-SOUNDING_DB = 30.0  # a note "sounds" while its envelope is within this of its peak
 CLIP_LEVEL = 0.99  # of full scale
 CLIP_FLAT = 1e-4  # a sample this close to its neighbour at CLIP_LEVEL is a flat (clipped) top
 CLIP_MAX_SAMPLES = 8  # more flat-top samples than this (and 1e-4 of the file) is clipping
@@ -54,16 +57,8 @@ POLY_LOWEST_HARMONIC = 3.5  # the lowest strong peak above this harmonic of f0: 
 # (YIN finds C2 under a C4-E4-G4 triad, whose lowest peak is then harmonic 4; a lone note's is 1 or 2)
 HARMONIC_TOLERANCE = 0.02  # a peak within 2 % (or 1.5 bins) of k * f0 is on the series (a piano's stretch: ~1 %)
 POLY_MAX_HZ = 5000.0
+STEADY_S = (0.1, 1.0)  # the note's steady part, past the attack, that its exact pitch is read from
 SUBHARMONICS = (2, 3, 4)  # a strong partial at f0/k means YIN locked onto harmonic k
-REFINE_SECONDS = 1.0  # the refinement matches the note's first second (its key may be up after that)
-REFINE_FRAMES = 12  # frames of it, spread evenly
-REFINE_STEPS = 16
-REFINE_DELTA = 0.05  # finite-difference step, in latent std
-REFINE_RATE = 0.3  # first step's length, in latent std (shrinks linearly to 0)
-REFINE_POOL_BINS = 2  # as training's pooled loss term
-REFINE_RANGE_DB = 60.0  # the loss compares the top 60 dB of the note
-REFINE_MIN_BINS = 8  # fewer bins in that range: nothing to match (a capture of near-silence keeps the encoder's)
-REFINE_PRIOR = 1e-3  # pull toward the latent mean, per std^2: an unheard direction does not drift
 FAR_DISTANCE = 3.0  # posterior std: beyond this the capture lies well outside the data
 MAX_SECONDS = 600.0  # longer files are refused before reading (a hostile header cannot exhaust memory)
 READ_RATES = (8000, 384000)
@@ -237,106 +232,8 @@ def _check_one_pitched_note(note: NDArray[np.float32], rate: int, preset: Preset
         raise CaptureError(f"{where}: sounds polyphonic (a chord?): {100 * off:.0f} % of its strong partials' energy "
                            f"lies off the harmonics of MIDI {midi:.1f}; record a single note, or give its pitch with "
                            "--pitch N")
-    return midi
-
-
-def _ln_db(db: float) -> float:
-    """``db`` decibels (of magnitude) in natural-log units, as the log-magnitude frames count."""
-    return db / 20.0 * math.log(10.0)
-
-
-def _logsumexp(x: NDArray) -> NDArray[np.float64]:
-    """``log(sum(exp(x)))`` over the last axis, without overflow -> ``x.shape[:-1]``."""
-    top = x.max(axis=-1)
-    return top + np.log(np.sum(np.exp(x - top[..., None]), axis=-1))
-
-
-def _pool(log_mag: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Max over +-``REFINE_POOL_BINS`` bins along the last axis: a partial's peak counts, not the exact
-    shape of its lobe (which phase reconstruction and real instruments both change)."""
-    out = log_mag.copy()
-    for k in range(1, REFINE_POOL_BINS + 1):
-        np.maximum(out[..., k:], log_mag[..., :-k], out=out[..., k:])
-        np.maximum(out[..., :-k], log_mag[..., k:], out=out[..., :-k])
-    return out
-
-
-class Refiner:
-    """Analysis by synthesis: move the encoder's ``z`` so the preset's decoder, at the captured pitch,
-    reproduces the captured note's frames (L1 on log-magnitude, as training; one gain per candidate,
-    so the recording's level does not count). Finite-difference gradients in the latent's per-dim
-    std units, all ``L + 1`` candidates of a step in one decoder batch; the best point
-    seen wins, so it never ends worse than the encoder's. Steps have a fixed, shrinking length along
-    the (momentum) gradient, so latent directions the note does not constrain barely move."""
-
-    def __init__(self, preset: Preset) -> None:
-        from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
-
-        self._session = cpu_session(read_model(preset.decoder_path))
-        self._inputs, self._output = DECODER_INPUTS, DECODER_OUTPUT
-        self.preset = preset
-
-    def _loss(self, u: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Loss of each candidate ``u (C, L)`` (std units) against the note -> ``(C,)``."""
-        p = self.preset
-        c, t = u.shape[0], self._target.shape[0]
-        z = (p.latent_mean + u * p.latent_std).astype(np.float32)
-        batch = {"z": np.repeat(z, t, axis=0), **{k: np.tile(v, c) for k, v in self._feeds.items()}}
-        out = _pool(self._session.run([self._output], batch)[0].reshape(c, t, -1))
-        # one log-gain each, matching the candidate's energy to the note's: the level is not the timbre
-        gain = self._energy - 0.5 * _logsumexp(2.0 * out.reshape(c, -1))
-        # both sides clipped REFINE_RANGE_DB below the note's peak: below it lie the recording's noise and the
-        # decoder's floor, which say nothing about the timbre
-        aligned = np.maximum(out + gain[:, None, None], self._clip)
-        return np.mean(np.abs(aligned - self._target), axis=(1, 2)) + REFINE_PRIOR * np.mean(u * u, axis=1)
-
-    def _set_note(self, note: NDArray[np.float32], pitch: float) -> bool:
-        """Pick the frames to match; False when the note has too little above its floor to match."""
-        from synth.stft import log_magnitude
-
-        p = self.preset
-        params = p.params
-        frames = log_magnitude(note[: int(REFINE_SECONDS * params.sample_rate)], params)
-        loud = frames.max(axis=1)
-        sounding = np.nonzero(loud > loud.max() - _ln_db(SOUNDING_DB))[0]
-        last = max(int(sounding[-1]) if sounding.size else 1, REFINE_FRAMES)
-        pick = np.unique(np.linspace(1, min(last, len(frames) - 1), REFINE_FRAMES).astype(np.int64))
-        target = _pool(frames[pick])
-        self._clip = float(target.max()) - _ln_db(REFINE_RANGE_DB)
-        self._target = np.maximum(target, self._clip)
-        self._energy = 0.5 * float(_logsumexp(2.0 * target.reshape(1, -1))[0])
-        t = pick.astype(np.float32) * params.hop / params.sample_rate
-        n = len(pick)
-        self._feeds = {"pitch": np.full(n, pitch, np.float32), "velocity": np.full(n, 100.0, np.float32),
-                       "time_on": np.minimum(t, p.time_on_max).astype(np.float32),
-                       "time_off": np.full(n, -1.0, np.float32)}
-        return int((target > self._clip).sum()) >= REFINE_MIN_BINS
-
-    def loss_of(self, z: NDArray[np.floating]) -> float:
-        """The loss of ``z (L,)`` against the note of the last call."""
-        p = self.preset
-        return float(self._loss(((np.asarray(z, np.float64) - p.latent_mean) / p.latent_std)[None])[0])
-
-    def __call__(self, z0: NDArray[np.float32], note: NDArray[np.float32], pitch: float) -> NDArray[np.float32]:
-        """``z0 (L,)`` refined on ``note`` (mono, the preset's rate, starting at its attack)."""
-        p = self.preset
-        if not self._set_note(note, pitch):
-            return z0
-        size = p.latent_size
-        u = ((np.asarray(z0, np.float64) - p.latent_mean) / p.latent_std)[None]
-        eye = np.vstack([np.zeros((1, size)), REFINE_DELTA * np.eye(size)])
-        m = np.zeros(size)
-        best_u, best = u[0].copy(), np.inf
-        for step in range(REFINE_STEPS):
-            losses = self._loss(u + eye)
-            if losses[0] < best:
-                best, best_u = float(losses[0]), u[0].copy()
-            m = 0.7 * m + (losses[1:] - losses[0]) / REFINE_DELTA
-            # a step of fixed length along the gradient: directions the note does not constrain barely move
-            u = u - REFINE_RATE * (1.0 - step / REFINE_STEPS) * m / max(float(np.linalg.norm(m)), 1e-12)
-        if float(self._loss(u)[0]) < best:
-            best_u = u[0]
-        return (p.latent_mean + best_u * p.latent_std).astype(np.float32)
+    steady = note[int(STEADY_S[0] * rate): int(STEADY_S[1] * rate)]
+    return harmonic_pitch(steady if len(steady) >= skip else note[skip:], rate, midi, POLY_MAX_HZ)
 
 
 class Encoder:
@@ -351,11 +248,12 @@ class Encoder:
 
 
 def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = None, where: str = "recording",
-            encoder: Encoder | None = None, refiner: Refiner | None = None, refine: bool = False) -> Capture:
+            encoder: Encoder | None = None, refiner: Refiner | None = None, refine: bool = True) -> Capture:
     """Capture the most prominent note of ``audio (n,)`` mono at ``rate`` Hz (see the module doc).
 
-    ``pitch``: the note's MIDI pitch when known (skips detection and its checks). ``refine``: then
-    move the encoder's point by analysis by synthesis (:class:`Refiner`, ``--refine``: about 0.3 s more)."""
+    ``pitch``: the note's MIDI pitch when known (skips detection and its checks). ``refine=False``
+    keeps the encoder's point (benchmarks and tests compare the two); ``encoder``/``refiner``: models
+    kept across captures (opened here otherwise)."""
     started = time.perf_counter()
     x = np.asarray(audio, np.float32)
     if x.ndim != 1:
@@ -385,10 +283,10 @@ def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = Non
     return Capture(z, float(pitch), start / rate, distance, nearest, time.perf_counter() - started)
 
 
-def capture_file(preset: Preset, path: str | Path, pitch: float | None = None, refine: bool = False) -> Capture:
+def capture_file(preset: Preset, path: str | Path, pitch: float | None = None) -> Capture:
     """:func:`capture` of the recording at ``path`` (messages name the file)."""
     audio, rate = read_recording(path)
-    return capture(preset, audio, rate, pitch, where=str(path), refine=refine)
+    return capture(preset, audio, rate, pitch, where=str(path))
 
 
 def pull_toward_data(preset: Preset, z: NDArray[np.floating], amount: float) -> NDArray[np.float32]:

@@ -99,6 +99,12 @@ PRESET_FORMAT_VERSION = 2
 resolves every General MIDI program to a snapshot. The engine still reads version 1 (its knobs
 derived from ``[latent] knob_order``); any other version gets a one-line message that says to
 re-export the preset."""
+DEFAULT_KNOB_TRAVEL = 3.0
+"""How far a knob reaches by default, in ``[knobs] scale`` units (the posterior's standard
+deviation along the knob's direction): CC 0..127 spans center -+ 3 std, most of the data."""
+KNOB_TRAVEL_RANGE = (1.0, 6.0)
+"""Bounds of the optional per-knob ``[knobs] travel`` export writes for the weaker knobs (see
+``export.knob_travel``): beyond 6 std the decoder extrapolates far from any training note."""
 
 # ---------------------------------------------------------------------------- latent map
 LATENT_MAP_FILE = "latent_map.npz"

@@ -1,6 +1,6 @@
 """Timbre knobs along a preset's principal directions, with pick-up, and program -> snapshot recall.
 
-The timbre is ``z = base + sum_i c_i * 3 * scale_i * d_i`` (``synth.preset.KnobMap``): ``c`` holds
+The timbre is ``z = base + sum_i c_i * step_i * d_i`` (``synth.preset.KnobMap``: step = travel x scale): ``c`` holds
 the K knob coordinates (-1..1 spans the knob's travel, a recalled snapshot may lie outside) and
 ``base`` the part of z outside the knob subspace (plus ``center``'s part inside it). A recall
 (program change, ``--latent``) sets z and derives ``c`` and ``base`` from it; a knob CC sets one
@@ -22,8 +22,6 @@ from numpy.typing import NDArray
 
 from synth.preset import Preset
 
-KNOB_RANGE_STD = 3.0
-"""A knob's travel (-1..1) spans +- this many ``scale`` units along its direction."""
 PICKUP_TOLERANCE = 1.0 / 127.0 + 1e-9
 """Half a CC step in coordinate units: a CC value this close to the coordinate has reached it."""
 
@@ -94,7 +92,7 @@ class TimbreKnobs:
         f64 = np.float64
         self.center = np.ascontiguousarray(kmap.center, f64)
         self.directions = np.ascontiguousarray(kmap.directions, f64)
-        self.step = np.ascontiguousarray(KNOB_RANGE_STD * kmap.scale, f64)
+        self.step = np.ascontiguousarray(kmap.step, f64)
         k, size = self.directions.shape
         self.count = k
         self.coords = np.zeros(k, f64)

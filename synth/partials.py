@@ -67,3 +67,32 @@ def place_partials(amp: NDArray, inharm: NDArray, noise: NDArray, pitch: NDArray
                     row[idx] += a * np.float32(_lobe(frac, m))
         for i in range(n_bins):
             row[i] = np.log(row[i] + noise[b, i] + np.float32(log_floor))
+
+
+def place_partials_batch(amp: NDArray, inharm: NDArray, noise: NDArray, pitch: NDArray, bins_per_hz: float,
+                         nyquist_hz: float, log_floor: float) -> NDArray[np.float32]:
+    """:func:`place_partials` of a whole batch in numpy -> ``(B, F)`` float32, equal to float32 rounding.
+
+    For one-off batch jobs outside the audio path (capture's refinement): numba's first call in a
+    process costs about 0.5 s, more than the whole refinement; this allocates, which the engine's
+    loop must not."""
+    amp = np.asarray(amp, np.float32)
+    n_rows, n_bins = noise.shape
+    k = np.arange(1, amp.shape[1] + 1, dtype=np.float64)
+    f0 = 440.0 * 2.0 ** ((np.asarray(pitch, np.float64) - 69.0) / 12.0)
+    stretch = np.asarray(inharm, np.float64)[:, None]
+    freq = f0[:, None] * k * np.sqrt(1.0 + stretch * k * k)
+    centre = freq * bins_per_hz
+    base = np.floor(centre)
+    f = np.clip(centre - base, _LOBE_EDGE, 1.0 - _LOBE_EDGE)
+    top = (np.sin(np.pi * np.minimum(f, 1.0 - f)) / np.pi)[..., None]
+    f = f[..., None]
+    m = np.arange(-1, 3, dtype=np.float64)
+    lobe = (top / np.abs((m - f) * (1.0 - m + f) * (1.0 + m - f))).astype(np.float32)
+    idx = base.astype(np.int64)[..., None] + np.arange(-1, 3)
+    # partials at or above Nyquist (training masks them) and lobe bins off the spectrum weigh nothing
+    weight = amp[..., None] * lobe * ((freq < nyquist_hz)[..., None] & (idx >= 0) & (idx < n_bins))
+    flat = np.arange(n_rows)[:, None, None] * n_bins + np.clip(idx, 0, n_bins - 1)
+    mag = np.bincount(flat.ravel(), weights=weight.ravel(), minlength=n_rows * n_bins)
+    mag = mag.reshape(n_rows, n_bins).astype(np.float32)
+    return np.log(mag + np.asarray(noise, np.float32) + np.float32(log_floor))

@@ -23,9 +23,11 @@ from synth.contract import (
     DECODER_CONTRACT,
     DECODER_INPUTS,
     DECODER_OUTPUT,
+    DEFAULT_KNOB_TRAVEL,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
     HELD_TIME_OFF,
+    KNOB_TRAVEL_RANGE,
     PRESET_FORMAT_VERSION,
     SpectrogramParams,
     gm_group,
@@ -78,15 +80,35 @@ class Snapshot:
 @dataclass(frozen=True)
 class KnobMap:
     """The K = min(8, L) timbre knobs: knob i at u in -1..1 puts the timbre at
-    ``center + 3 * scale[i] * u`` along ``directions[i]`` (orthonormal rows, most variance first)."""
+    ``center + travel[i] * scale[i] * u`` along ``directions[i]`` (orthonormal rows, most variance
+    first). ``scale`` is the posterior's std along the direction; ``travel`` (std units) is
+    ``DEFAULT_KNOB_TRAVEL`` unless the preset widens a weak knob (``[knobs] travel``)."""
 
     center: NDArray[np.float64]  # (L,)
     directions: NDArray[np.float64]  # (K, L)
     scale: NDArray[np.float64]  # (K,)
+    travel: NDArray[np.float64]  # (K,)
 
     @property
     def count(self) -> int:
         return int(self.directions.shape[0])
+
+    @property
+    def step(self) -> NDArray[np.float64]:
+        """``(K,)`` latent distance from a knob's center to either end of its travel."""
+        return self.travel * self.scale
+
+    def coordinates(self, z: NDArray) -> NDArray[np.float64]:
+        """Knob coordinates (-1..1 spans each knob's travel) of latent(s) ``z (..., L)`` -> ``(..., K)``."""
+        return (np.asarray(z, np.float64) - self.center) @ self.directions.T / self.step
+
+    def move(self, z: NDArray, knob: int, u: float | NDArray) -> NDArray[np.float32]:
+        """``z (L,)`` with knob ``knob`` set to ``u`` (scalar or ``(n,)``) -> ``(L,)`` or ``(n, L)``."""
+        d = self.directions[knob]
+        z64 = np.asarray(z, np.float64)
+        base = z64 - ((z64 - self.center) @ d) * d
+        u = np.asarray(u, np.float64)
+        return (base + (u[..., None] if u.ndim else u) * self.step[knob] * d).astype(np.float32)
 
 
 def program_map(snapshots: list[Snapshot]) -> tuple[int, ...]:
@@ -375,7 +397,8 @@ def _v1_knobs(latent: dict[str, Any], mean: NDArray, std: NDArray, w: str) -> Kn
     dims = knob_order[:MAX_KNOBS]
     directions = np.zeros((len(dims), size))
     directions[np.arange(len(dims)), dims] = 1.0
-    return KnobMap(mean.astype(np.float64), directions, std[dims].astype(np.float64))
+    return KnobMap(mean.astype(np.float64), directions, std[dims].astype(np.float64),
+                   np.full(len(dims), DEFAULT_KNOB_TRAVEL))
 
 
 def _knobs(table: dict[str, Any], size: int, w: str) -> KnobMap:
@@ -393,7 +416,13 @@ def _knobs(table: dict[str, Any], size: int, w: str) -> KnobMap:
     scale = _vector(table, "scale", k, w).astype(np.float64)
     if np.any(scale <= 0):
         raise PresetError(f"{w}: 'scale' must be positive")
-    return KnobMap(_vector(table, "center", size, w).astype(np.float64), directions, scale)
+    travel = np.full(k, DEFAULT_KNOB_TRAVEL)
+    if "travel" in table:
+        travel = _vector(table, "travel", k, w).astype(np.float64)
+        low, high = KNOB_TRAVEL_RANGE
+        if np.any(travel < low) or np.any(travel > high):
+            raise PresetError(f"{w}: 'travel' must lie in {low:g}..{high:g} (std units)")
+    return KnobMap(_vector(table, "center", size, w).astype(np.float64), directions, scale, travel)
 
 
 def _mix_gain(doc: dict[str, Any], w: str) -> float:

@@ -40,6 +40,11 @@ def log_magnitude(audio: NDArray, params: SpectrogramParams) -> NDArray[np.float
     return np.log(np.abs(stft(audio, params)) + params.log_floor).astype(np.float32)
 
 
+def magnitude_from_log(log_mag: NDArray, params: SpectrogramParams) -> NDArray[np.float64]:
+    """Inverse of :func:`log_magnitude`: ``ln(mag + floor)`` -> magnitude (clipped at 0)."""
+    return np.maximum(np.exp(np.asarray(log_mag, np.float64)) - params.log_floor, 0.0)
+
+
 def encoder_frames(audio: NDArray, params: SpectrogramParams, frame_stride: int) -> NDArray[np.float32]:
     """A whole note as the encoder reads it: ``audio`` padded/truncated to ``params.note_seconds``,
     every ``frame_stride``-th frame of :func:`log_magnitude` -> ``(T, F)`` float32

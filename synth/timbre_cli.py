@@ -24,6 +24,21 @@ from synth.timbre import CAPTURE, CC_BANK_SELECT, CC_MORPH, CC_RANDOM, RANDOM, S
 RANDOM_WORD = "random"
 
 
+class RefineIsDefault(argparse._StoreTrueAction):
+    """``--refine`` of the last release, kept for this one: every capture refines now, so it only says so
+    (one line). A store-true action, so a config file's ``refine = true`` is read like the option."""
+
+    replacement = "nothing (every capture refines now)"  # the config reader's deprecation notice names it
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"warning: {option_string} is deprecated and goes in the next release; every capture refines now",
+              file=sys.stderr)
+
+
 class TimbreOptionError(VaesynthError):
     """A --timbre / --morph / --capture option the user can correct (one line)."""
 
@@ -43,8 +58,7 @@ def add_timbre_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--pull", type=float, default=0.0, metavar="F",
                    help="move a capture F (0..1) of the way toward the nearest training note (the nearest snapshot "
                         "when the preset has no latent map; default 0)")
-    g.add_argument("--refine", action="store_true",
-                   help="after the encoder, fit the timbre so the decoder reproduces the recorded note (+0.3 s)")
+    g.add_argument("--refine", action=RefineIsDefault)
     g.add_argument("--library", type=Path, default=None, metavar="DIR",
                    help="snapshot library folder (default: the platform's user data folder)")
     g.add_argument("--morph", metavar="A,B", default=None,
@@ -60,7 +74,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def _capture(preset: Preset, path: str, args: argparse.Namespace) -> tuple[Capture, Any]:
-    cap = capture_file(preset, path, args.pitch, refine=bool(getattr(args, "refine", False)))
+    cap = capture_file(preset, path, args.pitch)
     z = pull_toward_data(preset, cap.z, args.pull) if args.pull else cap.z
     return cap, z
 

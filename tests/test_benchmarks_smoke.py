@@ -166,3 +166,18 @@ def test_capture_fidelity_runs_on_the_fake_preset(tmp_path: Path) -> None:
     assert "<= 1 s" in cf.speed_table(preset, 56, repeats=1)
     times = [float(c) for c in cf.change_table(preset, repeats=1).splitlines()[2].strip("|").split("|")[1:4]]
     assert all(0 < t < 40 for t in times)
+
+
+def test_timbre_space_knobs_and_engine_tuning_on_the_fake_preset(fake: common.PresetModels) -> None:
+    from benchmarks import timbre_space
+    from export.knob_travel import KnobProbe
+    from training.data import estimate_pitch
+
+    rows = timbre_space.knob_section(fake.preset, KnobProbe(fake.preset))
+    assert len(rows) == fake.preset.knobs.count
+    assert all(np.isfinite(float(r[2])) and float(r[3]) >= 0 for r in rows)
+    for key in (31, 69):  # a low key, where only the engine's pitch hint keeps the phase in tune
+        audio = timbre_space.engine_note(fake.preset, fake.preset.knobs.center, key)
+        assert np.abs(audio).max() > 1e-3
+        est = estimate_pitch(audio[int(0.2 * common.RENDER_RATE):], common.RENDER_RATE)
+        assert est is not None and abs(100 * (est - key)) < 20

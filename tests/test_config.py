@@ -65,6 +65,16 @@ def test_deprecated_spellings_work_with_one_line(tmp_path: Path, capsys: pytest.
     assert args.render_block == 256 and "'block' is deprecated" in capsys.readouterr().err
 
 
+def test_refine_of_the_last_release_is_accepted_with_one_line(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Every capture refines now: ``--refine`` (and a config's ``refine = true``) still parse, and say so."""
+    parse_args_with_config(build_parser(), ["--refine"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--refine is deprecated" in err[0] and "every capture refines now" in err[0]
+    _args(tmp_path, "refine = true\n")
+    assert "'refine' is deprecated" in capsys.readouterr().err
+
+
 def test_cli_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("polyphony = [")

@@ -80,6 +80,8 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     assert len(snaps) >= 8 and len({s["program"] for s in snaps}) == len(snaps)
     assert {s["name"] for s in snaps} >= {"keyboard", "organ"}
     assert all(0.25 <= s["level"] <= 4.0 for s in snaps)  # measured per snapshot through the engine
+    travel = doc["knobs"]["travel"]  # measured per knob on the exported decoder (export.knob_travel)
+    assert len(travel) == min(8, doc["latent"]["size"]) and all(3.0 <= t <= 6.0 for t in travel)
     kept = tomllib.loads((tmp_path / "preset" / "train_config.toml").read_text())  # the run's resolved config
     assert kept["model"]["latent_size"] == trainer.run.model.latent_size
     assert not any(str(v).startswith("/") for v in kept.get("data", {}).values())  # no machine's folders

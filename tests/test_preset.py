@@ -94,6 +94,9 @@ DAMAGE = {
     "knob scale zero": (lambda d: d["knobs"]["scale"].__setitem__(3, 0.0), "'scale' must be positive"),
     "knob scale nan": (lambda d: d["knobs"]["scale"].__setitem__(0, float("nan")), "NaN or Inf"),
     "knob scale size": (lambda d: d["knobs"]["scale"].pop(), "'scale' must be 8 numbers"),
+    "knob travel huge": (lambda d: d["knobs"].update(travel=[3.0] * 7 + [50.0]), "'travel' must lie in 1..6"),
+    "knob travel zero": (lambda d: d["knobs"].update(travel=[0.0] * 8), "'travel' must lie in 1..6"),
+    "knob travel size": (lambda d: d["knobs"].update(travel=[3.0] * 3), "'travel' must be 8 numbers"),
     "mix zero": (lambda d: d["mix"].update(gain=0.0), "gain 0.0 must be"),
     "mix negative": (lambda d: d["mix"].update(gain=-1), "gain -1.0 must be"),
     "mix inf": (lambda d: d["mix"].update(gain=float("inf")), "gain inf must be"),
@@ -173,3 +176,19 @@ def test_decoder_of_another_size_is_refused(preset_dir: Path) -> None:
     make_decoder(preset_dir / "decoder.onnx", SpectrogramParams(), latent=3)
     with pytest.raises(PresetError, match="last dimension"):
         load_preset(preset_dir)
+
+
+def test_knob_travel_is_optional_and_sets_each_knobs_reach(preset_dir: Path) -> None:
+    from synth.knobs import TimbreKnobs
+
+    default = load_preset(preset_dir).knobs
+    np.testing.assert_array_equal(default.travel, np.full(8, 3.0))  # no [knobs] travel in the file
+    travel = [3.0] * 6 + [4.5, 5.5]
+    _edit(preset_dir, lambda d: d["knobs"].update(travel=travel))
+    preset = load_preset(preset_dir)
+    knobs = TimbreKnobs(preset)
+    z = np.zeros(preset.latent_size, np.float32)
+    for knob in range(8):
+        knobs.control(knob, 127, z)  # every knob at its top end
+    reach = (z.astype(np.float64) - preset.knobs.center) @ preset.knobs.directions.T
+    np.testing.assert_allclose(reach, np.array(travel) * preset.knobs.scale, rtol=1e-5)

@@ -50,9 +50,11 @@ def test_real_cli_exits_2_with_one_line(name: str, tmp_path: Path, midi: Path) -
     assert outcome.refused_cleanly, f"{name}: exit {outcome.status}, stderr {outcome.stderr!r}"
 
 
-def test_undamaged_control_renders(tmp_path: Path, midi: Path) -> None:
-    """The harness itself: the same steps without damage render a WAV (so refusals mean something)."""
-    outcome = run_case("fake", None, tmp_path, midi)
+@pytest.mark.parametrize("base", ["fake", "default"])
+def test_undamaged_control_renders(base: str, tmp_path: Path, midi: Path) -> None:
+    """The harness itself: the same steps without damage render a WAV (so refusals mean something:
+    a copy of the shipped preset that lacked a file once made every default case 'refused')."""
+    outcome = run_case(base, None, tmp_path, midi)
     assert outcome.status == 0 and outcome.wrote, outcome.stderr
 
 

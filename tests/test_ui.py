@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from synth.knobs import KNOB_RANGE_STD
 from synth.preset import load_preset
 from tests.browsers import ChromiumPage, Page
 from tests.fake_preset import make_fake_preset
@@ -83,10 +82,10 @@ def page(request: pytest.FixtureRequest, session: SurfaceSession) -> Iterator[Pa
 
 
 def _snapshot_coords(preset_dir: Path, index: int) -> np.ndarray:
-    """Snapshot ``index``'s knob coordinates, computed from the preset file (synth.knobs' formula)."""
+    """Snapshot ``index``'s knob coordinates, computed from the preset file (travel x scale per knob)."""
     preset = load_preset(preset_dir)
     k = preset.knobs
-    return (k.directions @ (preset.snapshots[index].z.astype(np.float64) - k.center)) / (KNOB_RANGE_STD * k.scale)
+    return (k.directions @ (preset.snapshots[index].z.astype(np.float64) - k.center)) / k.step
 
 
 def _send_midi(probe: JackProbe, *messages: bytes) -> None:
@@ -346,7 +345,7 @@ def test_midi_learn_by_click(session: SurfaceSession, chromium: ChromiumPage, co
 
 def _coords(preset_dir: Path, z: np.ndarray) -> np.ndarray:
     k = load_preset(preset_dir).knobs
-    return (k.directions @ (np.asarray(z, np.float64) - k.center)) / (KNOB_RANGE_STD * k.scale)
+    return (k.directions @ (np.asarray(z, np.float64) - k.center)) / k.step
 
 
 def _note_wav(preset_dir: Path, z: np.ndarray, path: Path) -> Path:

@@ -11,7 +11,6 @@ from aiohttp.test_utils import make_mocked_request
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from synth.engine import Engine
-from synth.knobs import KNOB_RANGE_STD
 from synth.latent_map import LatentMap
 from synth.live import LiveSynth
 from synth.osc import OscControl
@@ -71,7 +70,7 @@ def test_snapshot_by_name_and_number_and_refusals(surface: ControlSurface, prese
     k = preset.knobs
     surface.snapshot("snap1")
     _render(surface)
-    expected = k.directions @ (preset.snapshots[1].z - k.center) / (KNOB_RANGE_STD * k.scale)
+    expected = k.directions @ (preset.snapshots[1].z - k.center) / k.step
     np.testing.assert_allclose(surface.synth.engine.knob_values, expected, atol=1e-5)
     for bad in (lambda: surface.snapshot("nope"), lambda: surface.snapshot(3), lambda: surface.knob(8, 0.0),
                 lambda: surface.knob(0, float("nan")), lambda: surface.knob(True, 0.0), lambda: surface.program(128),
@@ -83,7 +82,7 @@ def test_snapshot_by_name_and_number_and_refusals(surface: ControlSurface, prese
 def test_map_coordinates_are_knob_1_and_2_coordinates(preset_dir: Path) -> None:
     preset = load_preset(preset_dir)
     k = preset.knobs
-    z = k.center + 0.5 * KNOB_RANGE_STD * k.scale[0] * k.directions[0] - 0.25 * KNOB_RANGE_STD * k.scale[1] * k.directions[1]
+    z = k.center + 0.5 * k.step[0] * k.directions[0] - 0.25 * k.step[1] * k.directions[1]
     one = LatentMap(z[None].astype(np.float32), np.ones((1, z.size), np.float32), np.zeros(1, np.int16),
                     np.zeros(1, np.int16), np.full(1, 60, np.float32), ("keys",))
     x, y = map_coordinates(type("P", (), {"latent_map": one, "knobs": k})())

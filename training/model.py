@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synth.contract import DECODER_CONTRACT as CONTRACT
 from synth.contract import SpectrogramParams
 
 TIME_TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # seconds; exp(-t/tau) features for onset and release

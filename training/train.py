@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from synth.contract import LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
+from synth.contract import DEFAULT_KNOB_TRAVEL, LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
 from synth.errors import VaesynthError, run_command
 from synth.latent_map import LatentMap
 from training.model import (
@@ -40,6 +40,7 @@ from training.model import (
     rank_latents,
     vae_loss,
 )
+from training.snapshots import SNAPSHOT_KEYS, fit_snapshot_latents, reference_soundfont
 
 LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "kl", "beta", "val_loss", "lr", "notes_per_s")
 
@@ -69,6 +70,8 @@ class TrainConfig:
     report_notes: int = 6
     holdout_programs: list[int] = field(default_factory=list)
     """GM programs never trained on (every soundfont): the unseen-program benchmark group."""
+    snapshot_fit_steps: int = 80
+    """Steps of the snapshot fit after training (``training.snapshots``); 0 keeps the mean mu."""
 
 
 @dataclass
@@ -355,13 +358,6 @@ def encode_notes(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.de
     return torch.cat(mus), torch.cat(logvars)
 
 
-SNAPSHOT_KEYS = (48, 72)
-"""A snapshot is the mean mu of its instrument's notes in this key range (C3..C5, where most
-playing happens). Averaged over the whole keyboard, the extreme registers pull the mean toward
-the centre of the space, which plays duller than any of the notes: measured on the default preset
-(benchmarks.timbre_space), the 4-12 kHz share of the snapshots came out 5.2 dB (median over GM
-groups) below the real notes' over keys 36-84, and 2.4 dB with this range."""
-
 KNOBS = 8  # hardware knobs (CC 70-77): the preset's [knobs] has min(KNOBS, latent_size) rows
 
 
@@ -401,7 +397,8 @@ def latent_stats(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.de
     middle = (pitch >= SNAPSHOT_KEYS[0]) & (pitch <= SNAPSHOT_KEYS[1])
 
     def means(labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-        """Mean mu per label over its notes in SNAPSHOT_KEYS (all its notes when it has none there)."""
+        """Mean mu per label over its notes in SNAPSHOT_KEYS (all its notes when it has none there):
+        the snapshot fit's starting point."""
         out = {}
         for f in sorted(set(int(x) for x in labels)):
             own = labels == f
@@ -452,10 +449,11 @@ def reconstruct(model: TimbreVAE, cache: Any, note: int, run: RunConfig, device:
 @torch.no_grad()
 def knob_sweep(model: TimbreVAE, stats: dict[str, Any], knob: int, device: torch.device, steps: int = 21,
                pitch: float = 60.0, velocity: float = 100.0, time_on: float = 0.5) -> np.ndarray:
-    """Held-note frames along knob ``knob`` from -1 to +1 (center ± 3 scale) -> ``(steps, F)``."""
+    """Held-note frames along knob ``knob`` from -1 to +1 (center ± DEFAULT_KNOB_TRAVEL scale: export
+    may widen a weak knob's travel later) -> ``(steps, F)``."""
     k = stats["knobs"]
     a = torch.linspace(-1.0, 1.0, steps)[:, None]
-    z = torch.tensor(k["center"]) + a * 3.0 * k["scale"][knob] * torch.tensor(k["directions"][knob])
+    z = torch.tensor(k["center"]) + a * DEFAULT_KNOB_TRAVEL * k["scale"][knob] * torch.tensor(k["directions"][knob])
     full = lambda v: torch.full((steps,), float(v), device=device)  # noqa: E731
     return model.decoder(z.to(device), full(pitch), full(velocity), full(time_on), full(-1.0)).float().cpu().numpy()
 
@@ -543,10 +541,38 @@ def write_report(trainer: Trainer, stats: dict[str, Any], path: Path, mu: torch.
     plt.close(fig)
 
 
+def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
+    """Replace the means that export turns into snapshots by fitted latents (``training.snapshots``):
+    the reference soundfont's instruments in ``stats["instruments"]``, or ``stats["families"]`` when
+    no instrument carries a soundfont tag. The mean stays as ``mean_z``."""
+    from training.data import parse_instrument
+
+    cache, idx = trainer.cache, trainer.train_idx
+    tag = reference_soundfont(stats["instruments"])
+    if tag is None:
+        table, names, labels = stats["families"], [str(n) for n in cache.families], np.asarray(cache.family[idx])
+        wanted = [i for i, name in enumerate(names) if name in table]
+    else:
+        table, names, labels = stats["instruments"], [str(n) for n in cache.instruments], np.asarray(cache.instrument[idx])
+        wanted = [i for i, name in enumerate(names)
+                  if name in table and (parsed := parse_instrument(name)) and parsed[0] == tag]
+    steps = trainer.run.train.snapshot_fit_steps
+    start = {i: torch.tensor(table[names[i]]["z"]) for i in wanted}
+    fitted = fit_snapshot_latents(trainer.model, cache, idx, labels, trainer.run, trainer.device, start, steps,
+                                  trainer.run.train.seed)
+    for i, z in fitted.items():
+        entry = table[names[i]]
+        entry["mean_z"], entry["z"], entry["fit_steps"] = entry["z"], z.tolist(), steps
+
+
 def finish(trainer: Trainer) -> dict[str, Any]:
-    """Rank 0: latent_stats.json and report.png."""
+    """Rank 0: latent_stats.json (snapshot latents fitted) and report.png."""
     encoded = encode_notes(trainer.model, trainer.cache, trainer.train_idx, trainer.device)
     stats = latent_stats(trainer.model, trainer.cache, trainer.train_idx, trainer.device, encoded)
+    fit_snapshots(trainer, stats)
+    # The resolved config beside the stats it made (a finish after --resume may have defaults the
+    # last checkpoint's config.toml predates, such as snapshot_fit_steps).
+    write_text_atomic(tomli_w.dumps(trainer.run.to_dict()), trainer.out / "config.toml")
     write_text_atomic(json.dumps(stats, indent=1), trainer.out / "latent_stats.json")
     latent_map(trainer.cache, trainer.train_idx, encoded, trainer.run.train.seed).save(trainer.out / LATENT_MAP_FILE)
     write_report(trainer, stats, trainer.out / "report.png", encoded[0])

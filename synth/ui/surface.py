@@ -30,7 +30,6 @@ import numpy as np
 
 from synth import events as ev
 from synth.errors import VaesynthError, one_line
-from synth.knobs import KNOB_RANGE_STD
 from synth.learn import LearnSession, bind, load_mapping, save_mapping
 from synth.timbre import CC_BANK_SELECT, CC_RANDOM, MORPH, NO_SLOT, SNAPSHOT, USER, USER_BANK, USER_SLOTS, \
     TimbreInfo
@@ -56,8 +55,7 @@ def map_coordinates(preset: Any) -> tuple[np.ndarray, np.ndarray] | None:
     lmap, kmap = preset.latent_map, preset.knobs
     if lmap is None or kmap.count < 2:
         return None
-    step = KNOB_RANGE_STD * kmap.scale[:2]
-    xy = (lmap.mu.astype(np.float64) - kmap.center) @ kmap.directions[:2].T / step
+    xy = kmap.coordinates(lmap.mu)
     return xy[:, 0], xy[:, 1]
 
 
@@ -66,9 +64,7 @@ def snapshot_coordinates(preset: Any) -> list[tuple[float, float]]:
     kmap = preset.knobs
     if kmap.count < 2:
         return []
-    step = KNOB_RANGE_STD * kmap.scale[:2]
-    return [tuple(float(c) for c in (np.asarray(s.z, np.float64) - kmap.center) @ kmap.directions[:2].T / step)
-            for s in preset.snapshots]
+    return [tuple(float(c) for c in kmap.coordinates(s.z)[:2]) for s in preset.snapshots]
 
 
 class ControlSurface:

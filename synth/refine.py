@@ -1,0 +1,205 @@
+"""Capture's refinement: the latent whose decoder output reproduces a recorded note and plays the
+rest of the keyboard like a real instrument (analysis by synthesis, torch-free).
+
+One note says nothing about how its instrument changes across the keyboard, and a latent fitted to
+that note alone plays the other keys as the decoder extrapolates it (measured on held-out GM
+programs: bright, thin low notes). So the fit (:class:`Refiner`) has two terms:
+
+1. **the note**: the decoder at the note's pitch against the note's frames over its first second,
+   L1 on log-magnitude over the note's top ``RANGE_DB``, one gain per candidate (the level is the
+   microphone's, not the timbre's);
+2. **the keyboard prior**: at the octaves around the note (``KEYBOARD_OFFSETS``), the decoder against
+   how the training instruments that sound most like the note sound there: the preset's latent
+   map's notes of those instruments near each key, decoded at that key, averaged with weights by
+   how well each instrument's snapshot reproduces the note. A preset without a latent map or
+   without snapshots fits the note alone.
+
+The optimiser takes finite-difference gradients in the latent's per-dim std units, all ``L + 1``
+candidates of a step in one decoder batch (the preset's parts decoder plus ``synth.partials``' placement
+where it ships one, as the engine decodes on the CPU; else the full decoder), momentum, and steps of
+fixed, shrinking length, so directions nothing constrains barely move; the best point seen wins, so it
+never ends worse than its start.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF
+from synth.model_file import cpu_session, read_model
+from synth.partials import PARTS_OUTPUTS, place_partials, place_partials_batch
+from synth.preset import Preset
+from synth.stft import log_magnitude
+
+NOTE_SECONDS = 1.0  # the note's first second is matched (its key may be up after that)
+NOTE_FRAMES = 12  # frames of it, spread evenly over where it sounds
+SOUNDING_DB = 30.0  # a note "sounds" while within this of its peak (capture's note finding too)
+VELOCITY = 100.0  # capture levels the note to a velocity-100 training note's peak (synth.capture)
+RANGE_DB = 60.0  # both sides clipped this far below the target's peak: below lie noise and the decoder's floor
+MIN_BINS = 8  # fewer bins above that floor: nothing to match (a capture of near-silence keeps its start)
+KEYBOARD_OFFSETS = (-24.0, -12.0, 12.0, 24.0)  # semitones from the note where the keyboard prior speaks
+KEYBOARD_TIMES = (0.1, 0.37, 0.63, 0.9)  # s after the onset: the prior's frames, past the attack, key held
+KEYBOARD_WEIGHT = 1.0  # of the prior's mean term, against the note's term
+NEIGHBOURS = 10  # training instruments (snapshots) the prior listens to
+NEIGHBOUR_TEMPERATURE = 0.1  # softmin over their loss on the note (mean |ln magnitude| difference)
+NEIGHBOUR_SPAN = 4.0  # semitones: the map's notes this near a key stand for their instrument there
+STEPS = 24
+DELTA = 0.05  # finite-difference step, in latent std
+RATE = 0.4  # first step's length, in latent std (shrinks linearly to 0)
+MOMENTUM = 0.7
+PRIOR = 1e-3  # pull toward the latent mean, per std^2: an unheard direction does not drift
+
+
+def _ln_db(db: float) -> float:
+    """``db`` decibels (of magnitude) in natural-log units, as the log-magnitude frames count."""
+    return db / 20.0 * math.log(10.0)
+
+
+def _logsumexp(x: NDArray) -> NDArray[np.float64]:
+    """``log(sum(exp(x)))`` over the last axis, without overflow -> ``x.shape[:-1]``."""
+    top = x.max(axis=-1)
+    return top + np.log(np.sum(np.exp(x - top[..., None]), axis=-1))
+
+
+class _Term:
+    """Frames to match: ``target (T, F)`` log-magnitudes at ``pitch, time_on (T,)``, clipped
+    ``RANGE_DB`` below their peak; ``weight`` of its mean L1 in the loss."""
+
+    def __init__(self, target: NDArray, pitch: NDArray, time_on: NDArray, weight: float) -> None:
+        self.clip = float(target.max()) - _ln_db(RANGE_DB)
+        self.target = np.maximum(target, self.clip).astype(np.float32)
+        self.energy = 0.5 * float(_logsumexp(2.0 * np.asarray(target, np.float64).reshape(1, -1))[0])
+        self.pitch, self.time_on, self.weight = pitch.astype(np.float32), time_on.astype(np.float32), weight
+
+    def loss(self, out: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Mean L1 of each candidate's frames ``out (C, T, F)`` -> ``(C,)``, after one log-gain each that
+        matches the candidate's energy to the target's."""
+        gain = self.energy - 0.5 * _logsumexp(2.0 * out.reshape(out.shape[0], -1).astype(np.float64))
+        aligned = np.maximum(out + gain[:, None, None].astype(np.float32), np.float32(self.clip))
+        return np.mean(np.abs(aligned - self.target), axis=(1, 2), dtype=np.float64)
+
+
+class Refiner:
+    """Fits a captured note's latent (see the module doc). Holds the decoder and its batch buffers:
+    keep one for many captures."""
+
+    def __init__(self, preset: Preset) -> None:
+        self.preset = preset
+        self._frames = NOTE_FRAMES + len(KEYBOARD_OFFSETS) * len(KEYBOARD_TIMES)
+        self._rows = (preset.latent_size + 1) * self._frames  # one optimiser step's batch
+        parts = preset.decoder_parts_path
+        self._session = cpu_session(read_model(parts if parts is not None else preset.decoder_path))
+        self._parts = parts is not None
+        self._velocity = np.full(self._rows, VELOCITY, np.float32)
+        self._time_off = np.full(self._rows, HELD_TIME_OFF, np.float32)
+        self._out = np.zeros((self._rows, preset.params.n_bins), np.float32)
+        self._terms: list[_Term] = []
+
+    def _decode_rows(self, z: NDArray, pitch: NDArray, time_on: NDArray) -> NDArray[np.float32]:
+        """One decoder call: ``(R,)`` rows -> ``(R, F)`` log-magnitudes."""
+        n = len(pitch)
+        feeds = dict(zip(DECODER_INPUTS, (z, pitch, self._velocity[:n], time_on, self._time_off[:n])))
+        if not self._parts:
+            return self._session.run([DECODER_OUTPUT], feeds)[0]
+        amp, inharm, noise = self._session.run(list(PARTS_OUTPUTS), feeds)
+        params = self.preset.params
+        geometry = (params.n_fft / params.sample_rate, params.sample_rate / 2.0, params.log_floor)
+        if not place_partials.signatures:
+            # numba's first call in a process takes about 0.5 s, more than the whole fit: a process
+            # that has not made it (a --capture run) places the partials in numpy, an engine's in numba
+            return place_partials_batch(amp, inharm, noise, pitch, *geometry)
+        place_partials(amp, inharm, noise, pitch, n, *geometry, self._out)
+        return self._out[:n]
+
+    def _decode(self, z: NDArray[np.floating], pitch: NDArray, time_on: NDArray) -> NDArray[np.float32]:
+        """Log-magnitude frames of each latent ``z (C, L)`` at ``pitch, time_on (T,)`` -> ``(C, T, F)``."""
+        t = len(pitch)
+        per_call = max(1, self._rows // t)
+        out = np.empty((len(z), t, self._out.shape[1]), np.float32)
+        for a in range(0, len(z), per_call):
+            c = min(per_call, len(z) - a)
+            frames = self._decode_rows(np.repeat(np.asarray(z[a:a + c], np.float32), t, axis=0),
+                                       np.tile(pitch, c).astype(np.float32),
+                                       np.tile(np.minimum(time_on, self.preset.time_on_max), c).astype(np.float32))
+            out[a:a + c] = frames.reshape(c, t, -1)
+        return out
+
+    def _loss(self, u: NDArray[np.float64], terms: list[_Term] | None = None) -> NDArray[np.float64]:
+        """Loss of each candidate ``u (C, L)`` (std units from the latent mean) -> ``(C,)``."""
+        p = self.preset
+        terms = self._terms if terms is None else terms
+        out = self._decode(p.latent_mean + u * p.latent_std, np.concatenate([t.pitch for t in terms]),
+                           np.concatenate([t.time_on for t in terms]))
+        total = PRIOR * np.mean(u * u, axis=1)
+        a = 0
+        for term in terms:
+            b = a + len(term.pitch)
+            total += term.weight * term.loss(out[:, a:b])
+            a = b
+        return total
+
+    def _note_term(self, note: NDArray[np.float32], pitch: float) -> _Term | None:
+        """The note's frames to match; None when too little of it lies above its floor to match."""
+        params = self.preset.params
+        frames = log_magnitude(note[: int(NOTE_SECONDS * params.sample_rate)], params)
+        loud = frames.max(axis=1)
+        sounding = np.nonzero(loud > loud.max() - _ln_db(SOUNDING_DB))[0]
+        last = max(int(sounding[-1]) if sounding.size else 1, NOTE_FRAMES)
+        pick = np.unique(np.linspace(1, min(last, len(frames) - 1), NOTE_FRAMES).astype(np.int64))
+        term = _Term(frames[pick], np.full(len(pick), pitch), pick * params.hop / params.sample_rate, 1.0)
+        return term if int((frames[pick] > term.clip).sum()) >= MIN_BINS else None
+
+    def _keyboard_terms(self, note: _Term, pitch: float) -> list[_Term]:
+        """The keyboard prior's terms (see the module doc); none without a latent map or snapshots."""
+        p = self.preset
+        m = p.latent_map
+        keys = [pitch + o for o in KEYBOARD_OFFSETS if p.pitch_min <= pitch + o <= p.pitch_max]
+        if m is None or not p.snapshots or not keys:
+            return []
+        snap_z = np.array([s.z for s in p.snapshots], np.float64)
+        fit = self._loss((snap_z - p.latent_mean) / p.latent_std, [note])
+        near = np.argsort(fit)[:NEIGHBOURS]
+        weight = np.exp(-(fit[near] - fit[near[0]]) / NEIGHBOUR_TEMPERATURE)
+        weight /= weight.sum()
+        times = np.asarray(KEYBOARD_TIMES)
+        terms = []
+        for key in keys:
+            zs = []
+            for i in near:  # the instrument near this key: its map notes there, else its snapshot
+                there = (m.program == p.snapshots[i].program) & (np.abs(m.pitch - key) <= NEIGHBOUR_SPAN)
+                zs.append(m.mu[there].mean(axis=0) if there.any() else snap_z[i])
+            sound = np.tensordot(weight, self._decode(np.array(zs), np.full(len(times), key), times), axes=1)
+            terms.append(_Term(sound, np.full(len(times), key), times, KEYBOARD_WEIGHT / len(keys)))
+        return terms
+
+    def loss_of(self, z: NDArray[np.floating]) -> float:
+        """The loss of ``z (L,)`` against the note of the last call."""
+        p = self.preset
+        return float(self._loss(((np.asarray(z, np.float64) - p.latent_mean) / p.latent_std)[None])[0])
+
+    def __call__(self, z0: NDArray[np.float32], note: NDArray[np.float32], pitch: float) -> NDArray[np.float32]:
+        """``z0 (L,)`` refined on ``note`` (mono, the preset's rate, starting at its attack, levelled
+        as capture levels it) played at MIDI ``pitch``."""
+        p = self.preset
+        note_term = self._note_term(note, pitch)
+        if note_term is None:
+            self._terms = []
+            return z0
+        self._terms = [note_term, *self._keyboard_terms(note_term, pitch)]
+        size = p.latent_size
+        u = ((np.asarray(z0, np.float64) - p.latent_mean) / p.latent_std)[None]
+        probes = np.vstack([np.zeros((1, size)), DELTA * np.eye(size)])
+        m = np.zeros(size)
+        best_u, best = u[0].copy(), np.inf
+        for step in range(STEPS):
+            losses = self._loss(u + probes)
+            if losses[0] < best:
+                best, best_u = float(losses[0]), u[0].copy()
+            m = MOMENTUM * m + (losses[1:] - losses[0]) / DELTA
+            # a step of fixed length along the gradient: directions the fit does not constrain barely move
+            u = u - RATE * (1.0 - step / STEPS) * m / max(float(np.linalg.norm(m)), 1e-12)
+        if float(self._loss(u)[0]) < best:
+            best_u = u[0]
+        return (p.latent_mean + best_u * p.latent_std).astype(np.float32)
