@@ -22,7 +22,13 @@ import numpy as np
 
 from synth import jack_setup, state
 from synth.errors import VaesynthError
-from synth.events import CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CC_SUSTAIN, CONTROL_CHANGE
+from synth.events import (
+    CC_ALL_NOTES_OFF,
+    CC_ALL_SOUND_OFF,
+    CC_SUSTAIN,
+    CONTROL_CHANGE,
+    PROGRAM_CHANGE,
+)
 from synth.jack_setup import AudioSetupError
 from synth.learn import (
     LearnSession,
@@ -118,6 +124,10 @@ class LiveSynth:
         # but the engine queue has a single producer: serialise them. The audio thread
         # never takes this lock.
         self._producer_lock = threading.Lock()
+        # Called on the producer's thread, after a control that may move a knob (a CC, a program
+        # change, an engine event) is queued, with the output sample it lands on: the control
+        # surface wakes its push with it while a page is open. It must never block.
+        self.control_listener: Callable[[int], None] | None = None
 
     def audio_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """sounddevice callback: render ``outdata (frames, 2) float32``; no IO, no locks."""
@@ -155,9 +165,12 @@ class LiveSynth:
         engine's only way in. False when the queue refused it (full, or not a channel message)."""
         arrival = time.perf_counter()
         with self._producer_lock:
-            ok = self.engine.push_event(self.clock.to_sample(arrival), bytes(message))
+            sample = self.clock.to_sample(arrival)
+            ok = self.engine.push_event(sample, bytes(message))
             self.stats.midi_events += 1
             self.stats.last_midi = tuple(message)
+        if ok and message[0] & 0xF0 in (CONTROL_CHANGE, PROGRAM_CHANGE):
+            self._control_queued(sample)
         return ok
 
     def push_engine_event(self, status: int, d1: int = 0, d2: int = 0) -> bool:
@@ -165,7 +178,16 @@ class LiveSynth:
         on the producer path ``push_control`` uses."""
         arrival = time.perf_counter()
         with self._producer_lock:
-            return self.engine.push(self.clock.to_sample(arrival), status, d1, d2)
+            sample = self.clock.to_sample(arrival)
+            ok = self.engine.push(sample, status, d1, d2)
+        if ok:
+            self._control_queued(sample)
+        return ok
+
+    def _control_queued(self, sample: int) -> None:
+        listener = self.control_listener  # read once: the surface unsets it when its last page closes
+        if listener is not None:
+            listener(sample)
 
     @property
     def xruns(self) -> int:

@@ -1,8 +1,11 @@
 """The control surface against the real things: run_synth.py --ui under jackd, Debian's headless
-chromium through selenium, OSC over UDP, MIDI and audio through a JACK probe.
+chromium and firefox-esr (``tests.browsers``), OSC over UDP, MIDI and audio through a JACK probe.
 
-One synth and one browser for the module (start-up dominates); the tests run in file order but
-each sets up the state it asserts on.
+One synth for the module, and one browser of each kind (start-up dominates). The page's core
+checks (it loads with the token, a CC through JACK moves its knob, its map and knob drags change
+the engine and the sound, a snapshot click recalls) run in both browsers through the ``page``
+fixture; the rest, browser-independent, in chromium. Tests run in file order, grouped by browser,
+but each sets up the state it asserts on.
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from synth.preset import load_preset
+from tests.browsers import ChromiumPage, Page
 from tests.fake_preset import make_fake_preset
 from tests.jack_probe import JackProbe, Take, control, note_off, note_on, spectrum_db
-from tests.ui_harness import SurfaceSession, add_latent_map
+from tests.ui_harness import SurfaceSession, add_latent_map, shown_knobs
 
 pytestmark = pytest.mark.jack
 RATE = 48000
@@ -53,12 +57,28 @@ def session(jack_server: str, preset_dir: Path, config_dir: Path, library_dir: P
     s = SurfaceSession(preset_dir, jack_server, extra=["--library", str(library_dir)],
                        env={"VAESYNTH_CONFIG_DIR": str(config_dir)})
     try:
-        s.open_page()
         yield s
     finally:
         status, err = s.close()
     assert status == 0, err
     assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def chromium(session: SurfaceSession) -> ChromiumPage:
+    """Chromium on the page for the whole module (closed with the session)."""
+    return session.open_page("chromium")
+
+
+@pytest.fixture(scope="module", params=["chromium", "firefox"])
+def page(request: pytest.FixtureRequest, session: SurfaceSession) -> Iterator[Page]:
+    """The page in each browser in turn: the module's chromium, then a firefox of its own."""
+    if request.param == "chromium":
+        yield request.getfixturevalue("chromium")
+        return
+    firefox = session.open_page("firefox")
+    yield firefox
+    session.close_page(firefox)
 
 
 def _snapshot_coords(preset_dir: Path, index: int) -> np.ndarray:
@@ -93,19 +113,8 @@ def _window(take: Take, t0: float, t1: float) -> np.ndarray:
     return spec - spec.max()
 
 
-def _knob_element(session: SurfaceSession, knob: int):
-    from selenium.webdriver.common.by import By
-
-    return session.driver.find_element(By.CSS_SELECTOR, f'.knob[data-knob="{knob}"]')
-
-
-def _drag_knob(session: SurfaceSession, knob: int, dy: int) -> None:
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    svg = _knob_element(session, knob).find_element(By.TAG_NAME, "svg")
-    ActionChains(session.driver).click_and_hold(svg).move_by_offset(0, dy // 2).move_by_offset(0, dy - dy // 2) \
-        .release().perform()
+def _drag_knob(page: Page, knob: int, dy: int) -> None:
+    page.drag(f'.knob[data-knob="{knob}"] svg', [(0, dy // 2), (0, dy - dy // 2)])
 
 
 def _wait_state(session: SurfaceSession, test, timeout: float = 5.0) -> dict:
@@ -119,11 +128,11 @@ def _wait_state(session: SurfaceSession, test, timeout: float = 5.0) -> dict:
         time.sleep(0.02)
 
 
-def _wait_shown(session: SurfaceSession, expected: np.ndarray, atol: float = 2e-4, timeout: float = 5.0) -> None:
+def _wait_shown(page: Page, expected: np.ndarray, atol: float = 2e-4, timeout: float = 5.0) -> None:
     """Until the page's knobs show ``expected`` (the engine applies a control, the next push shows it)."""
     deadline = time.monotonic() + timeout
     while True:
-        shown = np.array(session.shown_knobs())
+        shown = np.array(shown_knobs(page))
         if np.allclose(shown, expected, atol=atol):
             return
         if time.monotonic() > deadline:
@@ -131,58 +140,50 @@ def _wait_shown(session: SurfaceSession, expected: np.ndarray, atol: float = 2e-
         time.sleep(0.02)
 
 
-def test_page_loads(session: SurfaceSession, preset_dir: Path) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver = session.driver
-    assert driver.title == "vaesynth control surface"
-    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".knob .name")]
+def test_page_loads(page: Page, session: SurfaceSession, preset_dir: Path) -> None:
+    assert page.title == "vaesynth control surface"
     preset = load_preset(preset_dir)
-    assert names == [f"{i + 1} · z{d}" for i, d in enumerate(preset.knob_order[:8])]
-    buttons = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#snapshots button")]
-    assert buttons == [s.name for s in preset.snapshots]
-    assert driver.find_element(By.ID, "mapnote").text.startswith(f"{preset.latent_map.size} training notes")
-    legend = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#legend span")]
-    assert legend == list(preset.latent_map.families)
-    assert session.wait_js("return document.getElementById('conn').textContent") == "connected"
-    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert page.text(".knob .name") == [f"{i + 1} · z{d}" for i, d in enumerate(preset.knob_order[:8])]
+    assert page.text("#snapshots button") == [s.name for s in preset.snapshots]
+    assert page.text("#mapnote")[0].startswith(f"{preset.latent_map.size} training notes")
+    assert page.text("#legend span") == list(preset.latent_map.families)
+    assert page.wait_js("return document.getElementById('conn').textContent") == "connected"
+
+
+def test_chromium_console_has_no_errors(chromium: ChromiumPage) -> None:
+    errors = [e for e in chromium.driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors  # CSP violations, failed loads, script errors
 
 
-def test_midi_cc_through_jack_moves_onscreen_knob(session: SurfaceSession) -> None:
+def test_midi_cc_through_jack_moves_onscreen_knob(page: Page, session: SurfaceSession) -> None:
     for value, shown in ((127, 1.0), (0, -1.0)):
         _send_midi(session.probe, control(72, value))  # knob 3
-        session.wait_js(f"return document.querySelector('.knob[data-knob=\"2\"]').dataset.value === '{shown:.4f}'",
-                        timeout=2.0)
+        page.wait_js(f"return document.querySelector('.knob[data-knob=\"2\"]').dataset.value === '{shown:.4f}'",
+                     timeout=2.0)
 
 
-def test_map_point_follows_knobs_1_and_2_and_moves_them(session: SurfaceSession) -> None:
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
+def test_map_point_follows_knobs_1_and_2_and_moves_them(page: Page, session: SurfaceSession) -> None:
     _send_midi(session.probe, control(70, 127), control(71, 0))
-    session.wait_js("const m = document.getElementById('map').dataset; return m.x === '1.0000' && m.y === '-1.0000'",
-                    timeout=2.0)
+    page.wait_js("const m = document.getElementById('map').dataset; return m.x === '1.0000' && m.y === '-1.0000'",
+                 timeout=2.0)
     # Drag the point to the upper left quarter of the map: the engine's knobs 1 and 2 follow.
-    canvas = session.driver.find_element(By.ID, "map")
-    w = canvas.size["width"]
-    ActionChains(session.driver).move_to_element_with_offset(canvas, -w // 4, -w // 4).click_and_hold() \
-        .move_by_offset(3, 3).release().perform()
+    w = int(page.js("return document.getElementById('map').getBoundingClientRect().width"))
+    page.drag("#map", [(3, 3)], at=(-w // 4, -w // 4))
     _wait_state(session, lambda s: s["knobs"][0] < -0.2 and s["knobs"][1] > 0.2)
     time.sleep(0.1)  # the drag's last CCs have landed; the page shows the engine's values within a push
     x, y = _wait_state(session, lambda s: True)["knobs"][:2]
-    session.wait_js("const m = document.getElementById('map').dataset; "
-                    f"return Math.abs(m.x - {x}) < 1e-3 && Math.abs(m.y - {y}) < 1e-3", timeout=2.0)
+    page.wait_js("const m = document.getElementById('map').dataset; "
+                 f"return Math.abs(m.x - {x}) < 1e-3 && Math.abs(m.y - {y}) < 1e-3", timeout=2.0)
 
 
-def test_knob_drag_changes_rendered_spectrum(session: SurfaceSession) -> None:
+def test_knob_drag_changes_rendered_spectrum(page: Page, session: SurfaceSession) -> None:
     _send_midi(session.probe, control(70, 127))  # knob 1 at +1
-    session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.value === '1.0000'")
+    page.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.value === '1.0000'")
     seconds = 2.4
     thread, holder = _record_in_background(session.probe, _held(session.probe.period, seconds), seconds)
     try:
         time.sleep(0.9)
-        _drag_knob(session, 0, 300)  # down by more than the whole travel: knob 1 to -1
+        _drag_knob(page, 0, 300)  # down by more than the whole travel: knob 1 to -1
     finally:
         thread.join(30)
     assert _wait_state(session, lambda s: True)["knobs"][0] == -1.0
@@ -191,19 +192,18 @@ def test_knob_drag_changes_rendered_spectrum(session: SurfaceSession) -> None:
     assert np.max(np.abs(after[loud] - before[loud])) > 3.0, "dragging knob 1 did not change the spectrum"
 
 
-def test_snapshot_click_recalls_snapshot_and_knob_takes_over(session: SurfaceSession, preset_dir: Path) -> None:
-    from selenium.webdriver.common.by import By
-
+def test_snapshot_click_recalls_snapshot_and_knob_takes_over(page: Page, session: SurfaceSession,
+                                                            preset_dir: Path) -> None:
     _send_midi(session.probe, control(70, 0))  # hardware knob 1 at the bottom
-    session.driver.find_element(By.CSS_SELECTOR, '#snapshots button[data-program="9"]').click()  # snap2
+    page.click('#snapshots button[data-program="9"]')  # snap2
     expected = _snapshot_coords(preset_dir, 2)
-    session.wait_js("return window.vaesynth.state.midi === 'c0 09'")
-    session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'false'")
-    _wait_shown(session, expected)
+    page.wait_js("return window.vaesynth.state.midi === 'c0 09'")
+    page.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'false'")
+    _wait_shown(page, expected)
     # The on-screen knob sits at the snapshot's value, so dragging it takes the knob at once.
-    _drag_knob(session, 0, 60)
+    _drag_knob(page, 0, 60)
     state = _wait_state(session, lambda s: s["pickup"][0] and s["knobs"][0] < expected[0] - 0.2)
-    assert session.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'true'")
+    assert page.wait_js("return document.querySelector('.knob[data-knob=\"0\"]').dataset.pickup === 'true'")
     assert state["knobs"][1:] == pytest.approx(list(expected[1:]), abs=2e-4)
 
 
@@ -232,7 +232,7 @@ def _status(url: str, headers: dict[str, str]) -> int:
         return exc.code
 
 
-def test_foreign_origin_and_missing_token_refused(session: SurfaceSession) -> None:
+def test_foreign_origin_and_missing_token_refused(session: SurfaceSession, chromium: ChromiumPage) -> None:
     base = f"http://127.0.0.1:{session.port}"
     good = f"{base}/api/state?token={session.token}"
     assert _status(good, {}) == 200
@@ -250,15 +250,15 @@ def test_foreign_origin_and_missing_token_refused(session: SurfaceSession) -> No
         "ws.onerror = () => { document.title = 'refused'; };</script>" % (session.port, session.token))
     server = http.server.HTTPServer(("127.0.0.1", 0), _ForeignSite)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    driver = session.driver
+    driver = chromium.driver
     try:
         driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
-        session.wait_js("return document.title !== 'foreign'")
+        chromium.wait_js("return document.title !== 'foreign'")
         assert driver.title == "refused"
     finally:
         server.shutdown()
         driver.get(session.url)
-        session.wait_js("return window.vaesynth && window.vaesynth.drawLog.length > 0")
+        chromium.wait_js("return window.vaesynth && window.vaesynth.drawLog.length > 0")
     assert session.api("/api/state")["knobs"][4] == before
 
 
@@ -331,18 +331,16 @@ def _harmonic_peaks(spec_db: np.ndarray, floor_db: float = -30.0) -> np.ndarray:
     return np.flatnonzero((mid > spec_db[:-2]) & (mid >= spec_db[2:]) & (mid > floor_db)) + 1
 
 
-def test_midi_learn_by_click(session: SurfaceSession, config_dir: Path) -> None:
-    from selenium.webdriver.common.by import By
-
-    _knob_element(session, 3).find_element(By.TAG_NAME, "button").click()
-    session.wait_js("return window.vaesynth.state.learning === 3")
+def test_midi_learn_by_click(session: SurfaceSession, chromium: ChromiumPage, config_dir: Path) -> None:
+    chromium.click('.knob[data-knob="3"] button')
+    chromium.wait_js("return window.vaesynth.state.learning === 3")
     _send_midi(session.probe, control(20, 127))  # the hardware control the player moves
-    session.wait_js("return document.querySelector('.knob[data-knob=\"3\"] .cc').textContent === 'CC 20'")
+    chromium.wait_js("return document.querySelector('.knob[data-knob=\"3\"] .cc').textContent === 'CC 20'")
     saved = tomllib.loads((config_dir / "mappings.toml").read_text())
     assert saved["cc_to_knob"] == {"20": 3}  # the file --learn writes
     # A sweep over the whole travel crosses the knob's value: picked up, it follows CC 20 to the top.
     _send_midi(session.probe, control(20, 0), control(20, 127))
-    session.wait_js("return document.querySelector('.knob[data-knob=\"3\"]').dataset.value === '1.0000'")
+    chromium.wait_js("return document.querySelector('.knob[data-knob=\"3\"]').dataset.value === '1.0000'")
 
 
 def _coords(preset_dir: Path, z: np.ndarray) -> np.ndarray:
@@ -369,50 +367,50 @@ def _note_wav(preset_dir: Path, z: np.ndarray, path: Path) -> Path:
     return path
 
 
-def test_random_button_changes_the_timbre(session: SurfaceSession) -> None:
-    from selenium.webdriver.common.by import By
-
+def test_random_button_changes_the_timbre(session: SurfaceSession, chromium: ChromiumPage) -> None:
     before = session.api("/api/state")
-    session.driver.find_element(By.ID, "random").click()
+    chromium.click("#random")
     state = _wait_state(session, lambda s: s["timbre"].startswith("random:"))
     assert state["knobs"] != before["knobs"]
-    session.wait_js("return document.getElementById('timbre').textContent.startsWith('random:')")
+    chromium.wait_js("return document.getElementById('timbre').textContent.startsWith('random:')")
 
 
-def test_capture_drop_zone_makes_a_selectable_user_snapshot(session: SurfaceSession, preset_dir: Path,
-                                                            library_dir: Path, tmp_path: Path) -> None:
+def test_capture_drop_zone_makes_a_selectable_user_snapshot(session: SurfaceSession, chromium: ChromiumPage,
+                                                            preset_dir: Path, library_dir: Path,
+                                                            tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     from tests.fake_preset import capture_subspace
 
     z = (np.random.default_rng(4).standard_normal(len(capture_subspace())) @ capture_subspace()).astype(np.float32)
     wav = _note_wav(preset_dir, z, tmp_path / "bottle.wav")
-    driver = session.driver
+    driver = chromium.driver
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"RIFF but not really a wave file" * 10)
     driver.find_element(By.ID, "capturefile").send_keys(str(junk))
-    session.wait_js("return document.getElementById('capturemsg').textContent.startsWith('not captured')")
+    chromium.wait_js("return document.getElementById('capturemsg').textContent.startsWith('not captured')")
     assert "junk.wav" in driver.find_element(By.ID, "capturemsg").text  # the one-line reason names the file
     driver.find_element(By.ID, "capturefile").send_keys(str(wav))
-    session.wait_js("return document.getElementById('capturemsg').textContent.startsWith('captured')", timeout=60)
+    chromium.wait_js("return document.getElementById('capturemsg').textContent.startsWith('captured')", timeout=60)
     library = tomllib.loads((library_dir / "library.toml").read_text())
     stored = [e for e in library["snapshot"] if e["name"] == "bottle"]
     assert len(stored) == 1  # saved as --capture saves it
-    session.wait_js("const b = document.querySelector('#usersnaps button[data-user]'); "
-                    "return b && b.textContent === 'bottle'")
-    driver.find_element(By.CSS_SELECTOR, "#usersnaps button[data-user]").click()
+    chromium.wait_js("const b = document.querySelector('#usersnaps button[data-user]'); "
+                     "return b && b.textContent === 'bottle'")
+    chromium.click("#usersnaps button[data-user]")
     _wait_state(session, lambda s: s["timbre"] == "bottle")
-    _wait_shown(session, _coords(preset_dir, stored[0]["z"]))
+    _wait_shown(chromium, _coords(preset_dir, stored[0]["z"]))
 
 
-def test_morph_slider_moves_between_two_chosen_timbres(session: SurfaceSession, preset_dir: Path) -> None:
+def test_morph_slider_moves_between_two_chosen_timbres(session: SurfaceSession, chromium: ChromiumPage,
+                                                       preset_dir: Path) -> None:
     def choose(select: str, name: str) -> None:
-        session.driver.execute_script(
+        chromium.js(
             "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
             "s.dispatchEvent(new Event('change'));", select, name)
 
     def slide(value: int) -> None:
-        session.driver.execute_script(
+        chromium.js(
             "const s = document.getElementById('morph'); s.value = arguments[0];"
             "s.dispatchEvent(new Event('input'));", value)
 
@@ -426,19 +424,19 @@ def test_morph_slider_moves_between_two_chosen_timbres(session: SurfaceSession, 
         expected = _coords(preset_dir, target)
         state = _wait_state(session, lambda s: abs(s["knobs"][0] - expected[0]) < 2e-4)
         np.testing.assert_allclose(state["knobs"], expected, atol=2e-4)
-    session.wait_js("return document.getElementById('morph').value === '0'")
+    chromium.wait_js("return document.getElementById('morph').value === '0'")
 
 
-def test_screenshot_while_playing_over_osc(session: SurfaceSession, tmp_path: Path) -> None:
+def test_screenshot_while_playing_over_osc(session: SurfaceSession, chromium: ChromiumPage, tmp_path: Path) -> None:
     osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for key in (48, 55, 64, 67):
             osc.sendto(_osc("/vaesynth/note", key, 90), ("127.0.0.1", session.osc_port))
         state = _wait_state(session, lambda s: s["voices"] == 4)
         # (the overload governor may shed a voice on a busy machine: the page shows what sounds)
-        session.wait_js("return Number(document.getElementById('voices').textContent) > 0")
+        chromium.wait_js("return Number(document.getElementById('voices').textContent) > 0")
         shot = tmp_path / "control-surface.png"
-        assert session.driver.save_screenshot(str(shot))
+        assert chromium.driver.save_screenshot(str(shot))
         assert state["midi"] == "90 43 5a"
     finally:
         for key in (48, 55, 64, 67):

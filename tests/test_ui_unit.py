@@ -15,12 +15,13 @@ from synth.latent_map import LatentMap
 from synth.live import LiveSynth
 from synth.osc import OscControl
 from synth.preset import load_preset
-from synth.ui.server import MAX_UPLOAD_BYTES, WebSurface
+from synth.ui.server import MAX_UPLOAD_BYTES, MIN_PUSH_GAP_S, PUSH_HZ, WebSurface
 from synth.ui.surface import ControlSurface, cc_value, map_coordinates
 from tests.fake_preset import make_fake_preset
 from tests.ui_harness import add_latent_map
 
 RATE, BLOCK = 48000, 128
+DISPLAY_FRAME_S = 1 / 60
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,7 @@ def test_benchmark_timbre_detector_finds_a_switch() -> None:
 
 
 def test_server_thread_pushes_state_and_guards_sockets(surface: ControlSurface) -> None:
-    """The real server on its thread: ~30 Hz WebSocket push, a control through it, a foreign
+    """The real server on its thread: the meters' WebSocket push, a control through it, a foreign
     Origin refused at the handshake, a taken port a one-line SurfaceError."""
     import asyncio
     import socket
@@ -214,7 +215,7 @@ def test_server_thread_pushes_state_and_guards_sockets(surface: ControlSurface) 
                     return count, refused, page.status, no_origin.status, big.status
 
         count, refused, page, no_origin, big = asyncio.run(session())
-        assert 25 <= count <= 35 and refused == 403 and page == 200
+        assert 0.8 * PUSH_HZ <= count <= 1.2 * PUSH_HZ + 2 and refused == 403 and page == 200  # + the knob's echo
         assert no_origin == 403 and big == 413  # a POST must carry our Origin; an upload is bounded
         assert len(surface.synth.engine.queue) == 1  # the knob's CC, queued for the engine
         taken = SurfaceThread(surface.synth, surface.preset, surface.mapping_path, port, 0)
@@ -227,3 +228,73 @@ def test_server_thread_pushes_state_and_guards_sockets(surface: ControlSurface) 
                 osc_taken.start()
     finally:
         thread.stop()
+
+
+def test_a_moved_knob_is_pushed_at_once_and_a_flood_is_coalesced(surface: ControlSurface) -> None:
+    """The real server and LiveSynth, its audio callback driven in real time by a thread: a CC queued
+    as the MIDI thread queues it reaches the page well within a push period; a CC flood does not
+    flood the socket; without a page nothing listens on the producer path."""
+    import asyncio
+    import threading
+    import time
+    import types
+
+    import aiohttp
+
+    from synth.ui.cli import SurfaceThread
+
+    synth = surface.synth
+    stop = threading.Event()
+
+    def audio() -> None:  # the audio callback at its real pace
+        out = np.zeros((BLOCK, 2), np.float32)
+        status = types.SimpleNamespace(output_underflow=False)
+        while not stop.wait(BLOCK / RATE):
+            synth.audio_callback(out, BLOCK, None, status)
+
+    player = threading.Thread(target=audio, daemon=True)
+    player.start()
+    thread = SurfaceThread(synth, surface.preset, surface.mapping_path, 0, 0)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{thread.web.port}/ws?token={thread.web.token}"
+
+        async def page() -> tuple[list[float], int, float]:
+            async with aiohttp.ClientSession() as http, \
+                    http.ws_connect(url, origin=f"http://127.0.0.1:{thread.web.port}") as ws:
+                await ws.receive_str()
+                delays = []
+                for take in range(12):
+                    await asyncio.sleep(0.011 * take % (1.0 / PUSH_HZ))  # anywhere in the push period
+                    value = 127 if take % 2 == 0 else 0
+                    sent = time.monotonic()
+                    await asyncio.to_thread(synth.push_control, bytes([0xB0, 70, value]))  # another thread, as MIDI
+                    while json.loads(await ws.receive_str())["knobs"][0] != (1.0 if value else -1.0):
+                        pass
+                    delays.append(time.monotonic() - sent)
+                count = 0
+                start = time.monotonic()
+                for i in range(500):  # a CC every millisecond
+                    synth.push_control(bytes([0xB0, 71, i % 128]))
+                    await asyncio.sleep(0.001)
+                    while True:
+                        try:
+                            await ws.receive_str(timeout=0.0001)
+                            count += 1
+                        except TimeoutError:
+                            break
+                return delays, count, time.monotonic() - start
+
+        delays, count, flood_s = asyncio.run(page())
+        deadline = time.monotonic() + 2.0  # the server sees the page's close on its own thread
+        while synth.control_listener is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert synth.control_listener is None  # no page left: the producer path calls nothing
+    finally:
+        thread.stop()
+        stop.set()
+        player.join(5)
+    # Within half a display frame in the median (the meters' tick alone: half its period, 50 ms).
+    assert np.median(delays) < 0.5 * DISPLAY_FRAME_S, np.round(delays, 4)
+    assert count <= flood_s * (1.0 / MIN_PUSH_GAP_S + PUSH_HZ) + 2, (count, flood_s)
+    assert count >= 0.5 * flood_s / DISPLAY_FRAME_S  # the knob moved all along: shown every other frame at least

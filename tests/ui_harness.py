@@ -1,18 +1,16 @@
-"""The control surface under test: run_synth.py --ui under JACK, a probe, headless Chromium, OSC.
+"""The control surface under test: run_synth.py --ui under JACK, a probe, headless browsers, OSC.
 
 Shared by tests/test_ui.py and benchmarks/ui_latency.py. ``add_latent_map`` gives the fake
 preset a ``[map] file`` (the real export ships one); ``SurfaceSession`` starts the CLI with
-``--ui``, reads the one line it prints, wires a ``JackProbe`` and can open the page in
-Debian's chromium through selenium (chromedriver from the ``chromium-driver`` package).
+``--ui``, reads the one line it prints, wires a ``JackProbe`` and opens the page in a real
+headless browser (``tests.browsers``: Debian's chromium or firefox-esr).
 """
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import threading
-import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -21,12 +19,11 @@ import numpy as np
 import tomli_w
 
 from synth.latent_map import LatentMap
+from tests.browsers import BROWSERS, Page
 from tests.jack_probe import JackProbe, SynthProcess
 
 URL_LINE = re.compile(r"^control surface: (http://127\.0\.0\.1:(\d+)/\?token=([0-9a-f]+))$")
 FAMILIES = ("keys", "strings", "brass", "reed")
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def add_latent_map(preset_dir: Path, points: int = 600, seed: int = 3) -> Path:
@@ -58,6 +55,7 @@ class SurfaceSession:
                  env: dict[str, str] | None = None, probe: JackProbe | None = None) -> None:
         self.osc_port = free_udp_port()
         args = ["--preset", str(preset_dir), "--quiet", "--ui", "--osc-port", str(self.osc_port)]
+        self.pages: list[Page] = []
         self.synth = SynthProcess(args + (extra or []), server, env=env)
         self.probe = probe or JackProbe(server)
         try:
@@ -67,7 +65,6 @@ class SurfaceSession:
         except BaseException:
             self.close()
             raise
-        self.driver = None
 
     def _read_url(self, timeout: float = 20.0) -> tuple[str, int, str]:
         """The one line --ui prints on stdout."""
@@ -88,46 +85,29 @@ class SurfaceSession:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}?token={self.token}", timeout=5) as r:
             return json.loads(r.read())
 
-    def open_page(self, width: int = 1180, height: int = 1300):
-        """Headless chromium on the page; waits until the first state has been drawn."""
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+    def open_page(self, browser: str = "chromium", width: int = 1180, height: int = 1300) -> Page:
+        """``browser`` (``tests.browsers.BROWSERS``) headless on the page; returns once the page has
+        drawn its first state. ``close`` closes it if the caller did not."""
+        page = BROWSERS[browser](width, height)
+        self.pages.append(page)
+        page.open(self.url)
+        page.wait_js("return window.vaesynth && window.vaesynth.drawLog.length > 0", timeout=20.0)
+        return page
 
-        for tool in (CHROMIUM, CHROMEDRIVER):
-            if shutil.which(tool) is None:
-                raise RuntimeError(f"{tool} is missing: apt-get install chromium chromium-driver")
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     f"--window-size={width},{height}", "--hide-scrollbars"):
-            options.add_argument(flag)
-        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        self.driver.get(self.url)
-        self.wait_js("return window.vaesynth && window.vaesynth.drawLog.length > 0")
-        return self.driver
-
-    def wait_js(self, script: str, timeout: float = 10.0):
-        """Poll ``script`` in the page until it returns something truthy; returns it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.driver.execute_script(script)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"page never satisfied: {script}")
-            time.sleep(0.02)
-
-    def shown_knobs(self) -> list[float]:
-        """The knob values the page shows (its knobs' data-value attributes)."""
-        return [float(v) for v in self.driver.execute_script(
-            "return [...document.querySelectorAll('.knob')].map(k => k.dataset.value)")]
+    def close_page(self, page: Page) -> None:
+        self.pages.remove(page)
+        page.close()
 
     def close(self) -> tuple[int, str]:
-        if getattr(self, "driver", None) is not None:
-            self.driver.quit()
-            self.driver = None
+        for page in self.pages[::-1]:
+            self.close_page(page)
         try:
             self.probe.close()
         except Exception:  # noqa: BLE001 - closing after a failed start: the probe may be half made
             pass
         return self.synth.stop()
+
+
+def shown_knobs(page: Page) -> list[float]:
+    """The knob values the page shows (its knobs' data-value attributes)."""
+    return [float(v) for v in page.js("return [...document.querySelectorAll('.knob')].map(k => k.dataset.value)")]

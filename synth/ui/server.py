@@ -5,8 +5,8 @@ Routes (every one needs ``?token=TOKEN``):
 - ``GET /`` the page; ``GET /static/app.js``, ``/static/style.css`` its two files;
 - ``GET /api/info`` preset name, knob names, snapshots and the map (JSON, once per page load);
 - ``GET /api/state`` the live state (JSON; the same object the WebSocket pushes);
-- ``GET /ws`` WebSocket: the server pushes the state about ``PUSH_HZ`` times a second, and at
-  once when a knob moves (hardware CCs are drawn within a display frame); the page
+- ``GET /ws`` WebSocket: the server pushes the state ``PUSH_HZ`` times a second, and as soon as
+  the engine has applied a control that moves a knob (see *Push* below); the page
   sends controls as JSON (``{"type": "knob", "knob": 0, "value": 0.5}``, ``"program"``,
   ``"snapshot"``, ``"user"``, ``"random"``, ``"morph"``, ``"morph_endpoints"``, ``"note"``,
   ``"learn"``; see :meth:`WebSurface.apply`);
@@ -21,6 +21,14 @@ Security: the server binds 127.0.0.1. A request passes only with the right token
 (``MAX_BODY_BYTES``; a recording ``MAX_UPLOAD_BYTES``, streamed to a private temp file and read by
 soundfile through ``synth.capture``'s checks) and parsed as JSON into plain values. A slow or vanished page only slows its
 own push loop (each send has ``SEND_TIMEOUT_S``); the audio thread never waits on this one.
+
+Push: while a page is open, ``LiveSynth.control_listener`` tells this loop (thread-safe, never
+blocking, at most one wake-up pending) that a CC or program change was queued and on which output
+sample it lands. The knob watcher waits until the audio callback has rendered that sample (the
+engine applies controls there), reads the knobs and, when they moved, wakes every page's push. A
+push goes out at once unless the page's last one left less than ``MIN_PUSH_GAP_S`` ago, then at
+that gap: a CC flood is coalesced into at most ``1 / MIN_PUSH_GAP_S`` messages a second per page.
+Nothing polls while no control arrives but the ``PUSH_HZ`` meters tick.
 """
 from __future__ import annotations
 
@@ -39,8 +47,11 @@ from aiohttp import WSMsgType, web
 from synth.ui.surface import ControlError, ControlSurface
 
 HOST = "127.0.0.1"
-PUSH_HZ = 30.0
-KNOB_POLL_S = 0.004  # how often the knobs are compared while a page is open (a moved knob is pushed at once)
+PUSH_HZ = 10.0  # the meters' push rate (voices, load, xruns); a moved knob is pushed at once (docstring: Push)
+STATE_FRESH_S = 0.015  # the state JSON is rebuilt at most this often, however many pages and requests ask
+MIN_PUSH_GAP_S = 0.008  # pushes to one page at most every 8 ms (125 a second, one per frame of a 120 Hz display)
+APPLY_WAIT_S = 0.05  # a control the audio callback has not rendered by then (a stalled stream) is read anyway
+APPLY_POLL_S = 0.001  # re-check the rendered frames this often once the expected block should be done
 SHUTDOWN_S = 1.0
 SEND_TIMEOUT_S = 1.0  # a page that takes longer to accept one state message is dropped
 MAX_BODY_BYTES = 64 * 1024  # request bodies and WebSocket messages: controls are tiny
@@ -67,9 +78,14 @@ class WebSurface:
         self._state_text = ""
         self._state_at = -1.0
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets = 0
         self._watcher: asyncio.Task[None] | None = None
+        self._queued = asyncio.Event()  # a control was queued (set from the loop, see control_queued)
+        self._due = -1  # the output sample the last queued control lands on (written by producers)
+        self._wake_pending = False
         self._moved = asyncio.Event()  # replaced each time it fires (no loop is bound until first awaited)
+        self._moves = 0  # how often the knobs moved: a push that was sending meanwhile does not wait
 
     # ------------------------------------------------------------------ guard
     def allowed(self, request: web.Request) -> bool:
@@ -158,9 +174,9 @@ class WebSurface:
         return web.Response(text=self.state_text(), content_type="application/json")
 
     def state_text(self) -> str:
-        """The state as JSON, computed at most once per push period however many pages are open."""
+        """The state as JSON, rebuilt at most every ``STATE_FRESH_S`` (and after each knob move)."""
         now = time.monotonic()
-        if now - self._state_at >= 0.5 / PUSH_HZ:
+        if now - self._state_at >= STATE_FRESH_S:
             self.surface.poll_learn()
             self._state_text = json.dumps(self.surface.state(), separators=(",", ":"))
             self._state_at = now
@@ -170,6 +186,8 @@ class WebSurface:
         ws = web.WebSocketResponse(max_msg_size=MAX_BODY_BYTES)
         await ws.prepare(request)
         self._sockets += 1
+        self._loop = asyncio.get_running_loop()
+        self.surface.synth.control_listener = self.control_queued
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch_knobs())
         pusher = asyncio.create_task(self._push(ws))
@@ -182,37 +200,70 @@ class WebSurface:
         finally:
             pusher.cancel()
             self._sockets -= 1
+            if self._sockets == 0:
+                self.surface.synth.control_listener = None
+                self._queued.set()  # the watcher sees no page left and ends
         return ws
 
+    def control_queued(self, sample: int) -> None:
+        """``LiveSynth.control_listener``, on the producer's thread (MIDI input, OSC, this loop): a
+        control landing on output sample ``sample`` was queued. Never blocks: while a wake-up is
+        pending it only notes the sample; else one non-blocking write to the loop's wake-up socket."""
+        self._due = sample
+        if self._wake_pending or self._loop is None:
+            return
+        self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._wake_watcher)
+        except RuntimeError:  # the loop closed (shutting down): nobody to draw for
+            pass
+
+    def _wake_watcher(self) -> None:
+        self._wake_pending = False  # before the watcher reads _due: a later control wakes it again
+        self._queued.set()
+
     async def _watch_knobs(self) -> None:
-        """While a page is open: look at the knobs every ``KNOB_POLL_S`` and wake every pusher at once
-        when one moved, so a turned hardware knob is drawn within a display frame, not a push period."""
-        last = None
+        """While a page is open: after each queued control, wait until the audio callback has
+        rendered the sample it lands on, then wake every pusher if the knobs moved."""
+        loop = asyncio.get_running_loop()
+        last = self.surface.knob_snapshot()
         while self._sockets > 0:
+            await self._queued.wait()
+            self._queued.clear()
+            due, deadline = self._due, loop.time() + APPLY_WAIT_S
+            while self.surface.frames_rendered() <= due and loop.time() < deadline:
+                ahead = (due + 1 - self.surface.frames_rendered()) / self.surface.synth.sample_rate
+                await asyncio.sleep(max(ahead, APPLY_POLL_S))
             knobs = self.surface.knob_snapshot()
             if knobs != last:
                 last = knobs
+                self._moves += 1
                 self._state_at = -1.0  # the next state_text() reads afresh
                 moved, self._moved = self._moved, asyncio.Event()
                 moved.set()
-            await asyncio.sleep(KNOB_POLL_S)
 
     async def _push(self, ws: web.WebSocketResponse) -> None:
-        """State to one page at ``PUSH_HZ`` on a fixed schedule, and at once when a knob moves; a page
-        that stalls is closed."""
+        """State to one page every 1 / ``PUSH_HZ`` s and when the knobs moved, never two within
+        ``MIN_PUSH_GAP_S``; a page that stalls is closed."""
         period = 1.0 / PUSH_HZ
-        next_at = time.monotonic()
+        next_tick = time.monotonic()
         while not ws.closed:
+            moves = self._moves
             try:
                 await asyncio.wait_for(ws.send_str(self.state_text()), SEND_TIMEOUT_S)
             except (ConnectionError, asyncio.TimeoutError):
                 await ws.close()
                 return
-            next_at = max(next_at + period, time.monotonic() - period)
-            try:
-                await asyncio.wait_for(self._moved.wait(), max(0.0, next_at - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass
+            sent = time.monotonic()
+            next_tick = max(next_tick + period, sent - period)
+            if self._moves == moves:
+                try:
+                    await asyncio.wait_for(self._moved.wait(), max(0.0, next_tick - sent))
+                except asyncio.TimeoutError:
+                    pass
+            gap = sent + MIN_PUSH_GAP_S - time.monotonic()
+            if gap > 0:  # knobs moving faster than that: their changes meanwhile go in one message
+                await asyncio.sleep(gap)
 
     def apply(self, text: str) -> None:
         """One control message from the page; malformed or refused ones are counted, never raised."""

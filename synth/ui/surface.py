@@ -269,8 +269,13 @@ class ControlSurface:
         }
 
     def knob_snapshot(self) -> tuple[float, ...]:
-        """The knob coordinates as a tuple (cheap to compare: the server polls it)."""
+        """The knob coordinates as a tuple (cheap to compare after each control)."""
         return tuple(float(v) for v in self.synth.engine.knob_values)
+
+    def frames_rendered(self) -> int:
+        """Output frames the audio callback has rendered: a control queued for output sample s
+        (``LiveSynth.control_listener``) has been applied once this exceeds s."""
+        return int(self.synth.stats.frames)
 
     def state(self) -> dict[str, Any]:
         """The live numbers: knobs, pick-up, CCs, voices, load, xruns, last MIDI event, learn."""

@@ -1,6 +1,7 @@
-// vaesynth control surface: state arrives over the WebSocket (~30 Hz), controls leave as JSON.
-// Drawing happens once per animation frame after a state message; a knob being dragged shows
-// the value under the pointer until it is let go (the engine's echo follows it).
+// vaesynth control surface: state arrives over the WebSocket (10 Hz, and at once when a knob
+// moves), controls leave as JSON. Drawing happens in the next animation frame after a state
+// message, and touches only what changed (the page's CPU is taken from the synth's cores); a knob
+// being dragged shows the value under the pointer until it is let go (the engine's echo follows it).
 "use strict";
 
 const TOKEN = document.body.dataset.token;
@@ -17,12 +18,14 @@ let socket = null;
 let drawPending = false;
 const dragging = new Map();  // knob index -> value shown while the pointer holds it
 const knobEls = [];
-// Knob values as drawn and controls as sent, with the wall-clock time (ms since the epoch) of
-// each: benchmarks/ui_latency.py reads them to time CC-to-screen and drag-to-sound.
+// Knob values as received and as drawn, and controls as sent, with the wall-clock time (ms since
+// the epoch) of each: benchmarks/ui_latency.py reads them to time CC-to-screen and drag-to-sound.
+const recvLog = [];
 const drawLog = [];
 const sendLog = [];
 const counts = { messages: 0 };  // state messages received
-window.vaesynth = { drawLog, sendLog, counts, get state() { return state; }, get info() { return info; } };
+window.vaesynth = { recvLog, drawLog, sendLog, counts, get state() { return state; }, get info() { return info; } };
+const drawn = new Map();  // what each part of the page shows now: a part is redrawn when its key changes
 
 function wallMs() { return performance.timeOrigin + performance.now(); }
 
@@ -39,6 +42,17 @@ function send(msg) {
 }
 
 function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
+
+// True (and remembered) when ``key`` differs from what part ``part`` was last drawn with.
+function changed(part, key) {
+  if (drawn.get(part) === key) return false;
+  drawn.set(part, key);
+  return true;
+}
+
+function setText(id, text) {
+  if (changed(id, text)) document.getElementById(id).textContent = text;
+}
 
 function fmt(v) { return (v >= 0 ? "+" : "") + v.toFixed(2); }
 
@@ -91,6 +105,7 @@ function makeKnob(i, name) {
 }
 
 function drawKnob(i, value, pickedUp, cc, learning) {
+  if (!changed(`knob${i}`, `${value} ${pickedUp} ${cc} ${learning}`)) return;
   const el = knobEls[i];
   const shown = clamp(value, -1, 1);
   const deg = shown * ARC;
@@ -170,6 +185,8 @@ function mapPoint() {
 }
 
 function drawMap() {
+  const point = state && state.knobs.length >= 2 ? mapPoint() : null;
+  if (!changed("map", String(point))) return;
   mapCtx.clearRect(0, 0, map.width, map.height);
   if (dots) mapCtx.drawImage(dots, 0, 0);
   mapCtx.font = "11px system-ui, sans-serif";
@@ -184,8 +201,8 @@ function drawMap() {
       mapCtx.fillText(s.name, px + 7, py + 4);
     }
   }
-  if (!state || state.knobs.length < 2) return;
-  const [x, y] = mapPoint();
+  if (!point) return;
+  const [x, y] = point;
   const [px, py] = toPx(x, y);
   map.dataset.x = x.toFixed(4);
   map.dataset.y = y.toFixed(4);
@@ -237,21 +254,21 @@ function draw() {
   if (!last || shown.some((v, i) => v !== last[i])) remember(drawLog, { t: wallMs(), knobs: shown });
   drawMap();
   drawTimbres();
-  document.getElementById("voices").textContent = state.voices;
-  document.getElementById("load").textContent = (100 * state.load).toFixed(1) + " %";
-  document.getElementById("peak").textContent = (100 * state.load_peak).toFixed(1) + " %";
-  document.getElementById("xruns").textContent = state.xruns;
-  document.getElementById("midi").textContent = state.midi || "–";
+  setText("voices", String(state.voices));
+  setText("load", (100 * state.load).toFixed(1) + " %");
+  setText("peak", (100 * state.load_peak).toFixed(1) + " %");
+  setText("xruns", String(state.xruns));
+  setText("midi", state.midi || "–");
   const extra = [];
   if (state.dropped) extra.push(`dropped ${state.dropped}`);
   if (state.ignored) extra.push(`refused controls ${state.ignored}`);
-  document.getElementById("extra").textContent = extra.join(" · ");
+  setText("extra", extra.join(" · "));
   const learned = state.learned;
-  const msg = document.getElementById("learnmsg");
-  if (state.learning !== null) msg.textContent = `MIDI learn: move a hardware control to bind knob ${state.learning + 1}.`;
-  else if (learned && learned.error) msg.textContent = `MIDI learn: CC ${learned.cc} → knob ${learned.knob + 1} not saved: ${learned.error}`;
-  else if (learned) msg.textContent = `MIDI learn: CC ${learned.cc} → knob ${learned.knob + 1}, saved to ${learned.saved}`;
-  else msg.textContent = "";
+  let learnText = "";
+  if (state.learning !== null) learnText = `MIDI learn: move a hardware control to bind knob ${state.learning + 1}.`;
+  else if (learned && learned.error) learnText = `MIDI learn: CC ${learned.cc} → knob ${learned.knob + 1} not saved: ${learned.error}`;
+  else if (learned) learnText = `MIDI learn: CC ${learned.cc} → knob ${learned.knob + 1}, saved to ${learned.saved}`;
+  setText("learnmsg", learnText);
 }
 
 // ------------------------------------------------------------------ timbres: user snapshots, random, morph, capture
@@ -334,7 +351,7 @@ function setUpTimbres() {
 }
 
 function drawTimbres() {
-  document.getElementById("timbre").textContent = state.timbre;
+  setText("timbre", state.timbre);
   if (!morphHeld) document.getElementById("morph").value = String(Math.round(state.morph * 1000));
   if (state.user_version !== userVersion) {
     userVersion = state.user_version;
@@ -346,7 +363,13 @@ function connect() {
   const conn = document.getElementById("conn");
   socket = new WebSocket(`ws://${location.host}/ws${Q}`);
   socket.onopen = () => { conn.textContent = "connected"; conn.className = "up"; };
-  socket.onmessage = (e) => { state = JSON.parse(e.data); counts.messages++; scheduleDraw(); };
+  socket.onmessage = (e) => {
+    const previous = state;
+    state = JSON.parse(e.data);
+    counts.messages++;
+    if (!previous || state.knobs.some((v, i) => v !== previous.knobs[i])) remember(recvLog, { t: wallMs(), knobs: state.knobs });
+    scheduleDraw();
+  };
   socket.onclose = () => {
     conn.textContent = "disconnected: retrying…";
     conn.className = "down";
