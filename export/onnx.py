@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 import tomli_w
 import torch
 from torch import Tensor, nn
 
 from export.knob_travel import calibrate_travel
 from synth.contract import DECODER_CONTRACT as CONTRACT
-from synth.contract import DECODER_INPUTS, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from synth.contract import DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
@@ -49,7 +50,8 @@ MIN_SNAPSHOTS = 8
 TARGET_PEAK_DBFS = -9.0  # a velocity-100 C4 of the median snapshot, after [mix] gain and master gain
 MIX_NOTE_SECONDS = (1.0, 0.6)  # held, then released: the note whose peak [mix] gain sets
 MIX_RENDER_RATE = 48000
-MIX_LEVEL_KEYS = (48, 60, 72)  # C3, C4, C5: the keys a snapshot's level trim evens out
+MIX_GAIN_KEY = 60  # C4: the note whose median peak [mix] gain sets
+MIX_LEVEL_KEYS = (48, MIX_GAIN_KEY, 72)  # C3, C4, C5: the keys a snapshot's level trim evens out
 PARTS_FILE = "decoder_parts.onnx"
 # NSynth family -> a General MIDI program (0-based, as in MIDI program-change messages).
 FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass": 33,
@@ -247,27 +249,29 @@ def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[
 
 
 @torch.no_grad()
-def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitch: int = 60,
-                      velocity: int = 100) -> list[float]:
-    """Peak of one note per snapshot (held then released, MIX_NOTE_SECONDS) played by the engine
-    itself on the preset written in ``preset_dir``, at unity output gain: attack normalisation,
-    phase reconstruction and all, exactly what a player hears before the gain."""
+def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches: Sequence[int] = MIX_LEVEL_KEYS,
+                      velocity: int = 100) -> NDArray[np.float64]:
+    """Peak of one note per pitch and snapshot (held then released, MIX_NOTE_SECONDS) played by
+    the engine itself on the preset written in ``preset_dir``, at unity output gain: attack
+    normalisation, phase reconstruction and all, exactly what a player hears before the gain
+    -> ``(len(pitches), len(snaps))``."""
     from synth.engine import Engine
 
     preset = load_preset(preset_dir)
     rate = MIX_RENDER_RATE
     hold, tail = (int(s * rate) for s in MIX_NOTE_SECONDS)
-    peaks = []
-    for snap in snaps:
-        eng = Engine(preset, device="cpu", master_gain=1.0 / preset.mix_gain)  # unity overall
-        eng.prepare(rate, 1024, warm=False)
-        start = rate // 10  # after the glide to the snapshot
-        eng.push(0, 0xC0, int(snap["program"]), 0)
-        eng.push(start, 0x90, pitch, velocity)
-        eng.push(start + hold, 0x80, pitch, 0)
-        out = np.zeros((start + hold + tail, 2), np.float32)
-        eng.process(out)
-        peaks.append(float(np.max(np.abs(out))))
+    peaks = np.zeros((len(pitches), len(snaps)))
+    for i, pitch in enumerate(pitches):
+        for j, snap in enumerate(snaps):
+            eng = Engine(preset, device="cpu", master_gain=1.0 / preset.mix_gain)  # unity overall
+            eng.prepare(rate, 1024, warm=False)
+            start = rate // 10  # after the glide to the snapshot
+            eng.push(0, 0xC0, int(snap["program"]), 0)
+            eng.push(start, 0x90, pitch, velocity)
+            eng.push(start + hold, 0x80, pitch, 0)
+            out = np.zeros((start + hold + tail, 2), np.float32)
+            eng.process(out)
+            peaks[i, j] = float(np.max(np.abs(out)))
     return peaks
 
 
@@ -278,10 +282,9 @@ def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, 
     brings the geometric mean of its own v100 peaks at MIX_LEVEL_KEYS to that of the median
     snapshot's C4 (within the engine's +-12 dB bounds): one trim for the middle of the keyboard,
     not for C4 alone, since a fitted snapshot keeps its instrument's louder or softer registers."""
-    peaks = np.asarray(engine_note_peaks(preset_dir, snaps))
-    median = float(np.median(peaks))
+    spread = engine_note_peaks(preset_dir, snaps)  # (keys, snapshots)
+    median = float(np.median(spread[MIX_LEVEL_KEYS.index(MIX_GAIN_KEY)]))
     gain = 10 ** (TARGET_PEAK_DBFS / 20) / max(median, 1e-12)
-    spread = np.array([engine_note_peaks(preset_dir, snaps, key) if key != 60 else peaks for key in MIX_LEVEL_KEYS])
     middle = np.exp(np.log(np.maximum(spread, 1e-12)).mean(axis=0))
     levels = np.clip(median / middle, MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL)
     return float(np.clip(gain, 1e-2, 1e3)), median, [round(float(v), 4) for v in levels]
@@ -302,7 +305,7 @@ def validate_doc(doc: dict[str, Any]) -> None:
         problems.append("knob directions are not orthonormal")
     if not np.all(scale >= 0) or list(scale) != sorted(scale, reverse=True):
         problems.append("knob scales must be >= 0 and in decreasing order")
-    travel = np.array(k.get("travel", [KNOB_TRAVEL_RANGE[0]] * n), np.float64)
+    travel = np.array(k.get("travel", [DEFAULT_KNOB_TRAVEL] * n), np.float64)
     if travel.shape != (n,) or not np.all((travel >= KNOB_TRAVEL_RANGE[0]) & (travel <= KNOB_TRAVEL_RANGE[1])):
         problems.append(f"knob travel must be {n} values in {KNOB_TRAVEL_RANGE[0]:g}..{KNOB_TRAVEL_RANGE[1]:g}")
     if not (np.isfinite(doc["mix"]["gain"]) and doc["mix"]["gain"] > 0):
