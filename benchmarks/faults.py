@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.common import BenchmarkError, markdown_table, run_main
 from tests.conftest import _start_jackd, _stop
 from tests.fake_preset import make_fake_preset
-from tests.jack_probe import MIDI_PORT, JackProbe, SynthProcess, note_on
+from tests.jack_probe import MIDI_PORT, JackProbe, SynthProcess, kill_server_under_synth
 
 SERVER = "vaesynth-faults"
 KEYBOARD = "bench-keyboard"
@@ -28,21 +28,7 @@ KEYBOARD = "bench-keyboard"
 
 def server_loss_seconds(preset: Path, home: Path) -> float:
     """Seconds from SIGTERM of a playing synth's jackd to the synth's exit (status 3)."""
-    jackd = _start_jackd(SERVER)
-    synth = SynthProcess(["--preset", str(preset), "--quiet"], SERVER, env={"VAESYNTH_CONFIG_DIR": str(home)})
-    try:
-        probe = JackProbe(SERVER, "vaesynth-faults-probe")
-        synth.wait_for_ports(probe.client)
-        probe.connect_synth()
-        probe.record([(256, note_on(60))], 48000 // 4, freewheel=False)
-        probe.close()
-        killed = time.monotonic()
-        _stop(jackd)
-        synth.proc.wait(timeout=10)
-        took = time.monotonic() - killed
-    finally:
-        status, err = synth.stop()
-        _stop(jackd)
+    took, status, err = kill_server_under_synth(preset, SERVER, home, wait=10.0)
     if status != 3:
         raise BenchmarkError(f"the synth exited {status} after the server died: {err.strip()[-200:]}")
     return took

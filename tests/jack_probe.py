@@ -210,6 +210,31 @@ def wired_synth(args: list[str], server: str, env: dict[str, str] | None = None)
         status, err = synth.stop()
     assert status == 0 and "Traceback" not in err, err
 
+def kill_server_under_synth(preset: Path, server: str, home: Path, wait: float) -> tuple[float, int, str]:
+    """Start a private jackd and the synth on ``preset``, play a note, SIGTERM the server while
+    the synth plays, and wait up to ``wait`` s for the synth to exit -> ``(seconds from the kill
+    to the exit (``wait`` or more if it did not), exit status, stderr)``."""
+    from tests.conftest import _start_jackd, _stop
+
+    jackd = _start_jackd(server)
+    synth = SynthProcess(["--preset", str(preset), "--quiet"], server, env={"VAESYNTH_CONFIG_DIR": str(home)})
+    try:
+        probe = JackProbe(server, f"{server}-probe")
+        synth.wait_for_ports(probe.client)
+        probe.connect_synth()
+        probe.record([(256, note_on(60))], 48000 // 4, freewheel=False)  # playing when it dies
+        probe.close()
+        killed = time.monotonic()
+        _stop(jackd)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            synth.proc.wait(timeout=wait)  # the time taken says it
+        took = time.monotonic() - killed
+    finally:
+        status, err = synth.stop()
+        _stop(jackd)
+    return took, status, err
+
+
 def onset(audio: np.ndarray, start: int, threshold: float = 1e-4) -> int | None:
     """First frame at or after ``start`` where either channel exceeds ``threshold``."""
     loud = np.flatnonzero(np.max(np.abs(audio[start:]), axis=1) > threshold)
