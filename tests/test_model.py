@@ -26,9 +26,10 @@ def test_shapes_and_variable_length_encoder() -> None:
         mu, logvar = model.encoder(torch.randn(2, t, PARAMS.n_bins))
         assert mu.shape == logvar.shape == (2, 6)
     b, s = 3, 5
-    pred, mu, _ = model(torch.randn(b, 40, PARAMS.n_bins), torch.full((b,), 60.0), torch.full((b,), 90.0),
-                        torch.rand(b, s), -torch.ones(b, s), torch.randn(b, 6))
+    pred, mu, _, inharm = model(torch.randn(b, 40, PARAMS.n_bins), torch.full((b,), 60.0), torch.full((b,), 90.0),
+                                torch.rand(b, s), -torch.ones(b, s), torch.randn(b, 6))
     assert pred.shape == (b, s, PARAMS.n_bins) and torch.isfinite(pred).all()
+    assert inharm.shape == (b, s)
     assert float(pred.min()) >= torch.log(torch.tensor(PARAMS.log_floor)) - 1e-5
 
 

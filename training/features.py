@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -150,39 +150,39 @@ class FeatureCache:
 
 def _write_features(records: list[NoteRecord], params: SpectrogramParams, frame_stride: int,
                     out: Path, policy: ErrorPolicy, jobs: int, progress: bool) -> list[NoteRecord]:
-    """Fill ``logmag.npy`` with the notes that read cleanly; returns those records in order."""
+    """Write ``logmag.npy`` with the notes that read cleanly; returns those records in order.
+
+    The array is written sequentially through a file, not a memory map: a full or failing disk
+    then raises OSError with its reason, where a memory map's page fault kills the process
+    with SIGBUS and no message."""
     from tqdm import tqdm
 
-    shape = (len(records), frames_stored(params, frame_stride), params.n_bins)
-    logmag = np.lib.format.open_memmap(out / "logmag.npy", "w+", np.float16, shape)
+    frame_shape = (frames_stored(params, frame_stride), params.n_bins)
+    path = out / "logmag.npy"
     kept: list[NoteRecord] = []
     ctx = mp.get_context("spawn")  # fork deadlocks once onnxruntime/numba/torch threads exist
-    with ctx.Pool(jobs, _init_worker, (params, frame_stride)) as pool:
+    with open(path, "wb") as f, ctx.Pool(jobs, _init_worker, (params, frame_stride)) as pool:
+        header_len = _write_npy_header(f, (len(records),) + frame_shape)
         results = pool.imap(_feature_job, records, chunksize=4)
         for rec, feat in tqdm(zip(records, results), total=len(records), disable=not progress,
                               desc="features", unit="note"):
             if isinstance(feat, DatasetError):
                 policy.handle(feat)
                 continue
-            logmag[len(kept)] = feat
+            f.write(np.ascontiguousarray(feat, dtype="<f2").tobytes())
             kept.append(rec)
-    logmag.flush()
-    del logmag
-    if len(kept) < len(records):  # skipped notes: rewrite the array without the empty tail
-        _truncate_npy(out / "logmag.npy", len(kept))
+        if len(kept) < len(records):  # skipped notes: the header states the notes written
+            f.seek(0)
+            if _write_npy_header(f, (len(kept),) + frame_shape) != header_len:
+                raise DatasetError(f"{path}: header size changed")  # numpy pads headers to 64 bytes
     return kept
 
 
-def _truncate_npy(path: Path, n: int) -> None:
-    old = np.load(path, mmap_mode="r")
-    tmp = path.with_suffix(".tmp.npy")
-    new = np.lib.format.open_memmap(tmp, "w+", old.dtype, (n,) + old.shape[1:])
-    for i in range(0, n, 256):
-        j = min(i + 256, n)
-        new[i:j] = old[i:j]
-    new.flush()
-    del new, old
-    tmp.replace(path)
+def _write_npy_header(f: BinaryIO, shape: tuple[int, ...]) -> int:
+    """Write a float16 C-order .npy header for ``shape`` at the file's position; returns its size."""
+    start = f.tell()
+    np.lib.format.write_array_header_2_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})
+    return f.tell() - start
 
 
 def build_feature_cache(root: str | Path | Sequence[NoteRecord], params: SpectrogramParams,

@@ -42,6 +42,8 @@ class VAEConfig:
     free_bits: float = 0.0  # nats per latent dim under which KL is not penalised (batch mean)
     pool_weight: float = 0.0  # weight of L1 between max-pooled (+-pool_bins) pred and target
     pool_bins: int = 2
+    # weight of |sqrt(B) - sqrt(B measured on the target)| (training.inharmonicity); 0 = off
+    inharm_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,10 +172,15 @@ class FrameDecoder(nn.Module):
         return harm_amp, inharm, noise
 
     def forward(self, z: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor, time_off: Tensor) -> Tensor:
+        return self.decode(z, pitch, velocity, time_on, time_off)[0]
+
+    def decode(self, z: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor,
+               time_off: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` plus the inharmonicity it used: ``log_mag (B, F), inharm (B,)``."""
         harm_amp, inharm, noise = self.parts(z, pitch, velocity, time_on, time_off)
         stretch = inharm if self.cfg.max_inharmonicity > 0 else None
         mag = self.place_harmonics(harm_amp, pitch, stretch) + noise
-        return torch.log(mag + self.log_floor)
+        return torch.log(mag + self.log_floor), inharm
 
     def place_harmonics(self, amp: Tensor, pitch: Tensor, inharm: Tensor | None = None) -> Tensor:
         """Scatter K Hann main lobes at k*f0*sqrt(1 + B k^2) into bins:
@@ -208,19 +215,20 @@ class TimbreVAE(nn.Module):
         self.decoder = FrameDecoder(cfg, params)
 
     def forward(self, log_mag: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor,
-                time_off: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                time_off: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``log_mag (B, T, F)``, note pitch/velocity ``(B,)``, frame times ``(B, S)``.
 
-        Returns ``pred (B, S, F), mu (B, L), logvar (B, L)``; ``noise (B, L)`` is the
-        reparameterisation noise (None -> use mu, for validation).
+        Returns ``pred (B, S, F), mu (B, L), logvar (B, L), inharm (B, S)`` (the decoder's
+        stretching B per frame); ``noise (B, L)`` is the reparameterisation noise (None -> use
+        mu, for validation).
         """
         mu, logvar = self.encoder(log_mag)
         z = mu if noise is None else mu + noise * torch.exp(0.5 * logvar)
         b, s = time_on.shape
         rep = lambda x: x[:, None].expand(b, s).reshape(-1)  # noqa: E731
-        pred = self.decoder(z.repeat_interleave(s, dim=0), rep(pitch), rep(velocity),
-                            time_on.reshape(-1), time_off.reshape(-1))
-        return pred.view(b, s, -1), mu, logvar
+        pred, inharm = self.decoder.decode(z.repeat_interleave(s, dim=0), rep(pitch), rep(velocity),
+                                           time_on.reshape(-1), time_off.reshape(-1))
+        return pred.view(b, s, -1), mu, logvar, inharm.view(b, s)
 
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:

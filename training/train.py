@@ -40,9 +40,10 @@ from training.model import (
     rank_latents,
     vae_loss,
 )
+from training.inharmonicity import inharmonicity_loss, measured_inharmonicity
 from training.snapshots import SNAPSHOT_KEYS, fit_snapshot_latents, reference_soundfont
 
-LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "kl", "beta", "val_loss", "lr", "notes_per_s")
+LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "inharm", "kl", "beta", "val_loss", "lr", "notes_per_s")
 
 
 class TrainError(VaesynthError):
@@ -254,11 +255,23 @@ class Trainer:
     def _forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], sample: bool) -> dict[str, torch.Tensor]:
         b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            pred, mu, logvar = model(b["log_mag"], b["pitch"], b["velocity"], b["time_on"],
-                                     b["time_off"], b["noise"] if sample else None)
+            pred, mu, logvar, inharm = model(b["log_mag"], b["pitch"], b["velocity"], b["time_on"],
+                                             b["time_off"], b["noise"] if sample else None)
         m = self.run.model
-        return vae_loss(pred.float(), b["target"], mu.float(), logvar.float(), beta_at(self.step, m),
-                        m.grad_weight, m.free_bits, m.pool_weight, m.pool_bins)
+        parts = vae_loss(pred.float(), b["target"], mu.float(), logvar.float(), beta_at(self.step, m),
+                         m.grad_weight, m.free_bits, m.pool_weight, m.pool_bins)
+        if m.inharm_weight > 0 and m.max_inharmonicity > 0:
+            # B is a property of the string, not of the frame: measure it once per note, on the
+            # mean of its sampled frames (32x cheaper than per frame; partials that wander,
+            # as in vibrato, blur in the mean and leave the note unvoiced).
+            audio, frames = self.run.audio, inharm.shape[1]
+            measured, voiced = measured_inharmonicity(b["target"].mean(1), b["pitch"], m.max_inharmonicity,
+                                                      m.n_harmonics, audio.sample_rate, audio.n_fft)
+            per_frame = lambda x: x[:, None].expand(-1, frames).reshape(-1)  # noqa: E731
+            parts["inharm"] = inharmonicity_loss(inharm.float().reshape(-1), per_frame(measured), per_frame(voiced),
+                                                 m.max_inharmonicity)
+            parts["loss"] = parts["loss"] + m.inharm_weight * parts["inharm"]
+        return parts
 
     def train_step(self) -> dict[str, float]:
         lr = lr_at(self.step, self.run.train)
