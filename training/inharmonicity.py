@@ -67,12 +67,15 @@ def measured_inharmonicity(log_mag: Tensor, pitch: Tensor, max_b: float, n_harmo
 
 
 def inharmonicity_loss(predicted: Tensor, measured: Tensor, voiced: Tensor, max_b: float) -> Tensor:
-    """Mean |sqrt(B/B_max) - sqrt(B*/B_max)| over voiced frames (0 when none is voiced).
+    """Mean |log(B + MIN_B) - log(B* + MIN_B)| over voiced frames, over log(B_max / MIN_B) so
+    that 1 spans the whole range (0 when no frame is voiced).
 
-    The square root spreads the small B of most notes (1e-5..1e-4) over a usable range;
+    On a log scale because the decoder's B is B_max * sigmoid(a): a loss linear (or square-root)
+    in B has no gradient left once the spectral loss has pushed a to -7 (B ~ 1e-6, where the
+    shipped decoder sat for every piano note), while d log(B)/da stays near 1 there.
     ``predicted, measured (N,)``, ``voiced (N,)`` bool."""
     if not bool(voiced.any()):
         return torch.zeros((), device=predicted.device)
-    p = torch.sqrt(predicted[voiced].clamp(min=0) / max_b)
-    m = torch.sqrt(measured[voiced].clamp(min=0) / max_b)
-    return (p - m).abs().mean()
+    p = torch.log(predicted[voiced].clamp(min=0) + MIN_B)
+    m = torch.log(measured[voiced].clamp(min=0) + MIN_B)
+    return (p - m).abs().mean() / math.log(max_b / MIN_B)

@@ -262,10 +262,11 @@ class Trainer:
                          m.grad_weight, m.free_bits, m.pool_weight, m.pool_bins)
         if m.inharm_weight > 0 and m.max_inharmonicity > 0:
             # B is a property of the string, not of the frame: measure it once per note, on the
-            # mean of its sampled frames (32x cheaper than per frame; partials that wander,
-            # as in vibrato, blur in the mean and leave the note unvoiced).
+            # peak over its sampled frames (32x cheaper than per frame). Not the mean: most
+            # sampled frames of a short note are release or silence, and in the mean its
+            # partials no longer stand out (every piano note read unvoiced).
             audio, frames = self.run.audio, inharm.shape[1]
-            measured, voiced = measured_inharmonicity(b["target"].mean(1), b["pitch"], m.max_inharmonicity,
+            measured, voiced = measured_inharmonicity(b["target"].amax(1), b["pitch"], m.max_inharmonicity,
                                                       m.n_harmonics, audio.sample_rate, audio.n_fft)
             per_frame = lambda x: x[:, None].expand(-1, frames).reshape(-1)  # noqa: E731
             parts["inharm"] = inharmonicity_loss(inharm.float().reshape(-1), per_frame(measured), per_frame(voiced),
