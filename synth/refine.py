@@ -50,6 +50,8 @@ KEYBOARD_WEIGHT = 1.0  # of the prior's mean term, against the note's term
 NEIGHBOURS = 10  # training instruments (snapshots) the prior listens to
 NEIGHBOUR_TEMPERATURE = 0.1  # softmin over their loss on the note (mean |ln magnitude| difference)
 NEIGHBOUR_SPAN = 4.0  # semitones: the map's notes this near a key stand for their instrument there
+JUDGE_FRAME_STEP = 2  # neighbours are judged on every 2nd frame of the note: two candidates per instrument
+# (its snapshot, its notes at the pitch) for the decoder time one took (capture's 1 s budget)
 STEPS = 24
 DELTA = 0.05  # finite-difference step, in latent std
 RATE = 0.4  # first step's length, in latent std (shrinks linearly to 0)
@@ -77,6 +79,14 @@ class _Term:
         self.target = np.maximum(target, self.clip).astype(np.float32)
         self.energy = 0.5 * float(_logsumexp(2.0 * np.asarray(target, np.float64).reshape(1, -1))[0])
         self.pitch, self.time_on, self.weight = pitch.astype(np.float32), time_on.astype(np.float32), weight
+
+    def every(self, step: int) -> _Term:
+        """Every ``step``-th of its frames, clipped where these are (a cheaper judge of many candidates)."""
+        part = object.__new__(_Term)
+        part.clip, part.weight = self.clip, self.weight
+        part.target, part.pitch, part.time_on = self.target[::step], self.pitch[::step], self.time_on[::step]
+        part.energy = 0.5 * float(_logsumexp(2.0 * part.target.astype(np.float64).reshape(1, -1))[0])
+        return part
 
     def loss(self, out: NDArray[np.float32]) -> NDArray[np.float64]:
         """Mean L1 of each candidate's frames ``out (C, T, F)`` -> ``(C,)``, after one log-gain each that
@@ -165,7 +175,7 @@ class Refiner:
             return []
         snap_z = np.array([s.z for s in p.snapshots], np.float64)
         here = np.array([self._instrument_at(s.program, pitch, s.z) for s in p.snapshots])
-        fit = self._loss((np.vstack([snap_z, here]) - p.latent_mean) / p.latent_std, [note])
+        fit = self._loss((np.vstack([snap_z, here]) - p.latent_mean) / p.latent_std, [note.every(JUDGE_FRAME_STEP)])
         fit = np.minimum(fit[:len(snap_z)], fit[len(snap_z):])  # as its snapshot or its notes here, the closer
         near = np.argsort(fit)[:NEIGHBOURS]
         weight = np.exp(-(fit[near] - fit[near[0]]) / NEIGHBOUR_TEMPERATURE)
