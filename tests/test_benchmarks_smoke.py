@@ -159,10 +159,11 @@ def test_capture_fidelity_runs_on_the_fake_preset(tmp_path: Path) -> None:
 
     preset = load_preset(make_fake_preset(tmp_path / "fake"))
     table = cf.fidelity_table(preset, [56], (72,), hold=0.5)
-    row = next(line for line in table.splitlines() if line.startswith("| 56 "))
-    figures = [float(c) for c in row.strip("|").split("|")[4:7]]
-    assert all(np.isfinite(figures) & (np.array(figures) > 0)), row
-    assert "only 1 programs" in table
+    cells = next(line for line in table.splitlines() if line.startswith("| 56 ")).strip("|").split("|")
+    figures = [float(c) for c in cells[4:8]] + [float(c) for c in cells[8].split("/")]
+    assert all(np.isfinite(figures) & (np.array(figures) > 0)), cells
+    assert cells[9].strip() == cells[10].strip() == "-"  # one snapshot is nearest: no tie to check
+    assert "only 1 programs" in table and "equally near" in table
     assert "<= 1 s" in cf.speed_table(preset, 56, repeats=1)
     times = [float(c) for c in cf.change_table(preset, repeats=1).splitlines()[2].strip("|").split("|")[1:4]]
     assert all(0 < t < 40 for t in times)
@@ -181,3 +182,17 @@ def test_timbre_space_knobs_and_engine_tuning_on_the_fake_preset(fake: common.Pr
         assert np.abs(audio).max() > 1e-3
         est = estimate_pitch(audio[int(0.2 * common.RENDER_RATE):], common.RENDER_RATE)
         assert est is not None and abs(100 * (est - key)) < 20
+
+
+def test_equally_near_family_snapshots_are_the_ties_program_change_breaks(tmp_path: Path) -> None:
+    """The fairness check compares capture with every family snapshot as near (in program number) as
+    the one a program change recalls; program_map takes the lowest of them."""
+    from benchmarks.capture_fidelity import equally_near_family_snapshots
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake", programs=(0, 2, 4, 9)))
+    assert equally_near_family_snapshots(preset, 1) == [0, 1]  # 0 and 2 both one away
+    assert preset.programs[1] == 0
+    assert equally_near_family_snapshots(preset, 3) == [1, 2]
+    assert equally_near_family_snapshots(preset, 4) == [2]  # its own program: no tie
+    assert equally_near_family_snapshots(preset, 12) == [3]  # GM group 1 holds program 9 alone
+    assert equally_near_family_snapshots(preset, 20) == [preset.programs[20]]  # no snapshot in group 2

@@ -269,3 +269,32 @@ def test_real_capture_is_stable_across_level_and_rate() -> None:
         apart = np.linalg.norm((a - b) / real.latent_std)
         spread = np.median(np.linalg.norm((zs[:, None] - zs[None]) / real.latent_std, axis=2))
         assert apart < 2.0 and apart < 0.3 * spread, (program, apart, spread)
+
+
+def test_neighbours_are_judged_by_their_notes_at_the_captured_pitch(preset: Preset,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keyboard prior picks the training instruments that sound like the note by their latent map notes
+    near its pitch, not by their snapshots (fitted across the keyboard, they can sound unlike the instrument
+    at one key): a note made from one program's map notes at C4 gets that program as its neighbour, although
+    its snapshot (the fake preset's random latent) sounds like something else."""
+    import dataclasses
+
+    import synth.refine
+    from synth.latent_map import LatentMap
+
+    basis = capture_subspace()
+    programs = [s.program for s in preset.snapshots]
+    at_c4 = (np.random.default_rng(11).standard_normal((len(programs), len(basis))) @ basis * 1.5).astype(np.float32)
+    heard = dataclasses.replace(preset, latent_map=LatentMap(
+        mu=at_c4, sigma=np.full_like(at_c4, 0.2), family=np.zeros(len(programs), np.int16),
+        program=np.array(programs, np.int16), pitch=np.full(len(programs), 60.0, np.float32), families=("piano",)))
+    monkeypatch.setattr(synth.refine, "NEIGHBOURS", 1)
+    refiner = Refiner(heard)
+    for i in range(len(programs)):
+        note = _levelled_note(engine_note(heard, at_c4[i]), seconds=1.0)
+        refiner(at_c4[i], note, 60.0)
+        octave = next(t for t in refiner._terms[1:] if float(t.pitch[0]) == 72.0)
+        # no map note lies near key 72, so the prior plays each neighbour's snapshot there
+        snaps = np.array([s.z for s in heard.snapshots], np.float32)
+        sounds = refiner._decode(snaps, octave.pitch, octave.time_on)
+        assert int(np.argmin(np.abs(np.maximum(sounds, octave.clip) - octave.target).mean(axis=(1, 2)))) == i
