@@ -314,6 +314,7 @@ class Engine:
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0
         self.sample_time = 0  # output samples rendered so far
+        self._render_ahead = 0  # samples live mode renders ahead of the audio callback (set_render_ahead)
         self._prepared = False
 
     # ------------------------------------------------------------------ controls (not real-time)
@@ -579,14 +580,24 @@ class Engine:
         call, so neither adds delay); the periodic Hann window is zero at its first sample, so
         sound starts a sample in. A resampler (output rates that are not k x the model rate)
         adds its filter's delay (exact, from its design; its pre-ringing starts before it).
+        Live mode's render ahead adds its blocks (``set_render_ahead``).
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
         window = self._first_nonzero
         if not self._resampling:
-            return {"synthesis window": window}
-        return {"synthesis window": int(round(window * self.sample_rate / self.internal_rate)),
-                "resampler": int(self._resampler_delay)}
+            stages = {"synthesis window": window}
+        else:
+            stages = {"synthesis window": int(round(window * self.sample_rate / self.internal_rate)),
+                      "resampler": int(self._resampler_delay)}
+        if self._render_ahead:
+            stages["render ahead"] = self._render_ahead
+        return stages
+
+    def set_render_ahead(self, samples: int) -> None:
+        """Live mode renders ``samples`` output samples ahead of the audio callback
+        (``synth.render_ahead``): events are scheduled that much later, a stage of its own."""
+        self._render_ahead = max(0, int(samples))
 
     @property
     def latency_samples(self) -> int:
