@@ -41,7 +41,7 @@ from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
 from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
-from synth.overload import LoadGovernor
+from synth.overload import SPIKE_LOAD, LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
@@ -490,6 +490,7 @@ class Engine:
         self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
         self._release_fade_step = 1.0 / max(1.0, RELEASE_END_FADE_S * self.internal_rate)
         self._governor = LoadGovernor(self.polyphony, self.internal_rate) if self._shed_load else None
+        self._set_spike_load()
         self._alpha_per_sample = 1.0 / (KNOB_SMOOTH_S * self.internal_rate)
         self._t_int = 0
         self._bend = 0.0
@@ -596,8 +597,14 @@ class Engine:
 
     def set_render_ahead(self, samples: int) -> None:
         """Live mode renders ``samples`` output samples ahead of the audio callback
-        (``synth.render_ahead``): events are scheduled that much later, a stage of its own."""
+        (``synth.render_ahead``): events are scheduled that much later, a stage of its own, and a
+        single block may take that long (the blocks ready in the ring) before it counts as a spike."""
         self._render_ahead = max(0, int(samples))
+        self._set_spike_load()
+
+    def _set_spike_load(self) -> None:
+        if self._governor is not None:
+            self._governor.spike_load = SPIKE_LOAD * max(1.0, self._render_ahead / self.max_block)
 
     @property
     def latency_samples(self) -> int:

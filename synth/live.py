@@ -52,6 +52,9 @@ STALL_TIMEOUT_S = 3.0
 EXIT_SERVER_GONE = 3
 # This many failing blocks in a row (about a second at 48 kHz / 128) is a persistent fault.
 FAULT_EXIT_BLOCKS = 400
+# Render ahead: a callback whose block is late waits for it this much of a period at most (the
+# rest of the cycle is the audio server's and the other clients'), then plays silence.
+LATE_WAIT_PERIODS = 0.5
 # How often the MIDI source watcher looks for sources that went away or came back.
 SOURCE_POLL_S = 0.5
 ALSA_SEQUENCER = "/dev/snd/seq"
@@ -147,7 +150,8 @@ class LiveSynth:
         """Render on a worker thread ``depth`` blocks of ``block`` frames ahead of the callback
         (``synth.render_ahead``), before the stream starts. Events are scheduled ``depth`` blocks
         later, and the engine reports that delay as its "render ahead" stage."""
-        ahead = RenderAhead(self._render, block, 2, depth, freewheeling=freewheeling)
+        ahead = RenderAhead(self._render, block, 2, depth, freewheeling=freewheeling,
+                            late_wait_s=LATE_WAIT_PERIODS * block / self.sample_rate)
         self.clock.lead_blocks = depth
         self.clock.freewheeling = freewheeling
         set_stage = getattr(self.engine, "set_render_ahead", None)

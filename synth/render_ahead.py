@@ -12,11 +12,16 @@ The price is latency: an event is scheduled ``depth`` blocks later than the call
 schedule it (``synth.live.SampleClock``'s lead), so key-to-sound is longer by exactly
 ``depth * block`` samples, constant, reported as the engine's "render ahead" stage.
 
-Block k of the engine's timeline is always played by callback k. When block k is not ready in
-time (the worker is late), the callback plays silence and counts it (``late``); the worker's
-block k is then never played (dropped), so the latency never drifts, and the next block played
-fades in over ``FADE_IN`` samples so the output resumes without a click. In JACK freewheel mode
-(an export: no deadline) the callback waits for the worker instead.
+Block k of the engine's timeline is always played by callback k. When block k is not ready
+(the worker is late: a VM or scheduler stall, or a timer driver catching up cycles it missed,
+which asks for several blocks at once), the callback waits for it, but at most ``late_wait_s``
+(part of a period: what the rest of the cycle can spare): a block that arrives then plays
+normally, and a cycle of silence would be worse than a slightly later callback. Past that it
+plays silence and counts it (``late``); the worker's block k is then never played (dropped), so
+the latency never drifts, and the next block played fades in over ``FADE_IN`` samples so the
+output resumes without a click. This bounded wait on the late path is the callback's only wait.
+In JACK freewheel mode (an export: no deadline) the callback waits for the worker as long as it
+takes.
 
 Threads: the ring has one writer (the worker) and one reader (the callback). The worker writes
 a block's slot, then publishes it by advancing ``_produced``; the callback reads a slot only
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -40,6 +46,7 @@ WORKER_PRIORITY = 1
 FADE_IN = 32  # samples: the block after a late one ramps in from silence
 IDLE_WAKE_S = 0.1  # the worker re-checks its stop flag this often when no callback wakes it
 FREEWHEEL_WAIT_S = 2.0  # in freewheel the callback waits this long at most for a block
+HANDOVER_S = 0.0002  # the worker lets go of the GIL this long after a block the callback waits for
 
 
 class RenderAhead:
@@ -52,13 +59,15 @@ class RenderAhead:
 
     def __init__(self, render: Callable[[NDArray[np.float32]], None], block: int, channels: int = 2,
                  depth: int = DEFAULT_DEPTH, priority: int | None = WORKER_PRIORITY,
-                 freewheeling: Callable[[], bool] | None = None) -> None:
+                 freewheeling: Callable[[], bool] | None = None, late_wait_s: float = 0.0) -> None:
         if depth < 1 or block < 1:
             raise ValueError(f"render ahead needs depth >= 1 and block >= 1, got {depth}, {block}")
         self.render = render
         self.block, self.depth = int(block), int(depth)
         self.priority = priority
         self._freewheeling = freewheeling
+        self.late_wait_s = float(late_wait_s)
+        self._waiting = False  # the callback waits for a late block (the worker then hands the GIL over)
         self._ring = np.zeros((self.depth + 1, self.block, channels), np.float32)
         self._slots = list(self._ring)  # fixed views: the callback indexes a list, creating nothing
         # the gain of the block after a late one: a ramp over FADE_IN samples, then 1
@@ -126,16 +135,20 @@ class RenderAhead:
         self._produced = k + 1  # publish after the slot is written
         if self._ready.locked():
             self._ready.release()
+        if self._waiting:  # let the waiting callback take the GIL before the next block's Python runs
+            time.sleep(HANDOVER_S)
 
     # ------------------------------------------------------------------ callback side
     def pull(self, out: NDArray[np.float32]) -> bool:
         """Copy the block due now into ``out (block, channels)``; False when it was late (``out``
-        is then silence). Never blocks, except in freewheel (no deadline), where it waits for it."""
+        is then silence). Waits only for a block already late: ``late_wait_s`` at most, or in
+        freewheel (no deadline) as long as it takes."""
         if out.shape[0] != self.block:
             raise ValueError(f"render ahead renders blocks of {self.block} frames, the callback asked {out.shape[0]}")
         k = self._wanted
-        if self._produced <= k and self._freewheeling is not None and self._freewheeling():
-            self._wait_for(k)
+        if self._produced <= k:
+            freewheel = self._freewheeling is not None and self._freewheeling()
+            self._wait_for(k, FREEWHEEL_WAIT_S if freewheel else self.late_wait_s)
         self._wanted = k + 1
         if self._wake.locked():
             self._wake.release()  # a slot is free: the worker renders the next block
@@ -150,13 +163,21 @@ class RenderAhead:
             np.multiply(out, self._fade, out=out)
         return True
 
-    def _wait_for(self, k: int) -> None:
-        """Freewheel only: wait until block ``k`` is rendered (or the worker seems gone)."""
+    def _wait_for(self, k: int, seconds: float) -> None:
+        """The late path: wait until block ``k`` is rendered, ``seconds`` at most."""
+        if seconds <= 0.0:
+            return
         if self._wake.locked():
             self._wake.release()
-        while self._produced <= k:
-            if not self._ready.acquire(timeout=FREEWHEEL_WAIT_S):
-                return
+        deadline = time.perf_counter() + seconds
+        self._waiting = True
+        try:
+            while self._produced <= k:
+                left = deadline - time.perf_counter()
+                if left <= 0.0 or not self._ready.acquire(timeout=left):
+                    return
+        finally:
+            self._waiting = False
 
 
 def _make_realtime(priority: int | None) -> bool:

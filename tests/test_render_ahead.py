@@ -138,6 +138,25 @@ def test_real_time_never_waits_for_a_slow_worker() -> None:
     assert not all(played) and ahead.late == played.count(False)
 
 
+def test_a_late_block_is_waited_for_within_the_late_wait_and_no_longer() -> None:
+    render = Counter(delay_s=0.004)  # slower than the callbacks come
+    ahead = _ring(render, depth=1, late_wait_s=0.05)
+    out = np.zeros((BLOCK, 2), np.float32)
+    ahead.start()
+    try:
+        for k in range(10):  # each block is late, but arrives within the wait: played, in order
+            assert ahead.pull(out) and np.all(out == k + 1)
+        ahead.late_wait_s = 0.001
+        render.delay_s = 0.02
+        started = time.perf_counter()
+        assert not ahead.pull(out) and np.all(out == 0.0), "a block later than the wait must be silence"
+        took = time.perf_counter() - started
+    finally:
+        ahead.stop()
+    assert took < 0.006, f"the callback waited {took * 1000:.1f} ms for a 1 ms late wait"
+    assert ahead.late == 1
+
+
 def test_the_callback_side_allocates_nothing() -> None:
     render = Counter()
     ahead = _ring(render, depth=2)  # not started: blocks are made by hand, so only pull is traced
@@ -224,6 +243,18 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     eng = Engine(load_preset(make_fake_preset(tmp_path_factory.mktemp("ahead") / "fake")), device="cpu")
     eng.prepare(48000, BLOCK, warm=False)
     return eng
+
+
+def test_a_block_may_take_the_rings_slack_before_it_counts_as_a_spike(tmp_path) -> None:  # noqa: ANN001
+    eng = Engine(load_preset(make_fake_preset(tmp_path / "fake")), device="cpu", shed_load=True)
+    eng.prepare(48000, BLOCK, warm=False)
+    governor = eng._governor
+    assert governor is not None and governor.spike_load == 1.0
+    synth = LiveSynth(eng, 48000)
+    synth.start_render_ahead(BLOCK, depth=2)
+    synth.stop_render_ahead()
+    assert governor.spike_load == 2.0
+    assert synth.ahead is not None and synth.ahead.late_wait_s > 0.0
 
 
 def test_engine_reports_render_ahead_as_a_stage_of_its_latency(engine: Engine) -> None:
