@@ -10,7 +10,8 @@ Prints markdown tables:
   JACK's DSP load (mean and peak), xruns counted by our own JACK client, lost cycles and
   dropouts. A step passes with no lost cycle, no dropout and xruns <= 2 x idle + 2.
 
-Run: ``python -m benchmarks.live_latency [--preset DIR] [--seconds 30] [--steps 16,32,48]``.
+Run: ``python -m benchmarks.live_latency [--preset DIR] [--seconds 30] [--steps 16,32,48]
+[--synth-args '--render-ahead 0'] [--skip startup,latency,knob]``.
 Never while training or another heavy job holds the cores: the table would measure that job.
 """
 from __future__ import annotations
@@ -172,7 +173,11 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between latency notes (> release)")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds per polyphony step")
     ap.add_argument("--steps", default="16,32,48")
+    ap.add_argument("--synth-args", default="", help="extra run_synth.py options, e.g. '--render-ahead 0'")
+    ap.add_argument("--skip", default="", help="tables to leave out: startup,latency,knob (comma-separated)")
     args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    extra = args.synth_args.split()
     if not (Path(args.preset) / "preset.toml").exists():
         import tempfile
 
@@ -181,17 +186,20 @@ def main() -> int:
         print(f"({args.preset} has no preset.toml: using tests/fake_preset.py's fake preset)", file=sys.stderr)
         args.preset = str(make_fake_preset(Path(tempfile.mkdtemp()) / "fake"))
     jackd = start_jackd()
-    print(startup_table(args.preset), "\n", flush=True)
-    synth = SynthProcess(["--preset", args.preset, "--quiet", "--polyphony", "64"], SERVER)
+    if "startup" not in skip:
+        print(startup_table(args.preset), "\n", flush=True)
+    synth = SynthProcess(["--preset", args.preset, "--quiet", "--polyphony", "64", *extra], SERVER)
     probe = JackProbe(SERVER, "vaesynth-bench-probe")
     try:
         synth.wait_for_ports(probe.client)
         probe.connect_synth()
         time.sleep(1.0)
-        print(f"preset: {Path(args.preset)}\n")
-        table, latency_ms = latency_table(probe, args.notes, args.gap)
-        print(table, "\n", flush=True)
-        print(knob_table(args.preset, latency_ms), "\n", flush=True)
+        print(f"preset: {Path(args.preset)}; synth options: {' '.join(extra) or 'defaults'}\n")
+        if "latency" not in skip:
+            table, latency_ms = latency_table(probe, args.notes, args.gap)
+            print(table, "\n", flush=True)
+            if "knob" not in skip:
+                print(knob_table(args.preset, latency_ms), "\n", flush=True)
         print(polyphony_table(probe, [int(s) for s in args.steps.split(",")], args.seconds))
     finally:
         probe.close()
@@ -200,6 +208,9 @@ def main() -> int:
         jackd.wait(timeout=10)
     if status != 0:
         print(f"synth exited {status}: {err[-500:]}", file=sys.stderr)
+    summary = [line for line in err.splitlines() if "session summary" in line]
+    if summary:  # the synth's own count of late blocks (render ahead) and shed voices, all takes together
+        print(f"\nsynth: {summary[-1].strip()}")
     return 0
 
 

@@ -41,7 +41,7 @@ from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
 from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
-from synth.overload import LoadGovernor
+from synth.overload import SPIKE_LOAD, LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
@@ -314,6 +314,7 @@ class Engine:
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0
         self.sample_time = 0  # output samples rendered so far
+        self._render_ahead = 0  # samples live mode renders ahead of the audio callback (set_render_ahead)
         self._prepared = False
 
     # ------------------------------------------------------------------ controls (not real-time)
@@ -489,6 +490,7 @@ class Engine:
         self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
         self._release_fade_step = 1.0 / max(1.0, RELEASE_END_FADE_S * self.internal_rate)
         self._governor = LoadGovernor(self.polyphony, self.internal_rate) if self._shed_load else None
+        self._set_spike_load()
         self._alpha_per_sample = 1.0 / (KNOB_SMOOTH_S * self.internal_rate)
         self._t_int = 0
         self._bend = 0.0
@@ -579,14 +581,30 @@ class Engine:
         call, so neither adds delay); the periodic Hann window is zero at its first sample, so
         sound starts a sample in. A resampler (output rates that are not k x the model rate)
         adds its filter's delay (exact, from its design; its pre-ringing starts before it).
+        Live mode's render ahead adds its blocks (``set_render_ahead``).
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
         window = self._first_nonzero
         if not self._resampling:
-            return {"synthesis window": window}
-        return {"synthesis window": int(round(window * self.sample_rate / self.internal_rate)),
-                "resampler": int(self._resampler_delay)}
+            stages = {"synthesis window": window}
+        else:
+            stages = {"synthesis window": int(round(window * self.sample_rate / self.internal_rate)),
+                      "resampler": int(self._resampler_delay)}
+        if self._render_ahead:
+            stages["render ahead"] = self._render_ahead
+        return stages
+
+    def set_render_ahead(self, samples: int) -> None:
+        """Live mode renders ``samples`` output samples ahead of the audio callback
+        (``synth.render_ahead``): events are scheduled that much later, a stage of its own, and a
+        single block may take that long (the blocks ready in the ring) before it counts as a spike."""
+        self._render_ahead = max(0, int(samples))
+        self._set_spike_load()
+
+    def _set_spike_load(self) -> None:
+        if self._governor is not None:
+            self._governor.spike_load = SPIKE_LOAD * max(1.0, self._render_ahead / self.max_block)
 
     @property
     def latency_samples(self) -> int:

@@ -131,7 +131,7 @@ def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:
 
 
 class JackWatch:
-    """JACK's own xrun count and the server's shutdown, seen by a small JACK client of ours.
+    """JACK's own xrun count, freewheel mode and the server's shutdown, seen by a small JACK client of ours.
 
     PortAudio's underflow flags miss most JACK xruns (a client that overruns its cycle in
     sync mode is logged by jackd but never flagged to PortAudio), and without this the synth
@@ -144,15 +144,23 @@ class JackWatch:
         import jack
 
         self.xruns = 0
+        self.freewheeling = False  # JACK runs cycles with no deadline (an export): render ahead waits
         self.shutdown_reason: str | None = None
         self.server_gone = threading.Event()
         self._client = jack.Client(name, no_start_server=True)
         self._client.set_xrun_callback(self._on_xrun)
+        self._client.set_freewheel_callback(self._on_freewheel)
         self._client.set_shutdown_callback(self._on_shutdown)
         self._client.activate()
 
     def _on_xrun(self, delay_usecs: float) -> None:
         self.xruns += 1
+
+    def _on_freewheel(self, starting: bool) -> None:
+        self.freewheeling = bool(starting)
+
+    def is_freewheeling(self) -> bool:
+        return self.freewheeling
 
     def _on_shutdown(self, status: object, reason: str) -> None:
         self.shutdown_reason = reason or "the JACK server shut down"

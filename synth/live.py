@@ -37,6 +37,7 @@ from synth.learn import (
     load_mapping,
     save_mapping,
 )
+from synth.render_ahead import DEFAULT_DEPTH, RenderAhead
 from synth.state import LiveState
 from synth.ui.cli import start_surface
 
@@ -51,6 +52,9 @@ STALL_TIMEOUT_S = 3.0
 EXIT_SERVER_GONE = 3
 # This many failing blocks in a row (about a second at 48 kHz / 128) is a persistent fault.
 FAULT_EXIT_BLOCKS = 400
+# Render ahead: a callback whose block is late waits for it this much of a period at most (the
+# rest of the cycle is the audio server's and the other clients'), then plays silence.
+LATE_WAIT_PERIODS = 0.5
 # How often the MIDI source watcher looks for sources that went away or came back.
 SOURCE_POLL_S = 0.5
 ALSA_SEQUENCER = "/dev/snd/seq"
@@ -71,12 +75,19 @@ class SampleClock:
     An event that arrives ``d`` seconds after a block started is scheduled
     ``block_start + n + d * rate``: one block later than "now", which keeps its
     offset inside the block (constant latency, no jitter), clamped to the block
-    that has not been rendered yet ("past" events land at its offset 0).
+    that has not been rendered yet ("past" events land at its offset 0). With render ahead
+    (``lead_blocks``) that block lies ``lead_blocks`` blocks further on.
     """
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
         self._mark: tuple[int, float, int] = (0, -1.0, 0)
+        # Blocks rendered ahead of the one being played (synth.render_ahead): an event can land
+        # no sooner than the first block the worker has not started, this many blocks later.
+        self.lead_blocks = 0
+        # JACK freewheel (an export) runs cycles with no relation to the wall clock: an event then
+        # lands on the first block not yet rendered, with no offset read off the wall clock.
+        self.freewheeling: Callable[[], bool] | None = None
 
     def mark_block(self, start_frame: int, wall_time: float, frames: int) -> None:
         """Called by the audio callback before rendering ``frames`` from ``start_frame``."""
@@ -87,7 +98,9 @@ class SampleClock:
         start, marked_at, n = self._mark
         if marked_at < 0.0:  # no block rendered yet: play at the very start
             return 0
-        next_start = start + n
+        next_start = start + n * (1 + self.lead_blocks)
+        if self.freewheeling is not None and self.freewheeling():
+            return next_start
         target = next_start + int((wall_time - marked_at) * self.sample_rate)
         return min(max(target, next_start), next_start + 2 * n)
 
@@ -98,10 +111,12 @@ class LiveStats:
 
     frames: int = 0
     callbacks: int = 0
+    renders: int = 0  # blocks the engine rendered (in the callback, or ahead of it)
     underflows: int = 0  # blocks PortAudio flagged (JACK's own xrun count is JackWatch's)
     faults: int = 0  # blocks whose rendering raised (output silenced)
+    late: int = 0  # render ahead: callbacks whose block was not ready (they played silence)
     consecutive_faults: int = 0
-    load: float = 0.0  # last callback's render time / block duration
+    load: float = 0.0  # last block's render time / block duration (in the callback, or the render-ahead worker)
     load_peak: float = 0.0
     last_callback_wall: float = 0.0
     midi_events: int = 0
@@ -128,29 +143,73 @@ class LiveSynth:
         # change, an engine event) is queued, with the output sample it lands on: the control
         # surface wakes its push with it while a page is open. It must never block.
         self.control_listener: Callable[[int], None] | None = None
+        self.ahead: RenderAhead | None = None  # the render-ahead worker (start_render_ahead)
+
+    def start_render_ahead(self, block: int, depth: int = DEFAULT_DEPTH,
+                           freewheeling: Callable[[], bool] | None = None) -> RenderAhead:
+        """Render on a worker thread ``depth`` blocks of ``block`` frames ahead of the callback
+        (``synth.render_ahead``), before the stream starts. Events are scheduled ``depth`` blocks
+        later, and the engine reports that delay as its "render ahead" stage."""
+        ahead = RenderAhead(self._render, block, 2, depth, freewheeling=freewheeling,
+                            late_wait_s=LATE_WAIT_PERIODS * block / self.sample_rate)
+        self.clock.lead_blocks = depth
+        self.clock.freewheeling = freewheeling
+        set_stage = getattr(self.engine, "set_render_ahead", None)
+        if set_stage is not None:
+            set_stage(ahead.delay_samples)
+        ahead.start()
+        self.ahead = ahead
+        return ahead
+
+    def stop_render_ahead(self) -> None:
+        """Stop the worker (after the stream stopped)."""
+        if self.ahead is not None:
+            self.ahead.stop()
 
     def audio_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """sounddevice callback: render ``outdata (frames, 2) float32``; no IO, no locks."""
+        """sounddevice callback: render ``outdata (frames, 2) float32`` (or, with render ahead,
+        copy the worker's block); no IO, no locks, no waiting."""
         start = time.perf_counter()
         st = self.stats
         if status.output_underflow:
             st.underflows += 1
         self.clock.mark_block(st.frames, start, frames)
-        try:
-            self.engine.process(outdata)
-            st.consecutive_faults = 0
-        except Exception as exc:  # noqa: BLE001 - any failure costs one silent block, never the stream
-            outdata.fill(0.0)
-            st.faults += 1
-            st.consecutive_faults += 1
-            if self.fault is None:
-                self.fault = exc  # reported once by the main thread
+        ahead = self.ahead
+        if ahead is None:
+            self._render(outdata)
+        else:
+            try:
+                if not ahead.pull(outdata):
+                    st.late += 1
+            except Exception as exc:  # noqa: BLE001 - a block of the wrong size: silence, never the stream
+                outdata.fill(0.0)
+                self._failed(exc)
         st.frames += frames
         st.callbacks += 1
-        st.load = (time.perf_counter() - start) * self.sample_rate / frames
-        if st.load > st.load_peak and st.callbacks > 8:  # the first callbacks warm caches up
-            st.load_peak = st.load
         st.last_callback_wall = start
+
+    def _render(self, out: np.ndarray) -> None:
+        """Render the engine's next block into ``out``: on the audio thread, or the render-ahead
+        worker's. A failure costs one silent block, never the stream."""
+        start = time.perf_counter()
+        st = self.stats
+        try:
+            self.engine.process(out)
+            st.consecutive_faults = 0
+        except Exception as exc:  # noqa: BLE001 - any failure costs one silent block, never the stream
+            out.fill(0.0)
+            self._failed(exc)
+        st.renders += 1
+        st.load = (time.perf_counter() - start) * self.sample_rate / out.shape[0]
+        if st.load > st.load_peak and st.renders > 8:  # the first blocks warm caches up
+            st.load_peak = st.load
+
+    def _failed(self, exc: BaseException) -> None:
+        st = self.stats
+        st.faults += 1
+        st.consecutive_faults += 1
+        if self.fault is None:
+            self.fault = exc  # reported once by the main thread
 
     def on_midi(self, event: tuple[list[int], float], data: object = None) -> None:
         """rtmidi callback: timestamp the message in output samples and queue it."""
@@ -212,6 +271,8 @@ class LiveSynth:
             line += f" | overload: shed {shed}, cap {getattr(est, 'voice_cap', '?')}"
         if dropped or nans:
             line += f" | dropped {dropped} nan {nans}"
+        if st.late:
+            line += f" | late blocks {st.late}"
         timbre = getattr(self.engine, "current_timbre", None)
         line += f" | timbre {timbre.label}" if timbre is not None else ""
         return line + (f" | knobs {knobs}" if knobs else "")
@@ -497,6 +558,15 @@ def choose_audio(args: argparse.Namespace) -> AudioConfig:
     return AudioConfig(device, rate, blocksize, under_jack)
 
 
+def render_ahead_depth(args: argparse.Namespace, audio: AudioConfig) -> int:
+    """Blocks to render ahead of the callback (``--render-ahead``); 0 where the callback's block
+    length may vary (``--blocksize 0`` outside JACK), since the ring holds fixed blocks."""
+    depth = int(getattr(args, "render_ahead", DEFAULT_DEPTH))
+    if depth < 0:
+        raise LiveError(f"--render-ahead {depth}: must be 0 (render in the callback) or more blocks")
+    return depth if audio.blocksize or audio.under_jack else 0
+
+
 def _jack_period() -> int | None:
     """The JACK server's period in frames, or None when JACK-Client is not installed."""
     try:
@@ -710,6 +780,9 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     # JACK cycle, which waits for our Python audio callback: a deadlock. Sources that come
     # and go later are wired by JACK connections (MidiInputs.watch), never by new rtmidi clients.
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
+    depth = render_ahead_depth(args, audio)
+    if depth:
+        synth.start_render_ahead(engine.max_block, depth, None if watch is None else watch.is_freewheeling)
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
     surface = None
@@ -737,6 +810,7 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
                     pass
             stream.stop()
             stream.close()
+        synth.stop_render_ahead()
         midi.close()
         if watch is not None:
             watch.close()
@@ -760,9 +834,9 @@ def _say_trouble(synth: LiveSynth) -> None:
     """One closing line, even with --quiet, when the session had overloads or faults."""
     est = synth.engine.stats
     shed = getattr(est, "shed_voices", 0)
-    if shed or synth.stats.faults or synth.xruns:
+    if shed or synth.stats.faults or synth.xruns or synth.stats.late:
         _say(f"session summary: {synth.xruns} xruns, {shed} voices shed under overload, "
-             f"{synth.stats.faults} blocks silenced by errors")
+             f"{synth.stats.faults} blocks silenced by errors, {synth.stats.late} late blocks")
 
 
 def _one_line(exc: BaseException | None) -> str:

@@ -27,6 +27,9 @@ class LoadGovernor:
     def __init__(self, polyphony: int, sample_rate: int) -> None:
         self.polyphony = int(polyphony)
         self.recover_samples = int(RECOVER_S * sample_rate)
+        # A block may take this many budgets before it counts as a spike: 1 in the audio callback;
+        # with render ahead (synth.render_ahead), the blocks of slack the ring holds.
+        self.spike_load = SPIKE_LOAD
         self.reset()
 
     def reset(self) -> None:
@@ -39,7 +42,7 @@ class LoadGovernor:
     def after_block(self, load: float, frames: int, voices: VoiceBank, t: int) -> None:
         """Account one rendered block of ``frames`` samples whose load was ``load``; ``t``: its end."""
         self.load += SMOOTHING * (load - self.load)
-        self._spikes = self._spikes + 1 if load > SPIKE_LOAD else 0
+        self._spikes = self._spikes + 1 if load > self.spike_load else 0
         if self._holdoff > 0:
             self._holdoff -= 1
         elif self.load > SHED_LOAD or self._spikes >= 2:

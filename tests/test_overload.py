@@ -79,6 +79,29 @@ def test_governor_sheds_under_load_and_recovers_when_it_falls() -> None:
     assert gov.shed <= shed + 1 and vb.cap >= low + 3, f"the cap recovered to {vb.cap} from {low}"
 
 
+def test_spikes_within_the_render_ahead_slack_shed_nothing() -> None:
+    """Rendering two blocks ahead, a block may take up to two budgets: pairs of slow blocks among
+    fast ones (mean well under the shedding load) shed nothing there, and do in the callback;
+    blocks over two budgets still shed."""
+    from synth.overload import LoadGovernor
+
+    pattern = [1.4, 1.4, 0.05, 0.05, 0.05, 0.05]
+    shed = {}
+    for spike_load in (1.0, 2.0):
+        vb = VoiceBank(32, SR)
+        for k in range(32):
+            vb.allocate(0, 30 + k, 0, 100)
+        gov = LoadGovernor(32, SR)
+        gov.spike_load = spike_load
+        for i in range(300):
+            gov.after_block(pattern[i % len(pattern)], BLOCK, vb, 0)
+        shed[spike_load] = gov.shed
+    assert shed[1.0] > 0 and shed[2.0] == 0, shed
+    for _ in range(4):
+        gov.after_block(2.2, BLOCK, vb, 0)
+    assert gov.shed > 0, "blocks over the whole slack must shed"
+
+
 def test_offline_engine_never_sheds(preset: Preset) -> None:
     from synth.decoder import FrameDecoder
 
