@@ -18,22 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import threading
 import time
 
 import numpy as np
 
-RATE, PERIOD = 48000, 128
+from tests.conftest import JACK_TEST_PERIOD as PERIOD, JACK_TEST_RATE as RATE, _start_jackd, _stop
+
 SERVER = "vaesynth-spikes"
-
-
-def _start_jackd() -> subprocess.Popen[bytes]:
-    cmd = ["jackd", "-n", SERVER, "-R", "-S", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    subprocess.run(["jack_wait", "-s", SERVER, "-w", "-t", "10"], capture_output=True, timeout=15)
-    os.environ["JACK_DEFAULT_SERVER"] = SERVER
-    return proc
 
 
 class Timed:
@@ -153,7 +145,8 @@ def main() -> int:
     args = ap.parse_args()
     from synth import jack_setup
 
-    jackd = _start_jackd()
+    jackd = _start_jackd(SERVER)  # the test suite's server: dummy driver, sync, 48 kHz, period 128
+    os.environ["JACK_DEFAULT_SERVER"] = SERVER
     try:
         jack_setup.init_portaudio("vaesynth")
         table = ["| render ahead | % of the period | p50 | p95 | p99 | p99.9 | max |", "|---|---|---|---|---|---|---|"]
@@ -167,8 +160,7 @@ def main() -> int:
         print("\n".join(notes))
     finally:
         jack_setup.terminate_portaudio()
-        jackd.terminate()
-        jackd.wait(timeout=10)
+        _stop(jackd)
     return 0
 
 

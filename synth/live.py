@@ -168,7 +168,8 @@ class LiveSynth:
 
     def audio_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """sounddevice callback: render ``outdata (frames, 2) float32`` (or, with render ahead,
-        copy the worker's block); no IO, no locks, no waiting."""
+        copy the worker's block); no IO, no allocation, no lock taken. With render ahead it
+        waits only on the late path, half a period at most (``synth.render_ahead``)."""
         start = time.perf_counter()
         st = self.stats
         if status.output_underflow:
