@@ -20,7 +20,7 @@ from typing import Any
 
 from synth.config import add_config_option, parse_args_with_config
 from synth.errors import VaesynthError, run_command
-from synth.render_ahead import DEFAULT_DEPTH as DEFAULT_RENDER_AHEAD
+from synth.render_ahead import DEFAULT_AHEAD as DEFAULT_RENDER_AHEAD
 from synth.timbre_cli import add_timbre_options
 from synth.ui.cli import add_arguments as add_ui_arguments
 
@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="audio output device (name substring or index; --list-devices lists them)")
     live.add_argument("--list-devices", action="store_true", help="list audio outputs and exit")
     live.add_argument("--blocksize", type=int, default=128, help="audio callback block in frames (default 128)")
-    live.add_argument("--render-ahead", type=int, default=DEFAULT_RENDER_AHEAD, metavar="BLOCKS",
-                      help=f"render on a worker thread this many blocks ahead of the audio callback (default "
-                           f"{DEFAULT_RENDER_AHEAD}: + {DEFAULT_RENDER_AHEAD} blocks of latency; 0: in the callback)")
+    live.add_argument("--render-ahead", type=float, default=DEFAULT_RENDER_AHEAD, metavar="BLOCKS",
+                      help=f"render on a worker thread this many blocks ahead of the audio callback, fractions "
+                           f"allowed (default {DEFAULT_RENDER_AHEAD:g}: + {DEFAULT_RENDER_AHEAD:g} blocks of latency, "
+                           f"5.3 ms at 48 kHz / 128; 0: in the callback; more holds more voices on a busy machine)")
     live.add_argument("--no-connect", action="store_true",
                       help="connect nothing automatically: no MIDI sources (unless --midi-in), no audio outputs")
     live.add_argument("--learn", metavar="KNOB", type=int, default=None,

@@ -1,7 +1,7 @@
 """Where the audio callback's tail spikes come from: one process, a private jackd (dummy driver,
 48 kHz, period 128), the real ``LiveSynth`` and engine on the default preset, N voices held.
 
-For each mode (render in the callback: ``--render-ahead 0``; or on the worker: 2), prints
+For each mode (render in the callback: ``--render-ahead 0``; or on the worker, e.g. 1.5 blocks ahead), prints
 - JACK's xruns (our own JACK client) and render-ahead's late blocks;
 - the callback's duration, and the engine's render duration, as percentiles of the period;
 - how late the callback is entered: the gap between consecutive callback entries minus a
@@ -17,6 +17,7 @@ quiet machine: ``python -m benchmarks.callback_spikes [--voices 32] [--seconds 2
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import threading
 import time
@@ -52,7 +53,35 @@ def _pct(x: np.ndarray, period_s: float) -> str:
     return " | ".join(f"{v:.0f}" for v in q) + f" | {x.max() / period_s * 100:.0f}"
 
 
-def run_mode(preset_dir: str, voices: int, seconds: float, depth: int) -> list[str]:
+def _slack_rows(cb_enter: np.ndarray, rd_enter: np.ndarray, rd_leave: np.ndarray, ahead: float,
+                period_s: float, first: int, last: int) -> list[str]:
+    """How much of render ahead's slack the worker used, and what a later start would have cost.
+
+    With a ring of ``depth = ceil(ahead)`` blocks, block j is rendered after callback j - depth
+    frees its slot (plus the hold-back of a fractional lead) and played by callback j. "Ready
+    after the pull" is ``leave_j - enter_(j-depth)`` in periods (the slack: ``ahead``). The
+    replay then holds each block back ``hold`` periods after its pull (a lead of ``depth - hold``
+    blocks) and re-runs the measured render durations in order, each starting then or when the
+    previous one ended; a block finishing after its callback (plus half a period of the late
+    path's wait) would have been late.
+    """
+    depth = math.ceil(ahead)
+    idx = np.arange(max(first, depth), min(last, len(rd_leave), len(cb_enter)))
+    ready = (rd_leave[idx] - cb_enter[idx - depth]) / period_s
+    rows = [f"| {ahead:g} | ready after the pull, periods (slack {ahead:g}) | "
+            + " | ".join(f"{v:.2f}" for v in np.percentile(ready, [50, 95, 99, 99.9])) + f" | {ready.max():.2f} |"]
+    dur = rd_leave[idx] - rd_enter[idx]
+    for hold in (0.0, 0.25, 0.5, 0.75):
+        end, late = -np.inf, 0
+        for i, j in enumerate(idx):
+            end = max(cb_enter[j - depth] + hold * period_s, end) + dur[i]
+            late += end > cb_enter[j] + 0.5 * period_s
+        rows.append(f"| {ahead:g} | replay, lead {depth - hold:g} (held back {hold:g} period): late blocks "
+                    f"| {late} of {len(idx)} | | | | |")
+    return rows
+
+
+def run_mode(preset_dir: str, voices: int, seconds: float, depth: float) -> list[str]:
     import sounddevice as sd
 
     from synth import jack_setup, realtime
@@ -121,15 +150,18 @@ def run_mode(preset_dir: str, voices: int, seconds: float, depth: int) -> list[s
     nrows = rows[k0:k1]
     slow = rd > 0.5 * period_s
     lines = [
-        f"| {depth} | callback duration | {_pct(cb, period_s)} |",
-        f"| {depth} | render duration | {_pct(rd, period_s)} |",
-        f"| {depth} | callback entry gap − period | {_pct(np.maximum(gaps, 0), period_s)} |",
+        f"| {depth:g} | callback duration | {_pct(cb, period_s)} |",
+        f"| {depth:g} | render duration | {_pct(rd, period_s)} |",
+        f"| {depth:g} | callback entry gap − period | {_pct(np.maximum(gaps, 0), period_s)} |",
     ]
     rows_info = "" if len(nrows) != len(rd) or nrows.std() == 0 else (
         f"decoder rows per block: median {np.median(nrows):.0f}, max {nrows.max()}; "
         f"rows in renders over half a period: median {np.median(nrows[slow]) if slow.any() else 0:.0f}; "
         f"render time vs rows: r = {np.corrcoef(nrows, rd)[0, 1]:.2f}")
-    summary = (f"render ahead {depth}: {voices} voices, {c1 - c0} callbacks, xruns {x1 - x0}, "
+    if depth:
+        lines += _slack_rows(callback.enter[:callback.n], render.enter[:render.n], render.leave[:render.n],
+                             depth, period_s, first=c0, last=c1)
+    summary = (f"render ahead {depth:g}: {voices} voices, {c1 - c0} callbacks, xruns {x1 - x0}, "
                f"late blocks {synth.stats.late}, faults {synth.stats.faults}, voices sounding "
                f"{engine.stats.active_voices}, shed {engine.stats.shed_voices}; "
                f"callbacks entered over 1 ms late: {int(np.sum(gaps > 0.001))}; {rows_info}")
@@ -141,7 +173,7 @@ def main() -> int:
     ap.add_argument("--preset", default="presets/default")
     ap.add_argument("--voices", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--modes", default="0,2", help="render-ahead depths to measure (0: in the callback)")
+    ap.add_argument("--modes", default="0,2", help="render-ahead leads in blocks to measure (0: in the callback)")
     args = ap.parse_args()
     from synth import jack_setup
 
@@ -151,7 +183,7 @@ def main() -> int:
         jack_setup.init_portaudio("vaesynth")
         table = ["| render ahead | % of the period | p50 | p95 | p99 | p99.9 | max |", "|---|---|---|---|---|---|---|"]
         notes = []
-        for depth in (int(d) for d in args.modes.split(",")):
+        for depth in (float(d) for d in args.modes.split(",")):
             out = run_mode(args.preset, args.voices, args.seconds, depth)
             table += out[:-1]
             notes.append(out[-1])

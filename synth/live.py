@@ -37,7 +37,7 @@ from synth.learn import (
     load_mapping,
     save_mapping,
 )
-from synth.render_ahead import DEFAULT_DEPTH, RenderAhead
+from synth.render_ahead import DEFAULT_AHEAD, MIN_AHEAD, RenderAhead
 from synth.state import LiveState
 from synth.ui.cli import start_surface
 
@@ -76,15 +76,15 @@ class SampleClock:
     ``block_start + n + d * rate``: one block later than "now", which keeps its
     offset inside the block (constant latency, no jitter), clamped to the block
     that has not been rendered yet ("past" events land at its offset 0). With render ahead
-    (``lead_blocks``) that block lies ``lead_blocks`` blocks further on.
+    (``lead``) that block lies ``lead`` samples further on.
     """
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
         self._mark: tuple[int, float, int] = (0, -1.0, 0)
-        # Blocks rendered ahead of the one being played (synth.render_ahead): an event can land
-        # no sooner than the first block the worker has not started, this many blocks later.
-        self.lead_blocks = 0
+        # Samples rendered ahead of the block being played (synth.render_ahead): an event can
+        # land no sooner than in the first block the worker has not started, this much later.
+        self.lead = 0
         # JACK freewheel (an export) runs cycles with no relation to the wall clock: an event then
         # lands on the first block not yet rendered, with no offset read off the wall clock.
         self.freewheeling: Callable[[], bool] | None = None
@@ -98,7 +98,7 @@ class SampleClock:
         start, marked_at, n = self._mark
         if marked_at < 0.0:  # no block rendered yet: play at the very start
             return 0
-        next_start = start + n * (1 + self.lead_blocks)
+        next_start = start + n + self.lead
         if self.freewheeling is not None and self.freewheeling():
             return next_start
         target = next_start + int((wall_time - marked_at) * self.sample_rate)
@@ -145,14 +145,15 @@ class LiveSynth:
         self.control_listener: Callable[[int], None] | None = None
         self.ahead: RenderAhead | None = None  # the render-ahead worker (start_render_ahead)
 
-    def start_render_ahead(self, block: int, depth: int = DEFAULT_DEPTH,
+    def start_render_ahead(self, block: int, blocks: float = DEFAULT_AHEAD,
                            freewheeling: Callable[[], bool] | None = None) -> RenderAhead:
-        """Render on a worker thread ``depth`` blocks of ``block`` frames ahead of the callback
-        (``synth.render_ahead``), before the stream starts. Events are scheduled ``depth`` blocks
+        """Render on a worker thread ``blocks`` blocks of ``block`` frames ahead of the callback
+        (``synth.render_ahead``), before the stream starts. Events are scheduled that much
         later, and the engine reports that delay as its "render ahead" stage."""
-        ahead = RenderAhead(self._render, block, 2, depth, freewheeling=freewheeling,
-                            late_wait_s=LATE_WAIT_PERIODS * block / self.sample_rate)
-        self.clock.lead_blocks = depth
+        period_s = block / self.sample_rate
+        ahead = RenderAhead(self._render, block, 2, blocks, freewheeling=freewheeling,
+                            late_wait_s=LATE_WAIT_PERIODS * period_s, block_s=period_s)
+        self.clock.lead = ahead.delay_samples
         self.clock.freewheeling = freewheeling
         set_stage = getattr(self.engine, "set_render_ahead", None)
         if set_stage is not None:
@@ -180,7 +181,7 @@ class LiveSynth:
             self._render(outdata)
         else:
             try:
-                if not ahead.pull(outdata):
+                if not ahead.pull(outdata, start):
                     st.late += 1
             except Exception as exc:  # noqa: BLE001 - a block of the wrong size: silence, never the stream
                 outdata.fill(0.0)
@@ -559,13 +560,17 @@ def choose_audio(args: argparse.Namespace) -> AudioConfig:
     return AudioConfig(device, rate, blocksize, under_jack)
 
 
-def render_ahead_depth(args: argparse.Namespace, audio: AudioConfig) -> int:
+MAX_AHEAD = 8.0  # blocks: beyond this render ahead only adds latency
+
+
+def render_ahead_blocks(args: argparse.Namespace, audio: AudioConfig) -> float:
     """Blocks to render ahead of the callback (``--render-ahead``); 0 where the callback's block
     length may vary (``--blocksize 0`` outside JACK), since the ring holds fixed blocks."""
-    depth = int(getattr(args, "render_ahead", DEFAULT_DEPTH))
-    if depth < 0:
-        raise LiveError(f"--render-ahead {depth}: must be 0 (render in the callback) or more blocks")
-    return depth if audio.blocksize or audio.under_jack else 0
+    blocks = float(getattr(args, "render_ahead", DEFAULT_AHEAD))
+    if blocks != 0.0 and not MIN_AHEAD <= blocks <= MAX_AHEAD:
+        raise LiveError(f"--render-ahead {blocks:g}: must be 0 (render in the callback) or "
+                        f"{MIN_AHEAD:g} to {MAX_AHEAD:g} blocks")
+    return blocks if audio.blocksize or audio.under_jack else 0.0
 
 
 def _jack_period() -> int | None:
@@ -781,9 +786,9 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     # JACK cycle, which waits for our Python audio callback: a deadlock. Sources that come
     # and go later are wired by JACK connections (MidiInputs.watch), never by new rtmidi clients.
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
-    depth = render_ahead_depth(args, audio)
-    if depth:
-        synth.start_render_ahead(engine.max_block, depth, None if watch is None else watch.is_freewheeling)
+    ahead = render_ahead_blocks(args, audio)
+    if ahead:
+        synth.start_render_ahead(engine.max_block, ahead, None if watch is None else watch.is_freewheeling)
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
     surface = None

@@ -33,9 +33,9 @@ def preset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def render_ahead() -> int:
     """Samples live mode renders ahead of the callback by default (a stage the engine reports)."""
-    from synth.render_ahead import DEFAULT_DEPTH
+    from synth.render_ahead import DEFAULT_AHEAD
 
-    return DEFAULT_DEPTH * 128
+    return round(DEFAULT_AHEAD * 128)
 
 
 @pytest.fixture(scope="module")
