@@ -363,6 +363,9 @@ def _note_wav(preset_dir: Path, z: np.ndarray, path: Path) -> Path:
     out = np.zeros((2 * RATE, 2), np.float32)
     for a in range(0, len(out), 1024):
         engine.process(out[a:a + 1024])
+    # recorded with headroom, as a player sets the gain: the fake preset's note peaks at the
+    # limiter's ceiling, which the capture would rightly refuse as clipped
+    out *= 10 ** (-6 / 20) / max(float(np.abs(out).max()), 1e-9)
     sf.write(path, out, RATE, subtype="PCM_24")
     return path
 
