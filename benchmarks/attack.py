@@ -22,7 +22,8 @@ import argparse
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import DEFAULT_PRESET, RENDER_RATE, SOUNDFONT, log, markdown_table, open_preset, run_main
+from benchmarks.common import (DEFAULT_PRESET, RENDER_RATE, frames_to_within_20db, log, markdown_table, open_preset,
+                               rms_envelope_1ms, run_main)
 
 PROGRAMS = (0, 2, 4, 6, 8, 11, 13, 24, 25, 27, 32, 33, 45, 46, 47, 105, 108, 112, 115)
 KEYS = (36, 48, 60, 72, 84)
@@ -30,21 +31,14 @@ NOTE_GAP = 24000  # samples between notes (0.5 s), each held 0.25 s
 BLOCK = 128
 
 
-def envelope(x: NDArray) -> NDArray[np.float64]:
-    """1 ms RMS envelope (48 samples), centred."""
-    x = x.astype(np.float64)
-    return np.sqrt(np.convolve(x * x, np.ones(48) / 48, "same"))
-
-
 def rise_ms(x: NDArray, first: int, span: int = BLOCK * 40) -> float:
-    """ms from ``first`` until the envelope reaches 20 dB below its peak within ``span``."""
-    env = envelope(x[first:first + span])
-    return float(np.argmax(env >= 0.1 * env.max())) * 1000 / RENDER_RATE
+    """ms from ``first`` until the 1 ms RMS envelope reaches 20 dB below its peak within ``span``."""
+    return frames_to_within_20db(x, first, span) * 1000 / RENDER_RATE
 
 
 def overshoot_db(x: NDArray, first: int) -> float:
     """Loudest 1 ms of the first 2 ms against the loudest of 10-30 ms after ``first``."""
-    env = envelope(x[first:first + RENDER_RATE * 30 // 1000])
+    env = rms_envelope_1ms(x[first:first + RENDER_RATE * 30 // 1000])
     head, body = env[:RENDER_RATE * 2 // 1000].max(), env[RENDER_RATE // 100:].max()
     return float(20 * np.log10(max(head, 1e-12) / max(body, 1e-12)))
 
@@ -96,15 +90,15 @@ def engine_notes(preset_dir: str, floor: float) -> list[tuple[int, int, NDArray,
 
 
 def fluidsynth_rises() -> NDArray[np.float64]:
-    """The same rise for FluidR3's own notes (first sample: 1e-4 of the peak, past the render's
-    high-pass filter's settling)."""
-    from training import data
+    """The same rise for FluidR3's own notes, velocity 100 (first sample: 1e-4 of the peak, past
+    the render's high-pass filter's settling)."""
+    from benchmarks.capture_fidelity import FluidNotes
 
-    data._render_init([SOUNDFONT], "/tmp", RENDER_RATE)
+    fluid = FluidNotes(RENDER_RATE, hold=0.5)
     rises = []
     for program in PROGRAMS:
         for key in KEYS:
-            x = data.render_note(program, key, 100, hold=0.5)
+            x = fluid.note(program, key)
             rises.append(rise_ms(x, first_sample(x, 0, 1e-4)))
     return np.array(rises)
 

@@ -50,6 +50,20 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def rms_envelope_1ms(x: NDArray, rate: int = RENDER_RATE) -> NDArray[np.float64]:
+    """Centred 1 ms RMS envelope of a mono signal ``(N,)`` -> ``(N,)``."""
+    n = rate // 1000
+    x = np.asarray(x, np.float64)
+    return np.sqrt(np.convolve(x * x, np.ones(n) / n, "same"))
+
+
+def frames_to_within_20db(x: NDArray, start: int, span: int, rate: int = RENDER_RATE) -> int:
+    """Frames from ``start`` until the 1 ms RMS envelope of mono ``x`` first reaches 20 dB below
+    its peak within ``span`` frames: the attack a player feels."""
+    env = rms_envelope_1ms(x[start:start + span], rate)
+    return int(np.argmax(env >= 0.1 * env.max()))
+
+
 def run_main(body: Callable[[], int]) -> int:
     """Run a script body; known failures become ``error: ...`` on stderr and exit code 2."""
     return run_command(body)  # BenchmarkError, PresetError...: VaesynthError

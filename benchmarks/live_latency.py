@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import frames_to_within_20db
 from tests.jack_probe import JackProbe, SynthProcess, note_off, note_on, onset
 
 SERVER = "vaesynth-bench"
@@ -41,10 +42,9 @@ def start_jackd() -> subprocess.Popen[bytes]:
 
 
 def within_20db(audio: np.ndarray, start: int, span: int) -> int:
-    """Frames from ``start`` until the 1 ms RMS envelope first reaches 20 dB below its peak in ``span``."""
-    x = audio[start:start + span].mean(axis=1).astype(np.float64)
-    env = np.sqrt(np.convolve(x * x, np.ones(48) / 48, "same"))
-    return int(np.argmax(env >= 0.1 * env.max()))
+    """Frames from ``start`` until the 1 ms RMS envelope of the stereo take ``(N, 2)`` first
+    reaches 20 dB below its peak in ``span``."""
+    return frames_to_within_20db(audio[start:start + span].mean(axis=1), 0, span, RATE)
 
 
 def latency_table(probe: JackProbe, n_notes: int, gap_s: float) -> tuple[str, np.ndarray]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import JACK_TEST_PERIOD
 from tests.jack_probe import REPO, JackProbe, SynthProcess, cents, note_off, note_on, onset, pitch_hz
 
 pytestmark = pytest.mark.jack
 RATE = 48000
-PERIOD = 128
 
 
 def max_latency_frames() -> int:
@@ -24,7 +24,7 @@ def max_latency_frames() -> int:
     kind this test is for costs tens to thousands of ms)."""
     from synth.render_ahead import DEFAULT_AHEAD
 
-    return int(round(DEFAULT_AHEAD * PERIOD)) + 3 * PERIOD
+    return int(round(DEFAULT_AHEAD * JACK_TEST_PERIOD)) + 3 * JACK_TEST_PERIOD
 
 
 def test_first_notes_of_a_cold_start_sound_on_time(jack_server: str, tmp_path) -> None:  # noqa: ANN001
