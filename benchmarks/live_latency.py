@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import frames_to_within_20db
+from tests.conftest import _start_jackd, _stop
 from tests.jack_probe import JackProbe, SynthProcess, note_off, note_on, onset
 
 SERVER = "vaesynth-bench"
@@ -34,9 +35,8 @@ RATE, PERIOD = 48000, 128
 
 
 def start_jackd() -> subprocess.Popen[bytes]:
-    cmd = ["jackd", "-n", SERVER, "-R", "-S", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    subprocess.run(["jack_wait", "-s", SERVER, "-w", "-t", "10"], capture_output=True, timeout=15)
+    """The test suite's private server (dummy driver, sync, 48 kHz, period 128) under our name."""
+    proc = _start_jackd(SERVER)
     os.environ["JACK_DEFAULT_SERVER"] = SERVER
     return proc
 
@@ -204,8 +204,7 @@ def main() -> int:
     finally:
         probe.close()
         status, err = synth.stop()
-        jackd.terminate()
-        jackd.wait(timeout=10)
+        _stop(jackd)
     if status != 0:
         print(f"synth exited {status}: {err[-500:]}", file=sys.stderr)
     summary = [line for line in err.splitlines() if "session summary" in line]

@@ -42,7 +42,7 @@ class VAEConfig:
     free_bits: float = 0.0  # nats per latent dim under which KL is not penalised (batch mean)
     pool_weight: float = 0.0  # weight of L1 between max-pooled (+-pool_bins) pred and target
     pool_bins: int = 2
-    # weight of |sqrt(B) - sqrt(B measured on the target)| (training.inharmonicity); 0 = off
+    # weight of |log B - log B measured on the target| (training.inharmonicity_loss); 0 = off
     inharm_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
