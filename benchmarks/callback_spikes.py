@@ -162,7 +162,7 @@ def run_mode(preset_dir: str, voices: int, seconds: float, depth: float) -> list
         lines += _slack_rows(callback.enter[:callback.n], render.enter[:render.n], render.leave[:render.n],
                              depth, period_s, first=c0, last=c1)
     summary = (f"render ahead {depth:g}: {voices} voices, {c1 - c0} callbacks, xruns {x1 - x0}, "
-               f"late blocks {synth.stats.late}, faults {synth.stats.faults}, voices sounding "
+               f"late blocks {synth.late_blocks}, faults {synth.stats.faults}, voices sounding "
                f"{engine.stats.active_voices}, shed {engine.stats.shed_voices}; "
                f"callbacks entered over 1 ms late: {int(np.sum(gaps > 0.001))}; {rows_info}")
     return lines + [summary]

@@ -172,7 +172,7 @@ def main() -> int:
     ap.add_argument("--notes", type=int, default=24)
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between latency notes (> release)")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds per polyphony step")
-    ap.add_argument("--steps", default="16,32,48")
+    ap.add_argument("--steps", default="16,32,48", help="voices per polyphony step (comma-separated; empty: no polyphony table)")
     ap.add_argument("--synth-args", default="", help="extra run_synth.py options, e.g. '--render-ahead 0'")
     ap.add_argument("--skip", default="", help="tables to leave out: startup,latency,knob (comma-separated)")
     args = ap.parse_args()
@@ -200,7 +200,9 @@ def main() -> int:
             print(table, "\n", flush=True)
             if "knob" not in skip:
                 print(knob_table(args.preset, latency_ms), "\n", flush=True)
-        print(polyphony_table(probe, [int(s) for s in args.steps.split(",")], args.seconds))
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+        if steps:
+            print(polyphony_table(probe, steps, args.seconds))
     finally:
         probe.close()
         status, err = synth.stop()

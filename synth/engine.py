@@ -56,14 +56,17 @@ from synth.voices import (
 from synth.timbre import MORPH, NO_SLOT, SELECT_SLOT, TimbreBank, TimbreInfo
 
 KNOB_SMOOTH_S = 0.008
-# Relative to the steady overlap sum: caps the boost of a note's first window. A note's first
-# frame is a true STFT frame whose window starts at the note-on, so dividing by the window's
-# overlap sum restores the attack; the cap keeps the boost (100x at most) from amplifying phase
-# errors in the window's tail. Measured on 19 plucked and struck programs at keys 36-84
-# (benchmarks/attack): 0.01 brings a note within 20 dB of its peak a median 1.5 ms after its
-# first sample (0.02: 1.8 ms, piano C4 3.4 ms; 0.25 took 12 ms) and its first 2 ms never louder
-# than the note 10-30 ms in; 0.005 overshot that by up to 7 dB, a click.
+# A note's first frame is a true STFT frame whose window starts at the note-on (the phase step
+# gives it the note's own history, so its energy sits where the window does), and the start-up
+# normalisation divides by the window's overlap sum to restore the attack. Relative to the
+# steady overlap sum, the floor caps that boost (100x) where the window is near zero and the
+# frame holds more decoder and phase error than note. The head of the first window that the
+# capped boost still leaves more than START_SKIP_DB under the note is skipped: a voice's grid
+# starts that long before its note-on (under a hop, so only the first frame is skipped into), so
+# the note is near its level from its first sample. Measured on 19 plucked and struck programs at
+# keys 36-84 (benchmarks/attack): see the README's attack figures.
 START_NORM_FLOOR = 0.01
+START_SKIP_DB = -22.0
 QUIET_LOG_MAG = math.log(1e-4)  # a frame whose loudest bin is below -80 dB of a full-scale sine is silence
 QUIET_FRAMES = 4  # ~21 ms of such frames ends a release early
 
@@ -559,9 +562,12 @@ class Engine:
             cover[n * self.hop_out:] += w2[: self.n_out - n * self.hop_out]
         steady = float(np.mean([w2[i::self.hop_out].sum() for i in range(self.hop_out)]))
         self._steady_norm = 1.0 / steady
-        self._startnorm = (1.0 / np.maximum(cover, START_NORM_FLOOR * steady)).astype(np.float32)
-        first = int(np.argmax(self._window != 0))
-        self._first_nonzero = first
+        startnorm = 1.0 / np.maximum(cover, START_NORM_FLOOR * steady)
+        restored = cover * startnorm  # the share of the note's level the first window gives back
+        self._start_skip = min(int(np.argmax(restored >= 10.0 ** (START_SKIP_DB / 20.0))), self.hop_out - 1)
+        startnorm[:self._start_skip] = 0.0  # the skipped head weighs 0: mix_voices clears it unheard
+        self._startnorm = startnorm.astype(np.float32)
+        self._first_nonzero = max(int(np.argmax(self._window != 0)), self._start_skip)
 
     def _setup_resampler(self) -> None:
         self._resampler = None
@@ -578,16 +584,17 @@ class Engine:
     def stage_delays(self) -> dict[str, int]:
         """Output samples each stage adds between a note-on's timestamp and its first sound.
 
-        A voice's first window starts at the note-on sample (its frames are decoded at the start
-        of the block that contains it, and the phase look-ahead frame is decoded in the same
-        call, so neither adds delay); the periodic Hann window is zero at its first sample, so
-        sound starts a sample in. A resampler (output rates that are not k x the model rate)
+        A voice's first window starts its skipped head (``START_SKIP_DB``) before the note-on
+        sample; the head is never heard (its frames are decoded at the start of the block that contains the note-on,
+        and the phase look-ahead frame is decoded in the same call, so neither adds delay): sound
+        starts at the note-on sample itself (without the skip, a sample in: the periodic Hann
+        window is zero at its first sample). A resampler (output rates that are not k x the model rate)
         adds its filter's delay (exact, from its design; its pre-ringing starts before it).
         Live mode's render ahead adds its blocks (``set_render_ahead``).
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
-        window = self._first_nonzero
+        window = self._first_nonzero - self._start_skip
         if not self._resampling:
             stages = {"synthesis window": window}
         else:
@@ -661,6 +668,7 @@ class Engine:
 
     def _note_on(self, t: int, key: int, channel: int, velocity: int) -> None:
         v, slot_was_busy = self.voices.note_on(t, key, channel, velocity)
+        self.voices.onset[v] = t - self._start_skip  # the grid's start: see START_SKIP_DB
         if slot_was_busy:
             self._ring[v].fill(0.0)
         self.phase.reset(v)

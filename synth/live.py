@@ -114,7 +114,6 @@ class LiveStats:
     renders: int = 0  # blocks the engine rendered (in the callback, or ahead of it)
     underflows: int = 0  # blocks PortAudio flagged (JACK's own xrun count is JackWatch's)
     faults: int = 0  # blocks whose rendering raised (output silenced)
-    late: int = 0  # render ahead: callbacks whose block was not ready (they played silence)
     consecutive_faults: int = 0
     load: float = 0.0  # last block's render time / block duration (in the callback, or the render-ahead worker)
     load_peak: float = 0.0
@@ -162,6 +161,12 @@ class LiveSynth:
         self.ahead = ahead
         return ahead
 
+    @property
+    def late_blocks(self) -> int:
+        """Callbacks whose render-ahead block was not ready (they played silence); 0 without
+        render ahead."""
+        return self.ahead.late if self.ahead is not None else 0
+
     def stop_render_ahead(self) -> None:
         """Stop the worker (after the stream stopped)."""
         if self.ahead is not None:
@@ -181,8 +186,7 @@ class LiveSynth:
             self._render(outdata)
         else:
             try:
-                if not ahead.pull(outdata, start):
-                    st.late += 1
+                ahead.pull(outdata, start)  # a late block plays silence, counted by the ring (late_blocks)
             except Exception as exc:  # noqa: BLE001 - a block of the wrong size: silence, never the stream
                 outdata.fill(0.0)
                 self._failed(exc)
@@ -273,8 +277,8 @@ class LiveSynth:
             line += f" | overload: shed {shed}, cap {getattr(est, 'voice_cap', '?')}"
         if dropped or nans:
             line += f" | dropped {dropped} nan {nans}"
-        if st.late:
-            line += f" | late blocks {st.late}"
+        if self.late_blocks:
+            line += f" | late blocks {self.late_blocks}"
         timbre = getattr(self.engine, "current_timbre", None)
         line += f" | timbre {timbre.label}" if timbre is not None else ""
         return line + (f" | knobs {knobs}" if knobs else "")
@@ -840,9 +844,9 @@ def _say_trouble(synth: LiveSynth) -> None:
     """One closing line, even with --quiet, when the session had overloads or faults."""
     est = synth.engine.stats
     shed = getattr(est, "shed_voices", 0)
-    if shed or synth.stats.faults or synth.xruns or synth.stats.late:
+    if shed or synth.stats.faults or synth.xruns or synth.late_blocks:
         _say(f"session summary: {synth.xruns} xruns, {shed} voices shed under overload, "
-             f"{synth.stats.faults} blocks silenced by errors, {synth.stats.late} late blocks")
+             f"{synth.stats.faults} blocks silenced by errors, {synth.late_blocks} late blocks")
 
 
 def _one_line(exc: BaseException | None) -> str:

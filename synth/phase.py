@@ -37,7 +37,6 @@ PHASE_COEFS = np.dtype([
     ("bin_advance", np.float64),  # 2 pi hop / n_fft: the advance of bin 1 per hop
     ("coef_f", np.float64),  # lambda / (n_fft hop): log-mag time gradient -> phase change per bin
     ("tolerance_ln", np.float64),  # heap threshold below the frame's peak, in nats
-    ("ln_floor", np.float64),  # ln(log_floor): a silent bin
     ("log_floor", np.float64),
     ("bins_per_hz", np.float64),
     ("lobe_width", np.float64),  # half-width of a harmonic's main lobe, bins (pitch hint)
@@ -283,6 +282,28 @@ def _finish_frame(s_prev: NDArray, s_cur: NDArray, x: NDArray, ph_prev: NDArray,
             s_cur[m] = x[m]
 
 
+_GOLDEN = 0.6180339887498949
+
+
+@njit(nogil=True, cache=True)
+def _first_phases(harm: NDArray, ph: NDArray) -> None:
+    """A note's phases before its first frame ``ph (F,)``, from the harmonic of each bin
+    ``harm (F,)`` (``_derivatives``; 0: none).
+
+    The first frame takes its phases along time from these. Each harmonic's bins share one phase,
+    so its lobe stays where the window is; harmonics spread over the circle by the golden ratio
+    (deterministic), so they do not all peak together (in phase, a held string or pad became a
+    pulse train, 2-3x its crest factor). Other bins follow a gentle quadratic: smooth across a
+    lobe (it moves their energy by at most a sixteenth of the window)."""
+    f = ph.shape[0]
+    bend = np.pi / (16.0 * f)
+    for m in range(f):
+        if harm[m] > 0:
+            ph[m] = _TWO_PI * ((harm[m] * harm[m] * _GOLDEN) % 1.0)
+        else:
+            ph[m] = bend * m * m
+
+
 # ---------------------------------------------------------------- the batched streaming step
 @njit(nogil=True, cache=True)
 def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, state: NDArray,
@@ -297,14 +318,19 @@ def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, 
     integration's sweeps (work); ``coefs``: one PHASE_COEFS record.
     """
     c = coefs[0]
-    tol_ln, ln_floor, log_floor = c.tolerance_ln, c.ln_floor, c.log_floor
+    tol_ln, log_floor = c.tolerance_ln, c.log_floor
     dt_cur, df_cur, ph_cur = work[0], work[1], work[2]
     for i in range(voices.shape[0]):
         v = voices[i]
         x = x_all[i]
         s_prev, s_cur, ph_prev, dt_prev = state[0, v], state[1, v], state[2, v], state[3, v]
-        if count[v] == 0:  # fresh note: silence before it, no phase history
-            s_prev[:] = ln_floor
+        if count[v] == 0:  # fresh note: no phase history
+            # Frame 0 is the note's first window, which starts at the note-on: the same as a
+            # window of the note already sounding, so its history is itself. A silent history
+            # made the onset's time gradient so steep that its group delay shifted the first
+            # frame's energy around the frame, to its edges (where the start normalisation then
+            # boosts it into a burst).
+            s_prev[:] = x
             ph_prev[:] = 0.0
             if lookahead:
                 s_cur[:] = x
@@ -319,6 +345,7 @@ def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, 
             top = _derivatives(s_prev, s_cur, s_cur, 1.0, f0, coefs, dt_cur, df_cur, harm)
         if count[v] == (1 if lookahead else 0):
             dt_prev[:] = dt_cur
+            _first_phases(harm, ph_prev)
         _integrate_frame(s_prev, s_cur, ph_prev, dt_prev, dt_cur, df_cur, harm, top + tol_ln,
                          ph_cur, levels[0], levels[1], parent)
         _finish_frame(s_prev, s_cur, x, ph_prev, ph_cur, dt_prev, dt_cur, log_floor, lookahead,
@@ -351,7 +378,7 @@ class StreamingPhase:
         self._coefs = np.zeros(1, PHASE_COEFS)
         c = self._coefs
         c["coef_t"], c["bin_advance"], c["coef_f"] = h * n / lam, _TWO_PI * h / n, lam / (n * h)
-        c["tolerance_ln"], c["ln_floor"], c["log_floor"] = tolerance_db / 20.0 * np.log(10.0), np.log(params.log_floor), params.log_floor
+        c["tolerance_ln"], c["log_floor"] = tolerance_db / 20.0 * np.log(10.0), params.log_floor
         c["bins_per_hz"], c["lobe_width"], c["hint_gate"] = n / params.sample_rate, harmonic_width, hint_gate
         self._state = np.zeros((4, self.max_voices, f), dtype=np.float64)
         self._count = np.zeros(self.max_voices, dtype=np.int64)

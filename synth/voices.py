@@ -204,13 +204,17 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
     """Sum every voice's finished samples for ``[t0, t0 + len(out))`` into ``out (n,)``.
 
     Reads (and clears) each voice's OLA ring ``ring (S, R)`` at ``(t - onset) % R``, applies
-    the start-up normalisation (few overlapping frames at a note's start), the release-end
+    the start-up normalisation (few overlapping frames at a note's start; 0 over the head a
+    voice's grid starts before its note-on, which is cleared unheard), the release-end
     fade and the fade gain. A voice whose gain reaches 0 is freed and its ring cleared.
     Returns the number of voices still active.
     """
     n = out.shape[0]
     r = ring.shape[1]
     nstart = startnorm.shape[0]
+    skip = 0  # the head a voice's grid starts before its note-on (startnorm 0 there): never heard
+    while skip < nstart and startnorm[skip] == 0.0:
+        skip += 1
     for i in range(n):
         out[i] = 0.0
     active = 0
@@ -218,6 +222,10 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
         if state[v] == FREE:
             continue
         g = gain[v]
+        s0 = t0 - onset[v]
+        if 0 < s0 <= skip:  # head samples before this block (before the note-on): cleared unheard
+            for s in range(s0):
+                ring[v, s] = 0.0
         for i in range(n):
             t = t0 + i
             s = t - onset[v]

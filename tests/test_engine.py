@@ -307,8 +307,11 @@ def test_frames_balanced_across_blocks(preset: Preset) -> None:
     spy.batches.clear()  # the warm-up's performance
     x = render(eng, [(0, ON, 40 + k, 100) for k in range(16)], 60 * BLOCK)
     assert rms(x[SR // 100:]) > 0.01
-    due = -(-len(x) // eng.hop_out)  # frames whose window starts inside the render, per voice
-    early = 8  # the last block starts no window: it makes half of the next block's 16 frames
+    due = -(-(len(x) + eng._start_skip) // eng.hop_out)  # frames whose window starts inside the render, per voice
+    starts = np.arange(due + 2) * eng.hop_out - eng._start_skip  # window starts (the grid begins before the note-on)
+    in_last = np.any((starts >= len(x) - BLOCK) & (starts < len(x)))
+    in_next = np.any((starts >= len(x)) & (starts < len(x) + BLOCK))
+    early = max(0, (16 * in_next - 16 * in_last + 1) // 2)  # the last block makes half the next one's excess
     assert sum(spy.batches) == 16 * (due + 1) + early, "every frame decoded exactly once (+ log-mag 0)"
     steady = spy.batches[4:]
     assert len(steady) == 60 - 4, "a decode in every block, not every second one"
@@ -528,19 +531,41 @@ def test_full_queue_still_takes_note_offs(preset: Preset) -> None:
     assert eng.voices.sounding_count() == 0, "a note stuck"
 
 
-def test_a_note_attacks_within_two_ms_of_its_first_sample_without_a_burst(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The start normalisation (``START_NORM_FLOOR``) sets how soon a note reaches within 20 dB
-    of its peak (key-to-sound plus this is the attack a player feels; issue 9's goal is 10 ms)
-    and whether boosting its first window's tail bursts (a click). 0.02 rose a median 2.1 ms
-    here, 0.005 overshot by 1.5 dB."""
+def test_a_note_attacks_within_a_ms_of_its_first_sample_without_a_burst(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start normalisation (``START_NORM_FLOOR``), the skipped head (``START_SKIP_DB``) and the
+    phase step's history for a note's first frame set how soon a note reaches within 20 dB of its
+    peak (key-to-sound plus this is the attack a player feels; issue 9's goal is 10 ms) and
+    whether its first 5 ms burst above the note (a click). Here the rise takes a median 0.6 ms
+    and the head stays within 0.2 dB of the note; without the skip the rise took 3.6 ms, with a
+    silent phase history (the first frame's energy pushed to its edges) the head was 9-13 dB over
+    the note, and a floor of 0.002 put it 1.8 dB over."""
     import benchmarks.attack as attack
     from synth.engine import START_NORM_FLOOR
 
     monkeypatch.setattr(attack, "PROGRAMS", (0,))
     notes = attack.engine_notes(str(make_fake_preset(tmp_path / "fake")), START_NORM_FLOOR)
     rises = [attack.rise_ms(x, first) for _, _, x, first in notes]
-    overshoots = [attack.overshoot_db(x, first) for _, _, x, first in notes]
-    assert len(notes) == len(attack.KEYS) and all(first > 1000 for _, _, _, first in notes)
-    assert np.median(rises) <= 2.0, f"rises {np.round(rises, 2)} ms: the attack is slow"
-    assert max(overshoots) <= 0.0, f"onsets {np.round(overshoots, 1)} dB over the note: a burst"
+    heads = [attack.head_db(x, first) for _, _, x, first in notes]
+    assert len(notes) == len(attack.KEYS) and all(first >= 1000 for _, _, _, first in notes)
+    assert np.median(rises) <= 1.0, f"rises {np.round(rises, 2)} ms: the attack is slow"
+    assert max(heads) <= 1.0, f"heads {np.round(heads, 1)} dB over the note: a burst"
+
+
+def test_the_skipped_head_is_cleared_unheard() -> None:
+    """A voice's grid starts its skipped head before the note-on; the mixer must clear that
+    head also where it lies before the block (never read), or it would sound when the ring wraps
+    around to it."""
+    from synth.voices import HELD, mix_voices
+
+    skip, ring_len = 40, 512
+    startnorm = np.ones(256, np.float32)
+    startnorm[:skip] = 0.0
+    ring = np.ones((1, ring_len), np.float32)
+    state, onset = np.array([HELD], np.int32), np.array([1000 - skip], np.int64)  # note-on at 1000
+    out = np.zeros(128, np.float32)
+    mix_voices(state, onset, np.full(1, -1, np.int64), np.full(1, 10 ** 12, np.int64), np.zeros(1, np.float32),
+               np.ones(1, np.float32), ring, startnorm, 1.0, 10 ** 6, 0.0, 1000 - skip // 2, out)
+    assert not ring[0, :skip + 128 - skip // 2].any(), "head or played samples left in the ring"
+    assert not out[: skip // 2].any() and out[skip // 2:].all(), "the head was heard, or the note was not"
+    assert ring[0, skip + 128 - skip // 2:].all()

@@ -221,11 +221,40 @@ def test_a_failing_render_on_the_worker_is_one_silent_block_reported_once() -> N
         synth.stop_render_ahead()
     assert played == [0.5, 0.5, 0.5, 0.0, 0.5, 0.5, 0.5, 0.5], played
     assert isinstance(synth.fault, FloatingPointError) and synth.stats.faults == 1
-    assert synth.stats.late == 0 and synth.stats.frames == 8 * BLOCK
+    assert synth.late_blocks == 0 and synth.stats.frames == 8 * BLOCK
     assert engine.render_ahead == 2 * BLOCK and synth.clock.lead == 2 * BLOCK
     bad = np.zeros((BLOCK // 2, 2), np.float32)
     synth.audio_callback(bad, BLOCK // 2, None, Flags())  # a block the ring cannot serve: silence, no raise
     assert np.all(bad == 0.0) and synth.stats.faults == 2
+
+
+class SlowEngine(FlakyEngine):
+    """Renders 0.5, taking ``seconds`` over block ``slow``."""
+
+    def __init__(self, slow: int, seconds: float) -> None:
+        super().__init__(set())
+        self.slow, self.seconds = slow, seconds
+
+    def process(self, out: np.ndarray) -> None:
+        super().process(out)
+        if self.calls == self.slow:
+            time.sleep(self.seconds)
+
+
+def test_a_late_block_shows_on_the_status_line_counted_once() -> None:
+    synth = LiveSynth(SlowEngine(slow=3, seconds=0.2), 48000)
+    synth.start_render_ahead(BLOCK, blocks=2)
+    out = np.zeros((BLOCK, 2), np.float32)
+    try:
+        _wait_ready(synth.ahead, 2)
+        played = []
+        for _ in range(3):  # the first pull frees the slot of block 2, which takes 0.2 s
+            synth.audio_callback(out, BLOCK, None, Flags())
+            played.append(float(out[0, 0]))
+    finally:
+        synth.stop_render_ahead()
+    assert played == [0.5, 0.5, 0.0], played
+    assert synth.late_blocks == 1 and "late blocks 1" in synth.status_line()
 
 
 def test_clock_schedules_events_past_the_blocks_rendered_ahead() -> None:

@@ -1,0 +1,56 @@
+"""Re-measure a preset's ``[mix] gain`` and snapshot ``level`` trims through the current engine,
+in place: what the export measures (``export.onnx.mix_gain``), for an engine change that moves
+note peaks (the phase of a note's first frame sets how its partials add up) without retraining.
+Re-running the preset's own export command gives the same values.
+
+    python -m export.relevel presets/NAME
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Sequence
+
+from export.onnx import TARGET_PEAK_DBFS, _write_doc, mix_gain
+from synth.errors import VaesynthError, run_command
+
+MEDIAN_PEAK = re.compile(r"median peak at unity gain [0-9.e+-]+")
+
+
+def relevel(preset_dir: Path) -> tuple[float, float, list[float]]:
+    """Measure on a unity-gain copy (gain 1, every level 1), then write gain, levels and the
+    description's median peak into ``preset_dir/preset.toml``; returns ``(gain, median peak, levels)``."""
+    doc = tomllib.loads((preset_dir / "preset.toml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        unity = Path(tmp) / preset_dir.name
+        shutil.copytree(preset_dir, unity)
+        flat = {**doc, "mix": {**doc["mix"], "gain": 1.0},
+                "snapshots": [{**snap, "level": 1.0} for snap in doc["snapshots"]]}
+        _write_doc(unity, flat)
+        gain, median, levels = mix_gain(unity, doc["snapshots"])
+    doc["mix"]["gain"] = gain
+    doc["snapshots"] = [{**snap, "level": level} for snap, level in zip(doc["snapshots"], levels)]
+    doc["preset"]["description"] = MEDIAN_PEAK.sub(f"median peak at unity gain {median:.3g}",
+                                                   doc["preset"]["description"])
+    _write_doc(preset_dir, doc)
+    return gain, median, levels
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("preset", help="preset folder (its preset.toml is rewritten)")
+    args = p.parse_args(argv)
+    if not (Path(args.preset) / "preset.toml").is_file():
+        raise VaesynthError(f"{args.preset}: no preset.toml")
+    gain, median, levels = relevel(Path(args.preset))
+    print(f"[mix] gain {gain:.4f} (a v100 C4 of the median snapshot at {TARGET_PEAK_DBFS:g} dBFS; "
+          f"median peak at unity {median:.3g}); snapshot levels {min(levels):.3f}..{max(levels):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_command(lambda: main()))
