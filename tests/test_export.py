@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tomli_w
 import torch
 
 from export.onnx import (
@@ -164,3 +165,27 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"junk")
     with pytest.raises(ExportError, match="config.toml"):
         export_preset(tmp_path / "run" / "checkpoint.pt", tmp_path / "p")
+
+
+def test_relevel_puts_the_median_snapshot_c4_at_the_target_through_the_engine(tmp_path: Path) -> None:
+    """``export.relevel`` re-measures ``[mix] gain`` and each snapshot's ``level`` through the current
+    engine, as the export does: afterwards a v100 C4 of the median snapshot peaks at
+    TARGET_PEAK_DBFS, whatever gain and levels the preset had (here 10x too loud, levels skewed)."""
+    from export.onnx import MIX_GAIN_KEY, TARGET_PEAK_DBFS, engine_note_peaks
+    from export.relevel import main as relevel_main
+    from tests.fake_preset import make_fake_preset
+
+    preset_dir = make_fake_preset(tmp_path / "fake", mix_gain=10.0)
+    doc = tomllib.loads((preset_dir / "preset.toml").read_text())
+    for i, snap in enumerate(doc["snapshots"]):
+        snap["level"] = 0.5 + i
+    (preset_dir / "preset.toml").write_text(tomli_w.dumps(doc))
+    assert relevel_main([str(preset_dir)]) == 0
+    after = tomllib.loads((preset_dir / "preset.toml").read_text())
+    assert after["mix"]["gain"] != 10.0 and after["knobs"] == doc["knobs"], "only gain and levels change"
+    preset = load_preset(preset_dir)
+    snaps = after["snapshots"]
+    # engine_note_peaks plays at unity overall gain; the preset's gain and each snapshot's level apply on top
+    peaks = engine_note_peaks(preset_dir, snaps, pitches=(MIX_GAIN_KEY,))[0] * preset.mix_gain
+    db = 20 * np.log10(np.median(peaks))
+    assert abs(db - TARGET_PEAK_DBFS) < 0.5, f"median C4 at {db:.1f} dBFS"
