@@ -196,3 +196,27 @@ def test_equally_near_family_snapshots_are_the_ties_program_change_breaks(tmp_pa
     assert equally_near_family_snapshots(preset, 4) == [2]  # its own program: no tie
     assert equally_near_family_snapshots(preset, 12) == [3]  # GM group 1 holds program 9 alone
     assert equally_near_family_snapshots(preset, 20) == [preset.programs[20]]  # no snapshot in group 2
+
+
+def test_attack_table_on_the_fake_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.attack`` renders FluidR3's notes and the engine's, and prints one row per
+    (floor, skip) plus the real notes; a real piano note sounds its head, a clean highs figure."""
+    import sys
+
+    import synth.engine
+    from benchmarks import attack
+
+    for name in ("START_NORM_FLOOR", "START_SKIP_DB"):  # the benchmark sets them: restored after the test
+        monkeypatch.setattr(synth.engine, name, getattr(synth.engine, name))
+    monkeypatch.setattr(attack, "PROGRAMS", (0,))
+    monkeypatch.setattr(attack, "KEYS", (48, 60))
+    real = attack.fluidsynth_notes()
+    assert set(real) == {(0, 48), (0, 60)} and all(0.0 <= rise < 20.0 and -30 < head < 12 for rise, head in real.values())
+    preset = make_fake_preset(tmp_path / "fake")
+    monkeypatch.setattr(sys, "argv", ["attack", "--preset", str(preset), "--skips=-22,-inf"])
+    assert attack.main() == 0
+    out = capsys.readouterr().out
+    assert "skip -22 dB" in out and "skip -inf dB" in out and "FluidR3 (the real notes)" in out
+    x, first = attack.engine_notes(str(preset), 0.01)[0][2:]
+    assert -120.0 < attack.head_highs_db(x, first) < -10.0
