@@ -585,11 +585,12 @@ class Engine:
         """Output samples each stage adds between a note-on's timestamp and its first sound.
 
         A voice's first window starts its skipped head (``START_SKIP_DB``) before the note-on
-        sample; the head is never heard (its frames are decoded at the start of the block that contains the note-on,
-        and the phase look-ahead frame is decoded in the same call, so neither adds delay): sound
-        starts at the note-on sample itself (without the skip, a sample in: the periodic Hann
-        window is zero at its first sample). A resampler (output rates that are not k x the model rate)
-        adds its filter's delay (exact, from its design; its pre-ringing starts before it).
+        sample, and the head is never heard; its frames are decoded at the start of the block
+        that contains the note-on, and the phase look-ahead frame in the same call, so neither
+        adds delay: sound starts at the note-on sample itself (without the skip, a sample in: the
+        periodic Hann window is zero at its first sample). A resampler (output rates that are not
+        k x the model rate) adds its filter's delay (exact, from its design; its pre-ringing
+        starts before it).
         Live mode's render ahead adds its blocks (``set_render_ahead``).
         """
         if not self._prepared:

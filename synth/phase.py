@@ -291,10 +291,11 @@ def _first_phases(harm: NDArray, ph: NDArray) -> None:
     ``harm (F,)`` (``_derivatives``; 0: none).
 
     The first frame takes its phases along time from these. Each harmonic's bins share one phase,
-    so its lobe stays where the window is; harmonics spread over the circle by the golden ratio
-    (deterministic), so they do not all peak together (in phase, a held string or pad became a
-    pulse train, 2-3x its crest factor). Other bins follow a gentle quadratic: smooth across a
-    lobe (it moves their energy by at most a sixteenth of the window)."""
+    so its lobe stays where the window is. Harmonic k starts k² golden-ratio turns round
+    (deterministic; quadratic in k, since a phase linear in k only delays a pulse train), so the
+    harmonics do not all peak together: started in phase, a held string became a pulse train, its
+    crest factor 2-3x. Other bins follow a gentle quadratic, smooth across a lobe (it moves their
+    energy by at most a sixteenth of the window)."""
     f = ph.shape[0]
     bend = np.pi / (16.0 * f)
     for m in range(f):

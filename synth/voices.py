@@ -41,7 +41,7 @@ class VoiceBank:
         self.key = np.zeros(s, np.int32)
         self.channel = np.zeros(s, np.int32)
         self.velocity = np.zeros(s, np.float32)
-        self.onset = np.zeros(s, np.int64)
+        self.onset = np.zeros(s, np.int64)  # where the voice's frame grid starts (the engine puts it a skipped head before the note-on)
         self.release_t = np.full(s, -1, np.int64)
         self.next_frame = np.zeros(s, np.int64)
         self.fade_start = np.full(s, NEVER, np.int64)
