@@ -47,6 +47,7 @@ TOLERANCE = 1e-4
 INHARMONIC_TOLERANCE = 3e-3
 FP16_TOLERANCE = 5e-2
 MIN_SNAPSHOTS = 8
+MEDIAN_PEAK_TEXT = "median peak at unity gain {:.3g}"  # in the description (export.relevel rewrites it)
 TARGET_PEAK_DBFS = -9.0  # a velocity-100 C4 of the median snapshot, after [mix] gain and master gain
 MIX_NOTE_SECONDS = (1.0, 0.6)  # held, then released: the note whose peak [mix] gain sets
 MIX_RENDER_RATE = 48000
@@ -332,8 +333,8 @@ def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                                   f"on {stats['n_notes']} notes of {n_inst} instruments "
                                   f"({', '.join(sorted(stats['families']))}); knobs = principal directions "
                                   f"of the training notes' mu; [mix] gain puts a v100 C4 of the median "
-                                  f"snapshot at {TARGET_PEAK_DBFS:g} dBFS through the engine (median peak "
-                                  f"at unity gain {median_peak:.3g})",
+                                  f"snapshot at {TARGET_PEAK_DBFS:g} dBFS through the engine "
+                                  f"({MEDIAN_PEAK_TEXT.format(median_peak)})",
                    "reproduce": reproduce},
         "audio": p.to_dict(),
         "latent": {"size": run.model.latent_size, "mean": [float(v) for v in stats["mean"]],

@@ -15,10 +15,10 @@ import tomllib
 from pathlib import Path
 from typing import Sequence
 
-from export.onnx import TARGET_PEAK_DBFS, _write_doc, mix_gain
+from export.onnx import MEDIAN_PEAK_TEXT, TARGET_PEAK_DBFS, _write_doc, mix_gain
 from synth.errors import VaesynthError, run_command
 
-MEDIAN_PEAK = re.compile(r"median peak at unity gain [0-9.e+-]+")
+MEDIAN_PEAK = re.compile(re.escape(MEDIAN_PEAK_TEXT.split("{")[0]) + r"[0-9.e+-]+")
 
 
 def relevel(preset_dir: Path) -> tuple[float, float, list[float]]:
@@ -34,8 +34,7 @@ def relevel(preset_dir: Path) -> tuple[float, float, list[float]]:
         gain, median, levels = mix_gain(unity, doc["snapshots"])
     doc["mix"]["gain"] = gain
     doc["snapshots"] = [{**snap, "level": level} for snap, level in zip(doc["snapshots"], levels)]
-    doc["preset"]["description"] = MEDIAN_PEAK.sub(f"median peak at unity gain {median:.3g}",
-                                                   doc["preset"]["description"])
+    doc["preset"]["description"] = MEDIAN_PEAK.sub(MEDIAN_PEAK_TEXT.format(median), doc["preset"]["description"])
     _write_doc(preset_dir, doc)
     return gain, median, levels
 

@@ -567,7 +567,7 @@ class Engine:
         self._start_skip = min(int(np.argmax(restored >= 10.0 ** (START_SKIP_DB / 20.0))), self.hop_out - 1)
         startnorm[:self._start_skip] = 0.0  # the skipped head weighs 0: mix_voices clears it unheard
         self._startnorm = startnorm.astype(np.float32)
-        self._first_nonzero = max(int(np.argmax(self._window != 0)), self._start_skip)
+        self._first_nonzero = int(np.argmax(self._window != 0))
 
     def _setup_resampler(self) -> None:
         self._resampler = None
@@ -595,7 +595,7 @@ class Engine:
         """
         if not self._prepared:
             raise RuntimeError("call prepare() first")
-        window = self._first_nonzero - self._start_skip
+        window = max(self._first_nonzero - self._start_skip, 0)
         if not self._resampling:
             stages = {"synthesis window": window}
         else:

@@ -331,8 +331,7 @@ def _push_batch(voices: NDArray, x_all: NDArray, f0_all: NDArray, out: NDArray, 
             # made the onset's time gradient so steep that its group delay shifted the first
             # frame's energy around the frame, to its edges (where the start normalisation then
             # boosts it into a burst).
-            s_prev[:] = x
-            ph_prev[:] = 0.0
+            s_prev[:] = x  # its phases: _first_phases, once its harmonics are known
             if lookahead:
                 s_cur[:] = x
                 out[i, :] = 0.0
