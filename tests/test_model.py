@@ -6,7 +6,7 @@ import torch
 
 from synth.contract import SpectrogramParams
 from training.model import (FrameDecoder, TimbreVAE, VAEConfig, beta_at, frame_times, hann_main_lobe,
-                            rank_latents, vae_loss)
+                            rank_latents, spectral_convergence, vae_loss)
 
 PARAMS = SpectrogramParams()
 
@@ -124,3 +124,22 @@ def test_pooled_loss_forgives_a_small_shift_and_free_bits_floor_kl() -> None:
                                                  pool_weight=1.0)["pool"])
     free = vae_loss(target, target, mu, logvar, beta=1.0, grad_weight=0.0, free_bits=0.5)
     assert float(free["kl"]) == 0.0 and float(free["loss"]) == pytest.approx(3 * 0.5)
+
+
+def test_spectral_convergence_weighs_the_loud_partial_not_the_floor() -> None:
+    """The convergence term is ||exp(pred) - exp(target)|| / ||exp(target)|| per note: a loud partial
+    half as loud costs about 0.5; the same log error on a floor bin costs next to nothing (where the
+    log-L1 term charges both alike)."""
+    target = torch.full((2, 3, 64), -11.5)
+    target[..., 10] = 0.0
+    quiet_peak, wrong_floor = target.clone(), target.clone()
+    quiet_peak[..., 10] -= torch.log(torch.tensor(2.0))
+    wrong_floor[..., 40] -= torch.log(torch.tensor(2.0))
+    assert float(spectral_convergence(target, target)) == 0.0
+    assert float(spectral_convergence(quiet_peak, target)) == pytest.approx(0.5, abs=1e-3)
+    assert float(spectral_convergence(wrong_floor, target)) < 1e-4
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    with_sc = vae_loss(quiet_peak, target, mu, logvar, 0.0, 0.0, sc_weight=2.0)
+    without = vae_loss(quiet_peak, target, mu, logvar, 0.0, 0.0)
+    assert float(without["sc"]) == 0.0
+    assert float(with_sc["loss"] - without["loss"]) == pytest.approx(2.0 * float(with_sc["sc"]), rel=1e-5)

@@ -49,6 +49,8 @@ def test_tiny_training_lowers_val_loss(data, tmp_path: Path) -> None:
     assert [int(r["step"]) for r in rows][-1] == 30 and float(rows[-1]["notes_per_s"]) > 0
     # the synthetic tones are exact harmonics: the measured B is ~0 and the decoder's follows it
     assert all(r["inharm"] != "" for r in rows) and float(rows[-1]["inharm"]) < float(rows[0]["inharm"])
+    # the spectral convergence term is logged and falls with the rest
+    assert all(r["sc"] != "" for r in rows) and float(rows[-1]["sc"]) < float(rows[0]["sc"])
 
 
 def test_tiny_model_has_more_than_one_live_dim(data, tmp_path: Path) -> None:

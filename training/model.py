@@ -42,6 +42,9 @@ class VAEConfig:
     free_bits: float = 0.0  # nats per latent dim under which KL is not penalised (batch mean)
     pool_weight: float = 0.0  # weight of L1 between max-pooled (+-pool_bins) pred and target
     pool_bins: int = 2
+    # weight of the spectral convergence ||exp(pred) - exp(target)|| / ||exp(target)|| per note
+    # (linear magnitudes: the loud partials' amplitudes, which log-L1 weighs like the floor); 0 = off
+    sc_weight: float = 0.0
     # weight of |log B - log B measured on the target| (training.inharmonicity_loss); 0 = off
     inharm_weight: float = 0.0
 
@@ -245,16 +248,17 @@ def max_pool_bins(x: Tensor, radius: int) -> Tensor:
 
 def vae_loss(pred: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, beta: float,
              grad_weight: float, free_bits: float = 0.0, pool_weight: float = 0.0,
-             pool_bins: int = 2) -> dict[str, Tensor]:
+             pool_bins: int = 2, sc_weight: float = 0.0) -> dict[str, Tensor]:
     """L1 log-mag + L1 of the frequency-axis gradient difference + L1 of max-pooled log-mags
-    + beta * KL.
+    + spectral convergence per note (``spectral_convergence``, when ``sc_weight > 0``) + beta * KL.
 
     The pooled term compares ``max over ±pool_bins bins`` of prediction and target: a partial
     a bin or two away from the real (inharmonic, vibrato, detuned) peak still counts, so
     turning the highs down is no longer the cheapest answer to a misplaced peak. KL is summed
     over dims of ``max(free_bits, batch-mean KL of the dim)``: dims under ``free_bits`` nats
     cost nothing, so the encoder can use them (against posterior collapse).
-    ``pred, target (..., F)``. Returns ``loss, recon, grad, pool, kl`` (kl unclamped).
+    ``pred, target (..., F)``, notes on the first axis. Returns ``loss, recon, grad, pool, sc, kl``
+    (kl unclamped).
     """
     recon = (pred - target).abs().mean()
     grad = (torch.diff(pred, dim=-1) - torch.diff(target, dim=-1)).abs().mean()
@@ -263,8 +267,16 @@ def vae_loss(pred: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, beta: flo
     kl_term = kl_dims.clamp(min=free_bits).sum() if free_bits > 0 else kl
     pool = (max_pool_bins(pred, pool_bins) - max_pool_bins(target, pool_bins)).abs().mean() \
         if pool_weight > 0 else torch.zeros((), device=pred.device)
-    loss = recon + grad_weight * grad + pool_weight * pool + beta * kl_term
-    return {"loss": loss, "recon": recon, "grad": grad, "pool": pool, "kl": kl}
+    sc = spectral_convergence(pred, target) if sc_weight > 0 else torch.zeros((), device=pred.device)
+    loss = recon + grad_weight * grad + pool_weight * pool + sc_weight * sc + beta * kl_term
+    return {"loss": loss, "recon": recon, "grad": grad, "pool": pool, "sc": sc, "kl": kl}
+
+
+def spectral_convergence(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over the leading axis of ``||exp(pred) - exp(target)|| / ||exp(target)||`` on linear
+    magnitudes (the log floor cancels in the difference): ``pred, target (B, ..., F)`` -> scalar."""
+    diff = (torch.exp(pred) - torch.exp(target)).flatten(1)
+    return (diff.norm(dim=1) / torch.exp(target).flatten(1).norm(dim=1).clamp(min=1e-8)).mean()
 
 
 def beta_at(step: int, cfg: VAEConfig) -> float:

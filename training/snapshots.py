@@ -56,7 +56,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
     ``labels (len(idx),)``, ``start``: label -> initial ``z (L,)``) to the label's notes among
     ``idx`` -> label -> fitted ``z (L,)`` (CPU float32).
 
-    Loss: ``training.model.vae_loss`` without KL (L1 log-mag, its gradient and pooled terms, as
+    Loss: ``training.model.vae_loss`` without KL (L1 log-mag, its gradient, pooled and convergence terms, as
     training weighs them) over ``FIT_FRAMES_PER_NOTE`` random frames of every note per step; Adam,
     ``steps`` steps, seeded. The model's weights are not touched.
     """
@@ -100,8 +100,9 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
                                      time_off[a:b].reshape(-1).to(device))
                 # Only the frames this step uses are read from the float16 memmap (all notes would be GBs).
                 target = torch.from_numpy(np.asarray(cache.logmag[notes[a:b, None], frames[a:b].numpy()], np.float32))
-                loss = vae_loss(pred, target.reshape(-1, f).to(device), zeros, zeros, 0.0, m.grad_weight, 0.0,
-                                m.pool_weight, m.pool_bins)["loss"]
+                shape = (b - a, FIT_FRAMES_PER_NOTE, f)  # (notes, frames, bins): convergence is taken per note
+                loss = vae_loss(pred.view(shape), target.to(device).view(shape), zeros, zeros, 0.0, m.grad_weight,
+                                0.0, m.pool_weight, m.pool_bins, m.sc_weight)["loss"]
                 (loss * ((b - a) / n)).backward()
             opt.step()
     finally:

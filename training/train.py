@@ -43,7 +43,7 @@ from training.model import (
 from training.inharmonicity import inharmonicity_loss, measured_inharmonicity
 from training.snapshots import SNAPSHOT_KEYS, fit_snapshot_latents, reference_soundfont
 
-LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "inharm", "kl", "beta", "val_loss", "lr", "notes_per_s")
+LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "sc", "inharm", "kl", "beta", "val_loss", "lr", "notes_per_s")
 
 
 class TrainError(VaesynthError):
@@ -259,7 +259,7 @@ class Trainer:
                                              b["time_off"], b["noise"] if sample else None)
         m = self.run.model
         parts = vae_loss(pred.float(), b["target"], mu.float(), logvar.float(), beta_at(self.step, m),
-                         m.grad_weight, m.free_bits, m.pool_weight, m.pool_bins)
+                         m.grad_weight, m.free_bits, m.pool_weight, m.pool_bins, m.sc_weight)
         if m.inharm_weight > 0 and m.max_inharmonicity > 0:
             # B is a property of the string, not of the frame: measure it once per note, on the
             # peak over its sampled frames (32x cheaper than per frame). Not the mean: most
