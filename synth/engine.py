@@ -453,7 +453,8 @@ class Engine:
         ratio = self.internal_rate / self.sample_rate
         self._chunk = int(math.ceil(max_block * ratio)) + (8 if self._resampling else 0)
         self.n_out, self.hop_out = p.n_fft * self.k, p.hop * self.k
-        self.voices = VoiceBank(self.polyphony, self.internal_rate)
+        self._build_windows()  # before the voices: their grids start the skipped head early
+        self.voices = VoiceBank(self.polyphony, self.internal_rate, self._start_skip)
         slots, nb, lat = self.voices.slots, p.n_bins, self.preset.latent_size
         # frames due in this block plus early ones for the next: 2 * ceil(chunk / hop) + 1 rows
         per_voice = 2 * ((self._chunk + self.hop_out - 1) // self.hop_out) + 2
@@ -490,7 +491,6 @@ class Engine:
         grid["hop_out"], grid["half_out"], grid["rate"] = self.hop_out, self.n_out // 2, self.internal_rate
         grid["hop_s"], grid["half_s"] = p.hop / p.sample_rate, p.n_fft / 2 / p.sample_rate
         grid["time_on_max"] = self.preset.time_on_max
-        self._build_windows()
         self.limiter = Limiter(self.sample_rate)
         self._release_samples = int(round(self.preset.release_seconds * self.internal_rate))
         self._release_fade_step = 1.0 / max(1.0, RELEASE_END_FADE_S * self.internal_rate)
@@ -531,7 +531,7 @@ class Engine:
         """Silence and forget every note, event and counter (not real-time safe)."""
         self.queue.clear()
         self.queue.dropped = 0
-        self.voices = VoiceBank(self.polyphony, self.internal_rate)
+        self.voices = VoiceBank(self.polyphony, self.internal_rate, self._start_skip)
         for v in range(self.voices.slots):
             self.phase.reset(v)
         self._ring.fill(0.0)
@@ -669,7 +669,6 @@ class Engine:
 
     def _note_on(self, t: int, key: int, channel: int, velocity: int) -> None:
         v, slot_was_busy = self.voices.note_on(t, key, channel, velocity)
-        self.voices.onset[v] = t - self._start_skip  # the grid's start: see START_SKIP_DB
         if slot_was_busy:
             self._ring[v].fill(0.0)
         self.phase.reset(v)

@@ -30,18 +30,21 @@ RELEASE_END_FADE_S = 0.030
 class VoiceBank:
     """Struct-of-arrays voice state for ``slots`` voices (``polyphony`` may sound at once)."""
 
-    def __init__(self, polyphony: int, sample_rate: int) -> None:
+    def __init__(self, polyphony: int, sample_rate: int, grid_lead: int = 0) -> None:
+        """``grid_lead``: samples a voice's frame grid starts before its note-on (the engine's
+        skipped head, ``synth.engine.START_SKIP_DB``)."""
         if polyphony < 1:
             raise ValueError(f"polyphony must be >= 1, got {polyphony}")
         self.polyphony = int(polyphony)
         self.slots = self.polyphony + max(4, self.polyphony // 2)
         self.sample_rate = int(sample_rate)
+        self.grid_lead = int(grid_lead)
         s = self.slots
         self.state = np.zeros(s, np.int32)
         self.key = np.zeros(s, np.int32)
         self.channel = np.zeros(s, np.int32)
         self.velocity = np.zeros(s, np.float32)
-        self.onset = np.zeros(s, np.int64)  # where the voice's frame grid starts (the engine puts it a skipped head before the note-on)
+        self.onset = np.zeros(s, np.int64)  # where the voice's frame grid starts: grid_lead before its note-on
         self.release_t = np.full(s, -1, np.int64)
         self.next_frame = np.zeros(s, np.int64)
         self.fade_start = np.full(s, NEVER, np.int64)
@@ -107,7 +110,7 @@ class VoiceBank:
         self.key[slot] = key
         self.channel[slot] = channel
         self.velocity[slot] = velocity
-        self.onset[slot] = t
+        self.onset[slot] = t - self.grid_lead
         self.release_t[slot] = -1
         self.next_frame[slot] = 0
         self.fade_start[slot] = NEVER
