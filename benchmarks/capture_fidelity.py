@@ -17,6 +17,10 @@ Prints markdown tables:
   such ties toward the lower number, which is a rule, not the instrument's nearest neighbour).
   ``--soundfont`` renders the held-out programs from another soundfont (the settings were chosen
   on FluidR3: another soundfont's notes check they are not fitted to it).
+- **self-capture**: the engine plays the C4 of a spread of the preset's snapshots (``SELF_PROGRAMS``);
+  each is captured as a user would capture it, and the capture's C4 is compared with that note by
+  the same distance, against every other snapshot's C4: on how many programs is the capture the
+  closest? (A capture should find its way back to a sound the synth itself made.)
 - **capture speed**: reading a 4 s recording (WAV) through to its latent, the first capture of a
   process (model sessions started) and the median of later ones, as a user gets it and the encoder
   alone. Goal: <= 1 s.
@@ -27,7 +31,7 @@ Prints markdown tables:
   MIDI path under JACK, key-to-sound in ``live_latency``, for the figure a player meets).
 
 Run: ``flock /work/rt-bench.lock python -m benchmarks.capture_fidelity --preset presets/default``
-(under a minute on 2 cores). Fidelity and change-to-sound are exact offline figures; only the
+(about three minutes on 2 cores, two of them the self-capture table). Fidelity and change-to-sound are exact offline figures; only the
 capture-speed table times anything, so only it needs the cores to itself.
 """
 from __future__ import annotations
@@ -48,7 +52,7 @@ from benchmarks.common import DEFAULT_PRESET, SOUNDFONT, BenchmarkError, log, ma
 from synth.capture import CaptureError, Encoder, capture, read_recording
 from synth.contract import gm_group
 from synth.engine import Engine
-from synth.preset import Preset, load_preset
+from synth.preset import Preset, Snapshot, load_preset
 from synth.refine import Refiner
 from synth.stft import log_spectral_distance_db, stft
 from synth.timbre import CC_MORPH, CC_RANDOM, TimbreInfo
@@ -158,14 +162,17 @@ def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], h
             rows.append([program, snap.name, f"capture failed: {exc}", "", "", "", "", "", "", "", ""])
             continue
         tied = [i for i in equally_near_family_snapshots(preset, program) if preset.snapshots[i] is not snap]
-        played = {"capture": caps["capture"].z, "encoder alone": caps["encoder alone"].z,
-                  "snapshot": np.asarray(snap.z, np.float32)}
-        played |= {f"tied {i}": np.asarray(preset.snapshots[i].z, np.float32) for i in tied}
+        # a snapshot plays each key at its key-tracked latent (synth.key_track), as a program change recalls it
+        played = {"capture": caps["capture"].z, "encoder alone": caps["encoder alone"].z, "snapshot": snap}
+        played |= {f"tied {i}": preset.snapshots[i] for i in tied}
         lsd: dict[str, list[float]] = {name: [] for name in played}
         at_capture_key: dict[str, float] = {}
         for key in (CAPTURE_KEY, *keys):
             real = steady_mag(recording if key == CAPTURE_KEY else fluid.note(program, key), preset, hold)
             for name, z in played.items():
+                z = z.z_at(key) if isinstance(z, Snapshot) else z
+                if name == "capture" and caps["capture"].track is not None:  # its borrowed key tracking
+                    z = z + caps["capture"].track[key]
                 d = level_matched_lsd(real, steady_mag(engine_note(preset, z, key, hold, seconds), preset, hold))
                 if key == CAPTURE_KEY:
                     at_capture_key[name] = d
@@ -192,6 +199,41 @@ def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], h
                             f"LSD at the captured key {CAPTURE_KEY}: snapshot / capture",
                             "closest equally near family snapshot", "capture's margin over it"], rows)
     return "\n".join([table, ""] + [_summary(name, m, len(programs)) for name, m in margins.items()])
+
+
+SELF_PROGRAMS = (0, 4, 10, 16, 19, 24, 33, 41, 48, 56, 65, 73, 81, 89, 98, 104)
+SELF_HOLD = 1.5
+
+
+def self_capture_table(preset: Preset) -> str:
+    """The self-capture section (see the module doc)."""
+    encoder, refiner = Encoder(preset), Refiner(preset)
+    seconds = SELF_HOLD + 0.5
+    rows, closest, mine, nearest = [], 0, [], []
+    for program in SELF_PROGRAMS:
+        snap = preset.snapshot_for_program(program)
+        if snap is None:
+            raise BenchmarkError(f"{preset.root}: no snapshots, nothing to capture")
+        note = engine_note(preset, snap.z, CAPTURE_KEY, SELF_HOLD, seconds)
+        ref = steady_mag(note, preset, SELF_HOLD)
+        cap = capture(preset, note, preset.params.sample_rate, encoder=encoder, refiner=refiner)
+
+        def lsd(z: np.ndarray) -> float:
+            return level_matched_lsd(ref, steady_mag(engine_note(preset, z, CAPTURE_KEY, SELF_HOLD, seconds), preset,
+                                                     SELF_HOLD))
+
+        d = lsd(cap.z)
+        others = sorted((lsd(np.asarray(s.z, np.float32)), s.name) for s in preset.snapshots if s is not snap)
+        closer = sum(o < d for o, _ in others)
+        closest += closer == 0
+        mine.append(d)
+        nearest.append(others[0][0])
+        rows.append([program, snap.name, f"{d:.2f}", f"{others[0][1]} {others[0][0]:.2f}", closer])
+        log(f"self-capture {snap.name}: {d:.2f} dB, nearest other {others[0][0]:.2f} dB, {closer} closer")
+    table = markdown_table(["GM program", "snapshot (its C4, captured)", f"LSD capture at key {CAPTURE_KEY} (dB)",
+                            "nearest other snapshot (dB)", "other snapshots closer than the capture"], rows)
+    return (f"{table}\n\nself-capture: the capture is the closest on {closest} of {len(rows)} programs; median LSD "
+            f"{np.median(mine):.2f} dB against the nearest other snapshot's {np.median(nearest):.2f} dB")
 
 
 def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> float:
@@ -277,7 +319,7 @@ def main() -> int:
     ap.add_argument("--hold", type=float, default=1.0, help="seconds each note is held (default 1)")
     ap.add_argument("--soundfont", default=SOUNDFONT,
                     help="soundfont the held-out notes are rendered from (default FluidR3)")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,speed,change")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,self,speed,change")
     args = ap.parse_args()
     preset = load_preset(args.preset)
     programs = [int(p) for p in args.programs.split(",")] if args.programs else holdout_programs(preset)
@@ -287,6 +329,8 @@ def main() -> int:
     skip = set(filter(None, args.skip.split(",")))
     if "fidelity" not in skip:
         print(fidelity_table(preset, programs, keys, args.hold, args.soundfont), "\n", flush=True)
+    if "self" not in skip:
+        print(self_capture_table(preset), "\n", flush=True)
     if "speed" not in skip:
         print(speed_table(preset, programs[0]), "\n", flush=True)
     if "change" not in skip:

@@ -64,12 +64,14 @@ def make_trials(preset: Preset, n: int, encoded: list[NDArray[np.float32]], seed
     cap = max(n // 3, 16)  # format-2 presets carry ~100 snapshots: take an even spread of them
     if len(snaps) > cap:
         snaps = [snaps[i] for i in np.round(np.linspace(0, len(snaps) - 1, cap)).astype(int)]
-    latents = [(s.z, "snapshot") for s in snaps] + [(z, "encoder") for z in encoded]
+    latents: list = [(s, "snapshot") for s in snaps] + [(z, "encoder") for z in encoded]
     latents = latents[:n]
     latents += [(z, "random") for z in latent_draws(preset, n - len(latents), rng)]
     lo, hi = max(28, int(np.ceil(preset.pitch_min))), min(100, int(preset.pitch_max))
     pitches = rng.permutation(np.round(np.linspace(lo, hi, n)).astype(int))
-    return [Trial(int(p), np.asarray(z, np.float32), src) for p, (z, src) in zip(pitches, latents)]
+    # a snapshot plays each key at its key-tracked latent, as a program change recalls it
+    return [Trial(int(p), np.asarray(z.z_at(p) if src == "snapshot" else z, np.float32), src)
+            for p, (z, src) in zip(pitches, latents)]
 
 
 def render_decoded(models: PresetModels, trials: list[Trial]) -> tuple[NDArray, int, list[float]]:

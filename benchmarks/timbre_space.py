@@ -236,7 +236,7 @@ def bright_section(models: PresetModels, preset: Preset, data: Data, reference: 
         ref = magnitude_from_log(np.asarray(cache.logmag[i], np.float32), params)
         on, off = frame_times(params, len(ref), cache.frame_stride, preset.time_on_max, float(cache.hold[i]))
         real = band_share_db(ref, params)
-        est = magnitude_from_log(decode_frames(models, snap.z, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
+        est = magnitude_from_log(decode_frames(models, snap.z_at(float(cache.pitch[i])), float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
         mu = models.encode(np.asarray(cache.logmag[i], np.float32))
         rec = magnitude_from_log(decode_frames(models, mu, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
         groups.setdefault(gm_group(parsed[1]), []).append((band_share_db(est, params) - real,

@@ -5,8 +5,8 @@
 
 Reads ``config.toml`` and ``latent_stats.json`` beside the checkpoint, checks onnxruntime
 against PyTorch on random inputs (max abs error 1e-4; 5e-2 with --fp16) and writes the
-preset layout of ARCHITECTURE.md, format version 2: knobs are the principal directions of
-the training notes' mu, snapshots one per GM program of the reference soundfont, and
+preset layout of ARCHITECTURE.md, format version 3: knobs are the principal directions of
+the training notes' mu, snapshots one per GM program of the reference soundfont (key-tracked), and
 ``[mix] gain`` levels a velocity-100 C4 of the median snapshot at about -9 dBFS.
 """
 from __future__ import annotations
@@ -224,6 +224,14 @@ def reference_tag(stats: dict[str, Any], wanted: str | None = None) -> str | Non
     return tag
 
 
+def _track(entry: dict[str, Any]) -> dict[str, Any]:
+    """A fitted snapshot's key tracking as preset.toml keys (``synth.key_track``); none for a mean."""
+    if "track_z" not in entry:
+        return {}
+    return {"track_keys": [int(k) for k in entry["track_keys"]],
+            "track_z": [[float(v) for v in row] for row in entry["track_z"]]}
+
+
 def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
     """One snapshot per trained GM program of the reference soundfont (its latent fitted to the
     program's training notes, ``training.snapshots``; the mean mu for another reference soundfont,
@@ -236,7 +244,7 @@ def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[
             parsed = parse_instrument(name)
             if parsed and parsed[0] == tag:
                 snaps.append({"name": GM_PROGRAM_NAMES[parsed[1]], "program": parsed[1],
-                              "z": [float(v) for v in inst["z"]]})
+                              "z": [float(v) for v in inst["z"]], **_track(inst)})
                 used.add(parsed[1])
         snaps.sort(key=lambda s: s["program"])
     else:
@@ -245,7 +253,7 @@ def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[
             while program in used:
                 program = (program + 1) % 128
             used.add(program)
-            snaps.append({"name": name, "program": program, "z": [float(v) for v in fam["z"]]})
+            snaps.append({"name": name, "program": program, "z": [float(v) for v in fam["z"]], **_track(fam)})
     return snaps + _knob_points(stats, max(0, MIN_SNAPSHOTS - len(snaps)), used)
 
 
@@ -316,6 +324,8 @@ def validate_doc(doc: dict[str, Any]) -> None:
         problems.append("snapshot programs must be distinct and in 0..127")
     if any(len(s["z"]) != size for s in doc["snapshots"]):
         problems.append("a snapshot z has the wrong length")
+    if any(np.asarray(s["track_z"]).shape != (len(s["track_keys"]), size) for s in doc["snapshots"] if "track_z" in s):
+        problems.append("a snapshot's track_z is not one latent per track key")
     if problems:
         raise ExportError("bad preset: " + "; ".join(problems))
 
@@ -323,7 +333,7 @@ def validate_doc(doc: dict[str, Any]) -> None:
 def preset_doc(run: RunConfig, stats: dict[str, Any], name: str, reproduce: str,
                snaps: list[dict[str, Any]], gain: float, median_peak: float, parts: bool = True,
                latent_map: bool = False, travel: Sequence[float] | None = None) -> dict[str, Any]:
-    """The preset.toml content (format version 2, ARCHITECTURE.md layout)."""
+    """The preset.toml content (format version 3, ARCHITECTURE.md layout)."""
     p = run.audio
     k = stats["knobs"]
     n_inst = len(stats.get("instruments", {}))

@@ -81,6 +81,7 @@ class Capture:
     distance: float | None
     nearest: int
     seconds: float  # time the capture took
+    track: NDArray[np.float32] | None = None  # (128, L) key tracking borrowed from the instruments it sounds like
 
     def describe(self, preset: Preset) -> str:
         """One line: pitch, onset, distance to the data (and the hint to pull when far)."""
@@ -277,10 +278,12 @@ def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = Non
     z = (encoder or Encoder(preset))(encoder_frames(note, params, preset.encoder_frame_stride))
     if not np.isfinite(z).all():
         raise CaptureError(f"{where}: the encoder returned NaN for this recording")
+    track = None
     if refine:
-        z = (refiner or Refiner(preset))(z, note, float(pitch))
+        refiner = refiner or Refiner(preset)
+        z, track = refiner(z, note, float(pitch)), refiner.track
     distance, nearest = (None, -1) if preset.latent_map is None else preset.latent_map.distance(z)
-    return Capture(z, float(pitch), start / rate, distance, nearest, time.perf_counter() - started)
+    return Capture(z, float(pitch), start / rate, distance, nearest, time.perf_counter() - started, track)
 
 
 def capture_file(preset: Preset, path: str | Path, pitch: float | None = None) -> Capture:

@@ -94,11 +94,18 @@ HELD_TIME_OFF = -1.0
 """``time_off`` while the key is still down (the decoder's 'not released' value)."""
 
 # ---------------------------------------------------------------------------- preset format
-PRESET_FORMAT_VERSION = 2
+PRESET_FORMAT_VERSION = 3
 """Version 2 adds the ``[knobs]`` table (PCA directions of the aggregate posterior) and
-resolves every General MIDI program to a snapshot. The engine still reads version 1 (its knobs
-derived from ``[latent] knob_order``); any other version gets a one-line message that says to
-re-export the preset."""
+resolves every General MIDI program to a snapshot. Version 3 lets a snapshot carry its latent at
+several keys (``track_keys``, ``track_z``: ``synth.key_track``). The engine still reads versions
+1 and 2 (version 1's knobs derived from ``[latent] knob_order``); any other version gets a
+one-line message that says to re-export the preset."""
+SNAPSHOT_TRACK_KEYS = (21, 36, 48, 60, 72, 84, 96, 108)
+"""The keys at which training fits a snapshot's latent (``training.snapshots``); between two of
+them the engine interpolates linearly, outside them it holds the nearest (``synth.key_track``)."""
+SNAPSHOT_HOME_KEY = 60
+"""A key-tracked snapshot's ``z`` is its latent at this key (C4): where knobs, capture and morph
+start from, and where its key tracking adds nothing."""
 DEFAULT_KNOB_TRAVEL = 3.0
 """How far a knob reaches by default, in ``[knobs] scale`` units (the posterior's standard
 deviation along the knob's direction): CC 0..127 spans center -+ 3 std, most of the data."""

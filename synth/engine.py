@@ -113,8 +113,11 @@ PITCH_CONTROL = np.dtype([
 
 
 @njit(nogil=True, cache=True)
-def _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol, bidx) -> int:
+def _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, track, bz, bcol, bidx) -> int:
     """Decoder rows for frame ``n`` of voice ``v``: log-mag n+1 (and log-mag 0 when n == 0).
+
+    The row's latent is ``z_cur (L,)`` plus the timbre's key tracking for the voice's key
+    (``track (128 * L,)``, flat: row k is what key k adds; zeros for a timbre without it).
 
     ``grid`` (FRAME_GRID) and ``pitch`` (PITCH_CONTROL) are one-record arrays. Column COL_F0
     holds the f0 (Hz) of the frame that row's phase push writes (frame m-1: the voice's previous
@@ -124,8 +127,11 @@ def _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur
     p = min(max(key[v] + pc.bend, pc.lowest), pc.highest)
     f0 = 440.0 * 2.0 ** ((p - 69.0) / 12.0)
     first = 0 if n == 0 else n + 1
+    size = bz.shape[1]
+    row = key[v] * size
     for m in range(first, n + 2):
-        bz[b, :] = z_cur
+        for d in range(size):
+            bz[b, d] = z_cur[d] + track[row + d]
         bcol[COL_PITCH, b] = p
         bcol[COL_VELOCITY, b] = velocity[v]
         bcol[COL_TIME_ON, b] = min(m * g.hop_s + g.half_s, g.time_on_max)
@@ -144,7 +150,7 @@ def _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur
 
 @njit(nogil=True, cache=True)
 def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0, t_end, horizon, grid,
-                 pitch, z_cur, bz, bcol, bidx) -> int:
+                 pitch, z_cur, track, bz, bcol, bidx) -> int:
     """Fill the decoder batch: every frame due before ``t_end``, plus early frames to balance blocks.
 
     A frame is due when its window starts before ``t_end`` (so a note-on's first frames are made
@@ -162,7 +168,7 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
             continue
         n = next_frame[v]
         while onset[v] + n * hop_out < t_end and b + 2 <= cap:
-            b = _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol, bidx)
+            b = _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, track, bz, bcol, bidx)
             n += 1
             frames += 1
         next_frame[v] = n
@@ -177,7 +183,7 @@ def _plan_frames(state, onset, release_t, next_frame, key, velocity, muted, vf0,
             continue
         n = next_frame[v]
         while take > 0 and onset[v] + n * hop_out < horizon and b + 2 <= cap:
-            b = _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, bz, bcol, bidx)
+            b = _add_frame(v, n, b, onset, release_t, key, velocity, vf0, grid, pitch, z_cur, track, bz, bcol, bidx)
             n += 1
             take -= 1
         next_frame[v] = n
@@ -308,6 +314,14 @@ class Engine:
         self._snapshot_levels = np.array([s.level for s in preset.snapshots] or [1.0], np.float64)
         self.level_target = 1.0
         self.level = 1.0
+        # Each snapshot's key tracking (synth.key_track), flat (128 * L) rows; the last row, zeros, is
+        # every other timbre's. It follows program changes with the knobs' glide, as the level does.
+        size = preset.latent_size
+        self._track_tables = np.zeros((len(preset.snapshots) + 1, 128 * size), np.float32)
+        for i, snap in enumerate(preset.snapshots):
+            if snap.track is not None:
+                self._track_tables[i] = snap.track.reshape(-1)
+        self._track_target = np.zeros(128 * size, np.float32)
         # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
         # no instrument's timbre, and plays about 10 dB below the snapshots).
         self.program = 0  # the last program change (written by the render thread only)
@@ -315,6 +329,7 @@ class Engine:
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.z_current = self.z_target.copy()
+        self._track_current = self._track_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0
@@ -354,9 +369,10 @@ class Engine:
         """What sounds now: a snapshot, a user program, a capture, ``random:SEED`` or a morph."""
         return self.timbre.describe()
 
-    def store_timbre(self, z: NDArray[np.floating], info: TimbreInfo) -> int:
-        """Write a latent into a free slot (any non-audio thread); returns the slot."""
-        return self.timbre.store(z, info)
+    def store_timbre(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None) -> int:
+        """Write a latent (and its key tracking ``track (128, L)``) into a free slot (any non-audio thread);
+        returns the slot."""
+        return self.timbre.store(z, info, track)
 
     def select_timbre(self, slot: int, sample_time: int = 0) -> bool:
         """Queue a switch to ``slot`` (producer side: in live mode hold the producer lock)."""
@@ -370,15 +386,15 @@ class Engine:
         """Make ``slot`` the timbre at once (not real-time: before the stream starts or between renders)."""
         if not self.timbre.select(slot, self.z_target):
             raise ValueError(f"timbre slot {slot} is empty")
-        self.level = self.level_target = 1.0
-        self.z_current[:] = self.z_target
+        self._slot_timbre()
+        self._jump_to_timbre()
 
     def set_morph_now(self, a: int, b: int) -> None:
         """Morph between slots ``a`` and ``b`` from now on (not real-time, as :meth:`set_timbre_now`)."""
         if not self.timbre.morph(a, b, self.z_target):
             raise ValueError(f"timbre slots {a} / {b}: empty")
-        self.level = self.level_target = 1.0
-        self.z_current[:] = self.z_target
+        self._slot_timbre()
+        self._jump_to_timbre()
 
     def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None, snapshot_level: bool = True) -> None:
         """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
@@ -394,12 +410,12 @@ class Engine:
         self._program_change(program)
         if not snapshot_level:
             self.level_target = 1.0
-        self.level = self.level_target
+            self._track_target.fill(0.0)  # a restored capture, random or morph timbre: its latent only
         if z is not None:
             self.z_target[:] = z
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = False
-        self.z_current[:] = self.z_target
+        self._jump_to_timbre()
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
@@ -538,8 +554,7 @@ class Engine:
         self._mix.fill(0.0)
         self._vf0.fill(0.0)
         self.limiter.reset()
-        self.z_current[:] = self.z_target
-        self.level = self.level_target
+        self._jump_to_timbre()
         self.sample_time = 0
         self._t_int = 0
         self._bend = 0.0
@@ -647,7 +662,7 @@ class Engine:
             status, d1, d2 = int(row[1]), int(row[2]), int(row[3])
             if status >= ev.ENGINE_EVENT:  # the engine's own timbre events: no channel
                 self.timbre.handle(status, d1, d2, self.z_target)
-                self._timbre_level()
+                self._slot_timbre()
                 continue
             ch = status & 0x0F
             if self.channel is not None and ch != self.channel:
@@ -686,26 +701,34 @@ class Engine:
             self._bend = 0.0
             vb.sustain_pedal(t, False)
         self.timbre.control_change(cc, value, self.z_target)
-        self._timbre_level()
+        self._slot_timbre()
         knob = self._knob_of_cc[cc]
         if knob >= 0:
             self.knobs.control(knob, value, self.z_target)
 
-    def _timbre_level(self) -> None:
-        """A slot's timbre or a morph (``synth.timbre``) plays at level 1.0: the snapshot trims are the
-        snapshots' own."""
+    def _slot_timbre(self) -> None:
+        """A slot's timbre or a morph (``synth.timbre``) plays at level 1.0 (the snapshot trims are the
+        snapshots' own) and with the slot's key tracking (a capture's: borrowed from its neighbours)."""
         if self.timbre.current_slot != NO_SLOT or self.timbre.morph_a != NO_SLOT:
             self.level_target = 1.0
+            self.timbre.track_into(self._track_target)
+
+    def _jump_to_timbre(self) -> None:
+        """Latent, key tracking and level at their targets now (not real-time: no glide)."""
+        self.z_current[:] = self.z_target
+        self._track_current[:] = self._track_target
+        self.level = self.level_target
 
     def _program_change(self, program: int) -> int:
         """Recall the program's snapshot (and its level), or after Bank Select 1 a user program
         (``synth.timbre``, level 1.0); returns the snapshot index, -1 when none was recalled."""
         if self.timbre.program_change(program, self.z_target):
-            self._timbre_level()
+            self._slot_timbre()
             return -1
         snapshot = self.knobs.recall_program(program, self.z_target)
         if snapshot >= 0:
             self.level_target = float(self._snapshot_levels[snapshot])
+            self._track_target[:] = self._track_tables[snapshot]
         self.program = program
         self.timbre.snapshot_recalled(program)
         if not self._knob_pickup:
@@ -720,6 +743,7 @@ class Engine:
         """One-pole glide of the latent towards its target: no zipper noise on knob moves."""
         alpha = 1.0 - math.exp(-n * self._alpha_per_sample)
         _glide(self.z_target, self.z_current, alpha)
+        _glide(self._track_target, self._track_current, alpha)
         self.level += (self.level_target - self.level) * alpha
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
@@ -728,7 +752,8 @@ class Engine:
         bc = self._bcol
         rows = _plan_frames(
             vb.state, vb.onset, vb.release_t, vb.next_frame, vb.key, vb.velocity, vb.muted, self._vf0,
-            t_end, t_end + (t_end - t0), self._grid, self._pitch, self.z_current, self._bz, bc, self._bidx)
+            t_end, t_end + (t_end - t0), self._grid, self._pitch, self.z_current, self._track_current, self._bz, bc,
+            self._bidx)
         if rows == 0:
             return
         self._decoder.decode(self._bz, self._bp, self._bv, self._bon, self._boff, self._blog, rows)

@@ -11,6 +11,8 @@ One TOML file, ``library.toml``, in ``platformdirs.user_data_dir("vaesynth")`` o
     z = [...]                # the latent, preset.latent_size values
     pitch = 60.0             # the recorded note's pitch
     source = "bottle.wav"
+    track_keys = [21, ...]   # optional: the capture's key tracking (synth.key_track), borrowed from
+    track_z = [[...], ...]   # the instruments it sounds like: its latent at each track key
 
 Every write goes to a temp file in the same folder, is flushed to disk, then replaces the library
 in one ``os.replace``: a crash mid-write leaves the previous library whole. User programs are
@@ -29,7 +31,9 @@ import numpy as np
 import tomli_w
 from numpy.typing import NDArray
 
+from synth.contract import SNAPSHOT_TRACK_KEYS
 from synth.errors import VaesynthError
+from synth.key_track import MAX_TRACK_KEYS, offset_table
 from synth.preset import Preset
 
 LIBRARY_FILE = "library.toml"
@@ -68,10 +72,21 @@ class UserSnapshot:
     z: tuple[float, ...]
     pitch: float = 60.0
     source: str = ""
+    track_keys: tuple[int, ...] = ()
+    track_z: tuple[tuple[float, ...], ...] = ()  # the latent at each track key; () for none
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "preset": self.preset, "fingerprint": self.fingerprint, "program": self.program,
-                "z": list(self.z), "pitch": self.pitch, "source": self.source}
+        doc: dict[str, object] = {"name": self.name, "preset": self.preset, "fingerprint": self.fingerprint,
+                                  "program": self.program, "z": list(self.z), "pitch": self.pitch, "source": self.source}
+        if self.track_keys:
+            doc["track_keys"], doc["track_z"] = list(self.track_keys), [list(row) for row in self.track_z]
+        return doc
+
+    def track(self) -> NDArray[np.float32] | None:
+        """``(128, L)``: what each key adds to ``z`` (synth.key_track); None without key tracking."""
+        if not self.track_keys:
+            return None
+        return offset_table(self.track_keys, np.array(self.track_z), np.array(self.z))
 
 
 def check_name(name: str) -> str:
@@ -132,8 +147,10 @@ class Library:
                                f"not {preset.name!r} ({preset.latent_size}); capture it again with this preset")
         return None
 
-    def store(self, preset: Preset, name: str, z: NDArray[np.floating], pitch: float, source: str = "") -> UserSnapshot:
-        """Add (or replace, keeping its program) ``name`` for ``preset`` and write the library atomically."""
+    def store(self, preset: Preset, name: str, z: NDArray[np.floating], pitch: float, source: str = "",
+              track: NDArray[np.floating] | None = None) -> UserSnapshot:
+        """Add (or replace, keeping its program) ``name`` for ``preset`` and write the library atomically.
+        ``track (128, L)``: its key tracking, kept as its latent at ``SNAPSHOT_TRACK_KEYS``."""
         name = check_name(name)
         z = np.asarray(z, np.float64)
         if z.shape != (preset.latent_size,) or not np.isfinite(z).all():
@@ -149,8 +166,13 @@ class Library:
                 raise LibraryError(f"{self.path}: all {USER_PROGRAMS} user programs of preset {preset.name!r} are "
                                    "taken")
             program = free[0]
+        keys: tuple[int, ...] = ()
+        rows: tuple[tuple[float, ...], ...] = ()
+        if track is not None:
+            keys = SNAPSHOT_TRACK_KEYS
+            rows = tuple(tuple(float(v) for v in z + np.asarray(track, np.float64)[k]) for k in keys)
         snap = UserSnapshot(name, preset.name, preset_fingerprint(preset), program, tuple(float(v) for v in z),
-                            float(pitch), source)
+                            float(pitch), source, keys, rows)
         kept = [s for s in self.snapshots if not (s.name == name and s.preset == preset.name)]
         self.write(kept + [snap])
         return snap
@@ -197,5 +219,21 @@ def _snapshot(entry: object, path: Path, i: int) -> UserSnapshot:
         raise LibraryError(f"{where}: needs name, preset, program and z (a list of numbers)") from None
     if not (0 <= program < USER_PROGRAMS and all(math.isfinite(v) for v in values) and math.isfinite(pitch)):
         raise LibraryError(f"{where}: program must be 0..127 and z finite")
+    keys, rows = _track(entry, len(values), where)
     return UserSnapshot(name, preset, str(entry.get("fingerprint", "")), program, values, pitch,
-                        str(entry.get("source", "")))
+                        str(entry.get("source", "")), keys, rows)
+
+
+def _track(entry: dict, size: int, where: str) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...]]:
+    """A snapshot's optional key tracking: ``track_keys`` and ``track_z`` (one latent per key), or ()."""
+    if "track_keys" not in entry and "track_z" not in entry:
+        return (), ()
+    keys, rows = entry.get("track_keys"), entry.get("track_z")
+    ok = (isinstance(keys, list) and isinstance(rows, list) and 1 <= len(keys) <= MAX_TRACK_KEYS
+          and len(rows) == len(keys) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 127 for k in keys)
+          and all(b > a for a, b in zip(keys, keys[1:]))
+          and all(isinstance(r, list) and len(r) == size and all(isinstance(v, (int, float)) and math.isfinite(v) for v in r)
+                  for r in rows))
+    if not ok:
+        raise LibraryError(f"{where}: track_keys must be increasing keys 0..127 and track_z one finite latent per key")
+    return tuple(keys), tuple(tuple(float(v) for v in r) for r in rows)

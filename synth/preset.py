@@ -32,13 +32,17 @@ from synth.contract import (
     SpectrogramParams,
     gm_group,
 )
+from synth.key_track import MAX_TRACK_KEYS, offset_table
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
 from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_session, preset_file, read_bounded,
                                read_model)
 
-READ_VERSIONS = (1, PRESET_FORMAT_VERSION)
-"""Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``) and
-the current one, which export writes (``[knobs]`` directions, optional ``[mix]``)."""
+READ_VERSIONS = (1, 2, PRESET_FORMAT_VERSION)
+"""Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``), 2
+(``[knobs]`` directions, optional ``[mix]``) and the current one, which export writes (2 plus
+snapshots' optional key tracking)."""
+TRACK_VERSION = 3
+"""The first format version whose snapshots may carry ``track_keys`` / ``track_z``."""
 MAX_KNOBS = 8
 V1_MIX_GAIN = 1.65
 """Output gain for version-1 presets (they have no ``[mix]``): puts the shipped default preset's
@@ -73,8 +77,15 @@ class Snapshot:
 
     name: str
     program: int
-    z: NDArray[np.float32]  # (L,)
+    z: NDArray[np.float32]  # (L,) its latent at SNAPSHOT_HOME_KEY (knobs, capture and morph start here)
     level: float = 1.0  # linear output trim that evens the snapshots' loudness (optional 'level')
+    track: NDArray[np.float32] | None = None  # (128, L) what each key adds to z (synth.key_track); None: nothing
+
+    def z_at(self, key: float) -> NDArray[np.float32]:
+        """``(L,)`` the latent this snapshot plays MIDI key ``key`` at (rounded, as the engine looks it up)."""
+        if self.track is None:
+            return self.z
+        return (self.z + self.track[min(max(int(round(key)), 0), 127)]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -368,7 +379,25 @@ def _latent_map(root: Path, doc: dict[str, Any], size: int, where: str) -> Laten
         raise PresetError(str(exc)) from None
 
 
-def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
+def _track(s: dict[str, Any], size: int, z: NDArray[np.float32], version: int, w: str) -> NDArray[np.float32] | None:
+    """A snapshot's optional key tracking -> its ``(128, L)`` offset table (synth.key_track), None without."""
+    if "track_keys" not in s and "track_z" not in s:
+        return None
+    if version < TRACK_VERSION:
+        raise PresetError(f"{w}: 'track_keys' needs format_version {TRACK_VERSION} or later")
+    keys = _get(s, "track_keys", list, w)
+    rows = _get(s, "track_z", list, w)
+    integers = all(isinstance(k, int) and not isinstance(k, bool) for k in keys)
+    if not integers or not 1 <= len(keys) <= MAX_TRACK_KEYS or not all(0 <= k <= 127 for k in keys) \
+            or any(b <= a for a, b in zip(keys, keys[1:])):
+        raise PresetError(f"{w}: 'track_keys' must be 1..{MAX_TRACK_KEYS} increasing keys in 0..127")
+    if len(rows) != len(keys):
+        raise PresetError(f"{w}: 'track_z' must hold one latent per track key ({len(keys)})")
+    track_z = np.stack([_vector({"track_z": r}, "track_z", size, w) for r in rows])
+    return offset_table(keys, track_z, z)
+
+
+def _snapshots(doc: dict[str, Any], size: int, version: int, where: str) -> list[Snapshot]:
     raw = doc.get("snapshots", [])
     if not isinstance(raw, list):
         raise PresetError(f"{where}: 'snapshots' must be an array of tables")
@@ -383,7 +412,8 @@ def _snapshots(doc: dict[str, Any], size: int, where: str) -> list[Snapshot]:
         level = _as_float(_get(s, "level", (int, float), w)) if "level" in s else 1.0
         if not (MIN_SNAPSHOT_LEVEL <= level <= MAX_SNAPSHOT_LEVEL):
             raise PresetError(f"{w}: level {level} outside {MIN_SNAPSHOT_LEVEL}..{MAX_SNAPSHOT_LEVEL}")
-        snaps.append(Snapshot(_get(s, "name", str, w), program, _vector(s, "z", size, w), level))
+        z = _vector(s, "z", size, w)
+        snaps.append(Snapshot(_get(s, "name", str, w), program, z, level, _track(s, size, z, version, w)))
     return snaps
 
 
@@ -446,7 +476,7 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     meta = _table(doc, "preset", toml_path)
     version = _get(meta, "format_version", int, w)
     if version not in READ_VERSIONS:
-        readable = " and ".join(str(v) for v in READ_VERSIONS)
+        readable = ", ".join(str(v) for v in READ_VERSIONS[:-1]) + f" and {READ_VERSIONS[-1]}"
         raise PresetError(f"{w}: format_version {version} is not supported (this engine reads {readable}); "
                           f"re-export the preset with python -m export.onnx")
     params = _audio_params(_table(doc, "audio", toml_path), w)
@@ -472,7 +502,7 @@ def load_preset(path: str | Path, check_models: bool = True) -> Preset:
     if contract != DECODER_CONTRACT:
         raise PresetError(f"{w}: decoder contract '{contract}' is not supported (expected {DECODER_CONTRACT})")
     enc = _table(doc, "encoder", toml_path)
-    snaps = _snapshots(doc, size, w)
+    snaps = _snapshots(doc, size, version, w)
     preset = Preset(
         root=root,
         name=_get(meta, "name", str, w),

@@ -64,6 +64,11 @@ def _ln_db(db: float) -> float:
     return db / 20.0 * math.log(10.0)
 
 
+def _key_index(key: float) -> int:
+    """The MIDI key ``key`` rounds to, within 0..127 (a key tracking table's row)."""
+    return min(max(int(round(key)), 0), 127)
+
+
 def _logsumexp(x: NDArray) -> NDArray[np.float64]:
     """``log(sum(exp(x)))`` over the last axis, without overflow -> ``x.shape[:-1]``."""
     top = x.max(axis=-1)
@@ -74,7 +79,9 @@ class _Term:
     """Frames to match: ``target (T, F)`` log-magnitudes at ``pitch, time_on (T,)``, clipped
     ``RANGE_DB`` below their peak; ``weight`` of its mean L1 in the loss."""
 
-    def __init__(self, target: NDArray, pitch: NDArray, time_on: NDArray, weight: float) -> None:
+    def __init__(self, target: NDArray, pitch: NDArray, time_on: NDArray, weight: float,
+                 offset: NDArray | None = None) -> None:
+        self.offset = offset  # (L,) what the capture's key tracking adds at this term's key; None: nothing
         self.clip = float(target.max()) - _ln_db(RANGE_DB)
         self.target = np.maximum(target, self.clip).astype(np.float32)
         self.energy = 0.5 * float(_logsumexp(2.0 * np.asarray(target, np.float64).reshape(1, -1))[0])
@@ -83,7 +90,7 @@ class _Term:
     def every(self, step: int) -> _Term:
         """Every ``step``-th of its frames, clipped where these are (a cheaper judge of many candidates)."""
         part = object.__new__(_Term)
-        part.clip, part.weight = self.clip, self.weight
+        part.clip, part.weight, part.offset = self.clip, self.weight, self.offset
         part.target, part.pitch, part.time_on = self.target[::step], self.pitch[::step], self.time_on[::step]
         part.energy = 0.5 * float(_logsumexp(2.0 * part.target.astype(np.float64).reshape(1, -1))[0])
         return part
@@ -111,6 +118,7 @@ class Refiner:
         self._time_off = np.full(self._rows, HELD_TIME_OFF, np.float32)
         self._out = np.zeros((self._rows, preset.params.n_bins), np.float32)
         self._terms: list[_Term] = []
+        self.track: NDArray[np.float32] | None = None  # the last capture's key tracking (``_borrowed_track``)
 
     def _decode_rows(self, z: NDArray, pitch: NDArray, time_on: NDArray) -> NDArray[np.float32]:
         """One decoder call: ``(R,)`` rows -> ``(R, F)`` log-magnitudes."""
@@ -128,14 +136,19 @@ class Refiner:
         place_partials(amp, inharm, noise, pitch, n, *geometry, self._out)
         return self._out[:n]
 
-    def _decode(self, z: NDArray[np.floating], pitch: NDArray, time_on: NDArray) -> NDArray[np.float32]:
-        """Log-magnitude frames of each latent ``z (C, L)`` at ``pitch, time_on (T,)`` -> ``(C, T, F)``."""
+    def _decode(self, z: NDArray[np.floating], pitch: NDArray, time_on: NDArray,
+                offset: NDArray | None = None) -> NDArray[np.float32]:
+        """Log-magnitude frames of each latent ``z (C, L)`` at ``pitch, time_on (T,)``, each frame's latent
+        moved by ``offset (T, L)`` when given -> ``(C, T, F)``."""
         t = len(pitch)
         per_call = max(1, self._rows // t)
         out = np.empty((len(z), t, self._out.shape[1]), np.float32)
         for a in range(0, len(z), per_call):
             c = min(per_call, len(z) - a)
-            frames = self._decode_rows(np.repeat(np.asarray(z[a:a + c], np.float32), t, axis=0),
+            rows = np.repeat(np.asarray(z[a:a + c], np.float32), t, axis=0)
+            if offset is not None:
+                rows += np.tile(np.asarray(offset, np.float32), (c, 1))
+            frames = self._decode_rows(rows,
                                        np.tile(pitch, c).astype(np.float32),
                                        np.tile(np.minimum(time_on, self.preset.time_on_max), c).astype(np.float32))
             out[a:a + c] = frames.reshape(c, t, -1)
@@ -145,8 +158,12 @@ class Refiner:
         """Loss of each candidate ``u (C, L)`` (std units from the latent mean) -> ``(C,)``."""
         p = self.preset
         terms = self._terms if terms is None else terms
+        offset = None
+        if any(t.offset is not None for t in terms):
+            offset = np.concatenate([np.broadcast_to(np.zeros(p.latent_size) if t.offset is None else t.offset,
+                                                     (len(t.pitch), p.latent_size)) for t in terms])
         out = self._decode(p.latent_mean + u * p.latent_std, np.concatenate([t.pitch for t in terms]),
-                           np.concatenate([t.time_on for t in terms]))
+                           np.concatenate([t.time_on for t in terms]), offset)
         total = PRIOR * np.mean(u * u, axis=1)
         a = 0
         for term in terms:
@@ -173,20 +190,32 @@ class Refiner:
         keys = [pitch + o for o in KEYBOARD_OFFSETS if p.pitch_min <= pitch + o <= p.pitch_max]
         if m is None or not p.snapshots or not keys:
             return []
-        snap_z = np.array([s.z for s in p.snapshots], np.float64)
-        here = np.array([self._instrument_at(s.program, pitch, s.z) for s in p.snapshots])
+        snap_z = np.array([s.z_at(pitch) for s in p.snapshots], np.float64)
+        here = np.array([self._instrument_at(s.program, pitch, s.z_at(pitch)) for s in p.snapshots])
         fit = self._loss((np.vstack([snap_z, here]) - p.latent_mean) / p.latent_std, [note.every(JUDGE_FRAME_STEP)])
         fit = np.minimum(fit[:len(snap_z)], fit[len(snap_z):])  # as its snapshot or its notes here, the closer
         near = np.argsort(fit)[:NEIGHBOURS]
         weight = np.exp(-(fit[near] - fit[near[0]]) / NEIGHBOUR_TEMPERATURE)
         weight /= weight.sum()
+        self.track = self._borrowed_track(near, weight, pitch)
         times = np.asarray(KEYBOARD_TIMES)
         terms = []
         for key in keys:
-            zs = np.array([self._instrument_at(p.snapshots[i].program, key, p.snapshots[i].z) for i in near])
+            zs = np.array([self._instrument_at(p.snapshots[i].program, key, p.snapshots[i].z_at(key)) for i in near])
             sound = np.tensordot(weight, self._decode(zs, np.full(len(times), key), times), axes=1)
-            terms.append(_Term(sound, np.full(len(times), key), times, KEYBOARD_WEIGHT / len(keys)))
+            offset = None if self.track is None else self.track[_key_index(key)]
+            terms.append(_Term(sound, np.full(len(times), key), times, KEYBOARD_WEIGHT / len(keys), offset))
         return terms
+
+    def _borrowed_track(self, near: NDArray, weight: NDArray, pitch: float) -> NDArray[np.float32] | None:
+        """``(128, L)``: the key tracking of the instruments the note sounds like (``near``, weighted), made
+        relative to the note's own key; None when none of them has any (synth.key_track)."""
+        tracks = [self.preset.snapshots[i].track for i in near]
+        if all(t is None for t in tracks):
+            return None
+        size = self.preset.latent_size
+        mean = sum(w * (np.zeros((128, size)) if t is None else t.astype(np.float64)) for w, t in zip(weight, tracks))
+        return (mean - mean[_key_index(pitch)]).astype(np.float32)
 
     def _instrument_at(self, program: int, key: float, snapshot_z: NDArray) -> NDArray[np.float64]:
         """``(L,)``: the training instrument ``program`` near ``key``: the mean of its latent map notes
@@ -205,6 +234,7 @@ class Refiner:
         as capture levels it) played at MIDI ``pitch``."""
         p = self.preset
         note_term = self._note_term(note, pitch)
+        self.track = None
         if note_term is None:
             self._terms = []
             return z0

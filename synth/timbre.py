@@ -98,6 +98,8 @@ class TimbreBank:
         self.preset = preset
         self.knobs = knobs
         self.z = np.zeros((SLOTS, preset.latent_size), np.float32)
+        # each slot's key tracking (synth.key_track), flat (128 * L) rows as the engine reads them; zeros: none
+        self.track = np.zeros((SLOTS, 128 * preset.latent_size), np.float32)
         self.info: list[TimbreInfo | None] = [None] * SLOTS
         self.filled = np.zeros(SLOTS, np.bool_)
         self.knob_pickup = True  # False: a timbre change leaves every knob picked up (offline automation)
@@ -121,30 +123,40 @@ class TimbreBank:
         _lerp(scratch, scratch, 0.5, scratch)  # compile before any stream starts
 
     # ------------------------------------------------------------------ writers (not the audio thread)
-    def store(self, z: NDArray[np.floating], info: TimbreInfo) -> int:
-        """Write ``z (L,)`` into the next scratch slot (never the sounding one or a morph endpoint);
-        returns the slot, to select with ``Engine.select_timbre`` or morph with ``Engine.morph_endpoints``."""
+    def store(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None) -> int:
+        """Write ``z (L,)`` (and its key tracking ``track (128, L)``, a capture's) into the next scratch slot
+        (never the sounding one or a morph endpoint); returns the slot, to select with
+        ``Engine.select_timbre`` or morph with ``Engine.morph_endpoints``."""
         with self._lock:
             for _ in range(SLOTS - SCRATCH_BASE):
                 slot = SCRATCH_BASE + self._scratch_next
                 self._scratch_next = (self._scratch_next + 1) % (SLOTS - SCRATCH_BASE)
                 if slot not in (self.current_slot, self.morph_a, self.morph_b):
-                    self._write(slot, z, info)
+                    self._write(slot, z, info, track)
                     return slot
         raise RuntimeError("no free timbre slot")  # unreachable: three slots are busy at most
 
-    def store_user(self, program: int, z: NDArray[np.floating], info: TimbreInfo) -> int:
-        """User program ``program`` (0..127) recalls ``z`` (Bank Select 1, then Program Change)."""
+    def store_user(self, program: int, z: NDArray[np.floating], info: TimbreInfo,
+                   track: NDArray[np.floating] | None = None) -> int:
+        """User program ``program`` (0..127) recalls ``z`` and its ``track`` (Bank Select 1, then Program Change)."""
         if not 0 <= program < USER_SLOTS:
             raise ValueError(f"user program {program} outside 0..{USER_SLOTS - 1}")
         with self._lock:
-            self._write(program, z, info)
+            self._write(program, z, info, track)
         return program
 
-    def _write(self, slot: int, z: NDArray[np.floating], info: TimbreInfo) -> None:
+    def _write(self, slot: int, z: NDArray[np.floating], info: TimbreInfo,
+               track: NDArray[np.floating] | None = None) -> None:
         z = np.asarray(z, np.float32)
         if z.shape != (self.z.shape[1],) or not np.isfinite(z).all():
             raise ValueError(f"a timbre needs {self.z.shape[1]} finite latent values")
+        if track is None:
+            self.track[slot] = 0.0
+        else:
+            track = np.asarray(track, np.float32)
+            if track.shape != (128, self.z.shape[1]) or not np.isfinite(track).all():
+                raise ValueError(f"a timbre's key tracking needs 128 x {self.z.shape[1]} finite values")
+            self.track[slot] = track.reshape(-1)
         self.z[slot] = z
         self.info[slot] = info
         self.filled[slot] = True
@@ -236,6 +248,16 @@ class TimbreBank:
             return False
         self.select(program & 0x7F, z_target)  # an empty user program changes nothing
         return True
+
+    def track_into(self, out: NDArray[np.float32]) -> None:
+        """The sounding slot's key tracking into ``out (128 * L,)``: a morph's, between its endpoints' at the
+        wheel's position; zeros while a preset snapshot sounds (the engine has those)."""
+        if self.morph_a != NO_SLOT:
+            _lerp(self.track[self.morph_a], self.track[self.morph_b], self.morph_value / 127.0, out)
+        elif self.current_slot != NO_SLOT:
+            out[:] = self.track[self.current_slot]
+        else:
+            out.fill(0.0)
 
     def snapshot_recalled(self, program: int) -> None:
         """The engine recalled the preset snapshot of ``program``: no slot or morph is sounding."""

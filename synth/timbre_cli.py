@@ -88,7 +88,7 @@ def run_capture(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     library = Library.open(args.library)
     cap, z = _capture(preset, args.capture, args)
-    snap = library.store(preset, args.name, z, cap.pitch, source=str(Path(args.capture).name))
+    snap = library.store(preset, args.name, z, cap.pitch, source=str(Path(args.capture).name), track=cap.track)
     pulled = f", pulled {args.pull:g} toward the data" if args.pull else ""
     print(f"captured {snap.name!r} from {args.capture} in {cap.seconds:.2f} s: {cap.describe(preset)}{pulled}",
           file=sys.stderr)
@@ -118,7 +118,7 @@ def load_user_programs(engine: Any, library: Library | None, say: Callable[[str]
         say(f"warning: {', '.join(stale[:3])}{'...' if len(stale) > 3 else ''} captured with another version of "
             f"preset {preset.name!r}; they may sound different (capture them again)")
     for s in mine:
-        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program))
+        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track())
 
 
 def _random_seed(text: str) -> int | None:
@@ -153,16 +153,24 @@ def resolve(engine: Any, source: str, library: Library | None, args: argparse.Na
     if is_audio_path(source) or Path(source).is_file():
         cap, z = _capture(preset, source, args)
         say(f"captured {source} in {cap.seconds:.2f} s: {cap.describe(preset)}")
-        return bank.store(z, TimbreInfo(CAPTURE, Path(source).stem))
+        return bank.store(z, TimbreInfo(CAPTURE, Path(source).stem), cap.track)
     snap = library.find(preset, source) if library is not None else None
     if snap is not None:
         return snap.program  # loaded as its user program
     for i, s in enumerate(preset.snapshots):
         if s.name == source:
-            return bank.store(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program))
+            return bank.store(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track)
     where = f"library {library.path}" if library is not None else "the library (unreadable)"
     raise TimbreOptionError(f"timbre {source!r}: not a recording, random[:SEED], a snapshot in {where}, "
                             f"or one of the preset's {len(preset.snapshots)} snapshots")
+
+
+def _preset_snapshot(preset: Any, source: str, library: Any) -> Any:
+    """The preset snapshot named ``source`` when no library snapshot has that name (see ``resolve``), else None."""
+    name = source.strip()
+    if library is not None and library.find(preset, name) is not None:
+        return None
+    return next((s for s in preset.snapshots if s.name == name), None)
 
 
 def apply_timbre_options(args: argparse.Namespace, engine: Any) -> None:
@@ -178,7 +186,11 @@ def apply_timbre_options(args: argparse.Namespace, engine: Any) -> None:
     library = _open_library(args, say, needed=False)
     load_user_programs(engine, library, say)
     if timbre is not None:
-        engine.set_timbre_now(resolve(engine, timbre, library, args, say, sequence=True))
+        snap = _preset_snapshot(engine.preset, timbre, library)
+        if snap is not None:  # as its program change recalls it: its key tracking and level trim too
+            engine.restore_timbre(snap.program)
+        else:
+            engine.set_timbre_now(resolve(engine, timbre, library, args, say, sequence=True))
     if morph is not None:
         parts = morph.split(",")
         if len(parts) != 2 or not all(p.strip() for p in parts):

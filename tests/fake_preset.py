@@ -9,9 +9,11 @@ and ``z`` tilts the harmonic amplitudes (timbre): harmonic h is scaled by
 ``exp(z @ timbre_weights(L))[h]``. ``nan_above_pitch`` makes the decoder return NaN for
 pitches above it (to test the engine's NaN guard).
 
-``preset.toml`` is format version 2 by default: ``[knobs]`` with random orthonormal,
+``preset.toml`` is format version 3 by default: ``[knobs]`` with random orthonormal,
 non-axis-aligned directions (``knob_directions``) and ``[mix] gain = MIX_GAIN``;
-``format_version=1`` writes the old ``[latent] knob_order`` instead.
+``format_version=1`` writes the old ``[latent] knob_order`` instead. ``key_track=True`` gives every
+snapshot key tracking (``TRACK_KEYS``): its latent at each, ``z`` plus a random offset that
+is zero at key 60.
 
 The encoder inverts the decoder at key ``ENCODER_PITCH`` (see ``make_encoder``), so a capture of a
 note the engine renders there from a latent in ``capture_subspace`` recovers it. Only the latent directions that change
@@ -37,6 +39,7 @@ OPSET = 17
 LOBE_NUDGE = 3.1e-4
 MIX_GAIN = 0.5  # keeps the engine's output level at what the tests were written for (old master 0.5)
 PROGRAMS = (0, 5, 9)
+TRACK_KEYS = (36, 60, 84)
 ENCODER_PITCH = 60.0
 MAP_POINTS = 200
 KNOB_SCALE = 0.8  # [knobs] scale of knob i: KNOB_SCALE ** i (most variance first)
@@ -198,10 +201,11 @@ def make_fake_preset(
     nan_above_pitch: float | None = None,
     time_on_max: float = 2.5,
     release_seconds: float = 0.5,
-    format_version: int = 2,
+    format_version: int = 3,
     programs: tuple[int, ...] = PROGRAMS,
     mix_gain: float | None = MIX_GAIN,
     latent_map: bool = True,
+    key_track: bool = False,
 ) -> Path:
     """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``.
 
@@ -230,6 +234,11 @@ def make_fake_preset(
             for i, p in enumerate(programs)
         ],
     }
+    if key_track:
+        for snap in doc["snapshots"]:
+            z = np.array(snap["z"])
+            track = [z + rng.uniform(-1.5, 1.5, latent) * (key != 60) for key in TRACK_KEYS]
+            snap["track_keys"], snap["track_z"] = list(TRACK_KEYS), [[float(x) for x in row] for row in track]
     if latent_map:
         make_latent_map(latent).save(root / LATENT_MAP_FILE)
         doc["map"] = {"file": LATENT_MAP_FILE}

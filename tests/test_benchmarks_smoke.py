@@ -165,6 +165,10 @@ def test_capture_fidelity_runs_on_the_fake_preset(tmp_path: Path) -> None:
     assert cells[9].strip() == cells[10].strip() == "-"  # one snapshot is nearest: no tie to check
     assert "only 1 programs" in table and "equally near" in table
     assert "<= 1 s" in cf.speed_table(preset, 56, repeats=1)
+    own = cf.self_capture_table(preset)  # the fake snapshots' own notes, captured
+    summary = own.splitlines()[-1]
+    assert summary.startswith("self-capture: the capture is the closest on ") and f"of {len(cf.SELF_PROGRAMS)}" in summary
+    assert all(np.isfinite(float(line.split("|")[3])) for line in own.splitlines()[2:-2])
     times = [float(c) for c in cf.change_table(preset, repeats=1).splitlines()[2].strip("|").split("|")[1:4]]
     assert all(0 < t < 40 for t in times)
 

@@ -298,3 +298,33 @@ def test_neighbours_are_judged_by_their_notes_at_the_captured_pitch(preset: Pres
         snaps = np.array([s.z for s in heard.snapshots], np.float32)
         sounds = refiner._decode(snaps, octave.pitch, octave.time_on)
         assert int(np.argmin(np.abs(np.maximum(sounds, octave.clip) - octave.target).mean(axis=(1, 2)))) == i
+
+
+def test_capture_borrows_the_key_tracking_of_what_it_sounds_like(tmp_path: Path) -> None:
+    """On a key-tracked preset a capture gets the tracking of the instruments it sounds like (weighted),
+    zero at its own key; the engine then plays it key by key, and the library keeps it."""
+    from synth.engine import Engine
+    from synth.library import Library
+    from synth.timbre import TimbreInfo
+
+    tracked = load_preset(make_fake_preset(tmp_path / "tracked", key_track=True))
+    cap = capture(tracked, engine_note(tracked, program=5, hold_s=1.0, seconds=1.2), SR)
+    assert cap.track is not None and cap.track.shape == (128, tracked.latent_size)
+    assert np.abs(cap.track[60]).max() < 1e-6  # captured at C4: its own key adds nothing
+    # a weighted mean of the snapshots' tracking, each taken relative to the captured key
+    relative = np.stack([s.track - s.track[60] for s in tracked.snapshots])
+    assert np.all(cap.track >= relative.min(axis=0) - 1e-5) and np.all(cap.track <= relative.max(axis=0) + 1e-5)
+    assert np.abs(cap.track[36]).max() > 0.05
+    eng = Engine(tracked, device="cpu")
+    eng.prepare(SR, 1024, warm=False)
+    eng.set_timbre_now(eng.store_timbre(cap.z, TimbreInfo("capture", "test"), cap.track))
+    eng.push(0, 0x90, 36, 100)
+    eng.process(np.zeros((1024, 2), np.float32))
+    np.testing.assert_allclose(eng._bz[0], cap.z + cap.track[36], atol=1e-5)
+    lib = Library.open(tmp_path / "lib")
+    lib.store(tracked, "mine", cap.z, cap.pitch, track=cap.track)
+    kept = Library.open(tmp_path / "lib").find(tracked, "mine")
+    assert kept is not None and kept.track() is not None
+    np.testing.assert_allclose(kept.track()[36], cap.track[36], atol=1e-5)  # exact at the track keys
+    # an untracked preset's capture has none
+    assert capture(load_preset(make_fake_preset(tmp_path / "plain")), engine_note(tracked, program=5), SR).track is None

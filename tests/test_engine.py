@@ -569,3 +569,42 @@ def test_the_skipped_head_is_cleared_unheard() -> None:
     assert not ring[0, :skip + 128 - skip // 2].any(), "head or played samples left in the ring"
     assert not out[: skip // 2].any() and out[skip // 2:].all(), "the head was heard, or the note was not"
     assert ring[0, skip + 128 - skip // 2:].all()
+
+
+@pytest.fixture(scope="module")
+def tracked_preset(tmp_path_factory: pytest.TempPathFactory) -> Preset:
+    return load_preset(make_fake_preset(tmp_path_factory.mktemp("tracked") / "fake", key_track=True))
+
+
+def test_key_tracked_snapshot_plays_each_key_at_its_latent(tracked_preset: Preset) -> None:
+    """After a program change every key sounds as the snapshot's latent at that key (synth.key_track),
+    not as its home latent; a timbre from a slot (capture, random, morph) has no key tracking."""
+    from synth.timbre import TimbreInfo
+
+    snap = tracked_preset.snapshot_for_program(5)
+    assert snap is not None
+    for key in (36, 84):
+        tracked = render(make(tracked_preset), [(0, PC, 5, 0), (0, ON, key, 60)], 12000)
+        as_latent, untracked = [], []
+        for z, out in ((snap.z_at(key), as_latent), (snap.z, untracked)):
+            eng = make(tracked_preset)
+            eng.set_timbre_now(eng.store_timbre(z, TimbreInfo("latent", "test")))
+            out.append(render(eng, [(0, ON, key, 60)], 12000))
+        tail = slice(6000, None)  # after the program change's glide
+        assert rms(tracked[tail] - as_latent[0][tail]) < 0.01 * rms(tracked[tail])
+        assert rms(tracked[tail] - untracked[0][tail]) > 0.05 * rms(tracked[tail])
+
+
+def test_knob_moves_carry_every_key_along(tracked_preset: Preset) -> None:
+    """A knob moves the home latent; each key keeps its own distance from it (the decoder rows)."""
+    eng = make(tracked_preset, knob_pickup=False)  # the CC applies at once
+    snap = tracked_preset.snapshot_for_program(5)
+    assert snap is not None and snap.track is not None
+    render(eng, [(0, PC, 5, 0), (0, CC, 70, 0), (0, ON, 36, 60)], 24000)
+    assert np.abs(eng.z_current - snap.z).max() > 0.1  # the knob moved it
+    np.testing.assert_allclose(eng._bz[0], eng.z_current + snap.track[36], atol=1e-4)
+    from synth.timbre import TimbreInfo
+
+    eng.set_timbre_now(eng.store_timbre(snap.z, TimbreInfo("latent", "test")))
+    render(eng, [(0, ON, 36, 60)], 2400)
+    np.testing.assert_allclose(eng._bz[0], snap.z, atol=1e-6)

@@ -20,7 +20,7 @@ from export.onnx import (
     random_decoder_inputs,
     validate_doc,
 )
-from synth.contract import PRESET_FORMAT_VERSION, SpectrogramParams
+from synth.contract import PRESET_FORMAT_VERSION, SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, SpectrogramParams
 from synth.preset import load_preset
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
@@ -37,9 +37,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
 
 
 def read_v2(folder: Path) -> dict:
-    """preset.toml of an exported folder, checked against the version-2 layout."""
+    """preset.toml of an exported folder, checked against the version-3 layout (version 2 plus key tracking)."""
     doc = tomllib.loads((folder / "preset.toml").read_text())
-    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 2
+    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 3
     assert "knob_order" not in doc["latent"]
     validate_doc(doc)
     size = doc["latent"]["size"]
@@ -96,6 +96,18 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     assert lmap is not None and lmap.mu.shape[1] == trainer.run.model.latent_size
     assert 1 <= lmap.size <= len(trainer.train_idx) and set(lmap.families) == set(cache.families)
     assert lmap.distance(lmap.mu[0])[0] == pytest.approx(0.0, abs=1e-6)
+    # with snapshot_key_track every fitted snapshot is key-tracked (training.snapshots), z its latent at the home key
+    fitted = [s for s in snaps if "track_z" in s]
+    if not trainer.run.train.snapshot_key_track:
+        assert not fitted
+        return
+    assert len(fitted) >= 2 and all(s["track_keys"] == list(SNAPSHOT_TRACK_KEYS) for s in fitted)
+    loaded = {s.name: s for s in load_preset(tmp_path / "preset").snapshots}
+    for s in fitted:
+        track_z = np.array(s["track_z"])
+        assert track_z.shape == (len(SNAPSHOT_TRACK_KEYS), doc["latent"]["size"])
+        np.testing.assert_allclose(loaded[s["name"]].z_at(SNAPSHOT_HOME_KEY), s["z"], atol=1e-5)
+        np.testing.assert_allclose(loaded[s["name"]].z_at(SNAPSHOT_TRACK_KEYS[0]), track_z[0], atol=1e-5)
 
 
 def test_onnx_matches_pytorch_on_new_batch_sizes(cache: FeatureCache, tmp_path: Path) -> None:

@@ -91,6 +91,10 @@ def test_library_survives_a_crash_mid_write(preset: Preset, tmp_path: Path, wher
     ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 0\nz = ["a"]\n', "list of numbers"),
     ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 300\nz = [1.0]\n', "0..127"),
     ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [nan]\n', "finite"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\ntrack_keys = [60, 36]\n'
+     'track_z = [[1.0], [2.0]]\n', "track_keys must be increasing"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\ntrack_keys = [36]\n'
+     'track_z = [[inf]]\n', "one finite latent per key"),
 ])
 def test_hostile_library_files_get_one_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / LIBRARY_FILE).write_text(text)

@@ -32,7 +32,7 @@ def v1_dir(tmp_path: Path) -> Path:
 
 def test_fake_preset_loads(preset_dir: Path) -> None:
     p = load_preset(preset_dir)
-    assert p.format_version == 2
+    assert p.format_version == 3
     assert p.latent_size == len(p.latent_mean) == p.knobs.directions.shape[1]
     assert p.knobs.count == len(p.knob_order) == 8
     np.testing.assert_allclose(p.knobs.directions, knob_directions(p.latent_size), atol=1e-6)
@@ -55,14 +55,34 @@ def test_mix_table_is_optional(tmp_path: Path) -> None:
     assert load_preset(make_fake_preset(tmp_path / "p", mix_gain=None)).mix_gain == 1.0
 
 
-@pytest.mark.parametrize("version", [0, 3, 9])
+@pytest.mark.parametrize("version", [0, 4, 9])
 def test_unknown_version_says_what_is_read(preset_dir: Path, version: int) -> None:
     _edit(preset_dir, lambda d: d["preset"].update(format_version=version))
     with pytest.raises(PresetError) as info:
         load_preset(preset_dir)
     message = str(info.value)
-    assert f"format_version {version}" in message and "reads 1 and 2" in message and "re-export" in message
+    assert f"format_version {version}" in message and "reads 1, 2 and 3" in message and "re-export" in message
     assert "\n" not in message
+
+
+def test_version_2_preset_still_loads(tmp_path: Path) -> None:
+    p = load_preset(make_fake_preset(tmp_path / "v2", format_version=2))
+    assert p.format_version == 2 and all(s.track is None for s in p.snapshots)
+
+
+def test_key_track_interpolates_between_track_keys(tmp_path: Path) -> None:
+    root = make_fake_preset(tmp_path / "track", key_track=True)
+    doc = tomllib.loads((root / "preset.toml").read_text())
+    p = load_preset(root)
+    for snap, raw in zip(p.snapshots, doc["snapshots"]):
+        low, home, high = (np.array(r, np.float32) for r in raw["track_z"])  # at keys 36, 60, 84
+        assert snap.track is not None and snap.track.shape == (128, p.latent_size)
+        np.testing.assert_allclose(snap.z_at(60), snap.z, atol=1e-6)
+        np.testing.assert_allclose(snap.z_at(36), low, atol=1e-5)
+        np.testing.assert_allclose(snap.z_at(48), (low + home) / 2, atol=1e-5)
+        np.testing.assert_allclose(snap.z_at(21), low, atol=1e-5)  # held below the first track key
+        np.testing.assert_allclose(snap.z_at(108), high, atol=1e-5)  # and above the last
+        assert np.abs(snap.z_at(36) - snap.z).max() > 0.1  # the fake's offsets are not zero
 
 
 def test_shipped_default_preset_loads() -> None:
@@ -107,6 +127,17 @@ DAMAGE = {
     "snapshot program": (lambda d: d["snapshots"][0].update(program=300), "outside 0..127"),
     "snapshot level huge": (lambda d: d["snapshots"][0].update(level=1000.0), "level 1000.0 outside"),
     "snapshot level type": (lambda d: d["snapshots"][0].update(level="loud"), "'level' has the wrong type"),
+    "track in version 2": (lambda d: (d["preset"].update(format_version=2), d["snapshots"][0].update(
+        track_keys=[60], track_z=[d["snapshots"][0]["z"]])), "needs format_version 3"),
+    "track keys not increasing": (lambda d: d["snapshots"][0].update(
+        track_keys=[60, 36], track_z=[d["snapshots"][0]["z"]] * 2), "increasing keys"),
+    "track key outside": (lambda d: d["snapshots"][0].update(
+        track_keys=[60, 200], track_z=[d["snapshots"][0]["z"]] * 2), "increasing keys"),
+    "track rows": (lambda d: d["snapshots"][0].update(track_keys=[36, 60], track_z=[d["snapshots"][0]["z"]]),
+                   "one latent per track key"),
+    "track nan": (lambda d: d["snapshots"][0].update(track_keys=[60], track_z=[[float("nan")] * d["latent"]["size"]]),
+                  "NaN or Inf"),
+    "track without keys": (lambda d: d["snapshots"][0].update(track_z=[d["snapshots"][0]["z"]]), "'track_keys'"),
     "map outside the folder": (lambda d: d.update(map={"file": "../m.npz"}), "inside the preset folder"),
     "map missing": (lambda d: d.update(map={"file": "m.npz"}), "file missing"),
     "missing onnx": (lambda d: d["decoder"].update(file="nope.onnx"), "file missing"),

@@ -77,6 +77,23 @@ def test_morph_endpoints_equal_the_two_snapshots(preset: Preset) -> None:
     assert eng.current_timbre.name == "A->B 50%"
 
 
+def test_morph_moves_key_tracking_between_the_endpoints(tmp_path: Path) -> None:
+    """Endpoints with key tracking (captures, key-tracked snapshots): the morph wheel moves it too."""
+    tracked = load_preset(make_fake_preset(tmp_path / "tracked", key_track=True))
+    eng = _engine(tracked)
+    sa, sb = tracked.snapshots[:2]
+    a = eng.store_timbre(sa.z, TimbreInfo("snapshot", "A"), sa.track)
+    b = eng.store_timbre(sb.z, TimbreInfo("snapshot", "B"), sb.track)
+    eng.morph_endpoints(a, b)
+    eng.push(eng.sample_time, CC, CC_MORPH, 64)
+    _run(eng)
+    expected = sa.track + 64 / 127 * (sb.track - sa.track)
+    np.testing.assert_allclose(eng._track_target.reshape(128, -1), expected, atol=1e-5)
+    eng.push(eng.sample_time, PC, 0, 0)  # a preset snapshot again: its own tracking
+    _run(eng)
+    np.testing.assert_allclose(eng._track_target.reshape(128, -1), tracked.snapshot_for_program(0).track, atol=1e-6)
+
+
 def test_random_seed_is_deterministic_and_from_the_posterior(preset: Preset) -> None:
     assert np.array_equal(draw_random(preset, 7), draw_random(preset, 7))
     assert not np.array_equal(draw_random(preset, 7), draw_random(preset, 8))

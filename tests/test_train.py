@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from synth.contract import SpectrogramParams
+from synth.contract import SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, SpectrogramParams
+from synth.key_track import latent_at
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
 from training.train import Trainer, finish, fit, load_config, main
@@ -123,8 +124,9 @@ def test_ddp_two_processes(data, tmp_path: Path) -> None:
 
 
 @torch.no_grad()
-def _l1_over_notes(trainer: Trainer, notes: np.ndarray, z: list[float]) -> float:
-    """Mean L1 log-mag error of every stored frame of ``notes`` decoded from one latent ``z``."""
+def _l1_over_notes(trainer: Trainer, notes: np.ndarray, z: list[float] | np.ndarray) -> float:
+    """Mean L1 log-mag error of every stored frame of ``notes`` decoded from one latent ``z (L,)``, or
+    from each note's own ``z (len(notes), L)``."""
     from training.model import frame_times
     from training.train import load_notes, note_holds
 
@@ -134,13 +136,17 @@ def _l1_over_notes(trainer: Trainer, notes: np.ndarray, z: list[float]) -> float
     on, off = frame_times(run.audio, torch.arange(t)[None].expand(n, t), run.train.frame_stride,
                           run.model.time_on_max, note_holds(trainer.cache, notes)[:, None])
     rep = lambda a: torch.from_numpy(np.asarray(a, np.float32))[:, None].expand(n, t).reshape(-1)  # noqa: E731
-    pred = trainer.model.eval().decoder(torch.tensor(z)[None].expand(n * t, -1), rep(trainer.cache.pitch[notes]),
+    per_note = np.broadcast_to(np.asarray(z, np.float32), (n, np.shape(z)[-1]))
+    zs = torch.from_numpy(np.repeat(per_note, t, axis=0))
+    pred = trainer.model.eval().decoder(zs, rep(trainer.cache.pitch[notes]),
                                         rep(trainer.cache.velocity[notes]), on.reshape(-1), off.reshape(-1))
     return float((pred - x.reshape(-1, f)).abs().mean())
 
 
 def _check_snapshot_fit(trainer: Trainer, stats: dict) -> None:
-    """Each fitted snapshot plays its notes better than the mean latent it started from."""
+    """Each fitted snapshot plays its notes better than the mean latent it started from, and its
+    key-tracked latents (``z`` at ``SNAPSHOT_HOME_KEY``, ``track_z`` at ``SNAPSHOT_TRACK_KEYS``) play
+    them better than its one home latent would."""
     fitted = {name: e for name, e in stats["families"].items() if "mean_z" in e}
     assert len(fitted) == 3  # no soundfont tags in the synthetic set: one snapshot per family
     family = np.asarray(trainer.cache.family[trainer.train_idx])
@@ -148,4 +154,9 @@ def _check_snapshot_fit(trainer: Trainer, stats: dict) -> None:
     for name, entry in fitted.items():
         notes = trainer.train_idx[family == names.index(name)]
         assert entry["z"] != entry["mean_z"]
-        assert _l1_over_notes(trainer, notes, entry["z"]) < 0.99 * _l1_over_notes(trainer, notes, entry["mean_z"])
+        assert entry["track_keys"] == list(SNAPSHOT_TRACK_KEYS)
+        track_z = np.array(entry["track_z"])
+        np.testing.assert_allclose(latent_at(SNAPSHOT_TRACK_KEYS, track_z, [SNAPSHOT_HOME_KEY])[0], entry["z"], atol=1e-5)
+        tracked = latent_at(SNAPSHOT_TRACK_KEYS, track_z, trainer.cache.pitch[notes])  # each note at its key
+        assert _l1_over_notes(trainer, notes, tracked) < 0.99 * _l1_over_notes(trainer, notes, entry["mean_z"])
+        assert _l1_over_notes(trainer, notes, tracked) < _l1_over_notes(trainer, notes, entry["z"])

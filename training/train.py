@@ -29,8 +29,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from synth.contract import DEFAULT_KNOB_TRAVEL, LATENT_MAP_FILE, LATENT_MAP_POINTS, SpectrogramParams
+from synth.contract import (DEFAULT_KNOB_TRAVEL, LATENT_MAP_FILE, LATENT_MAP_POINTS, SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS,
+                            SpectrogramParams)
 from synth.errors import VaesynthError, run_command
+from synth.key_track import latent_at
 from synth.latent_map import LatentMap
 from training.model import (
     TimbreVAE,
@@ -73,6 +75,9 @@ class TrainConfig:
     """GM programs never trained on (every soundfont): the unseen-program benchmark group."""
     snapshot_fit_steps: int = 80
     """Steps of the snapshot fit after training (``training.snapshots``); 0 keeps the mean mu."""
+    snapshot_key_track: bool = False
+    """Fit each snapshot's latent at every key of ``SNAPSHOT_TRACK_KEYS`` (``synth.key_track``)
+    instead of one latent for the whole keyboard (see the README for what it gains and costs)."""
 
 
 @dataclass
@@ -558,7 +563,8 @@ def write_report(trainer: Trainer, stats: dict[str, Any], path: Path, mu: torch.
 def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
     """Replace the means that export turns into snapshots by fitted latents (``training.snapshots``):
     the reference soundfont's instruments in ``stats["instruments"]``, or ``stats["families"]`` when
-    no instrument carries a soundfont tag. The mean stays as ``mean_z``."""
+    no instrument carries a soundfont tag. With ``snapshot_key_track`` each gets ``track_keys``/``track_z``
+    (its latent at each track key) and ``z``, its latent at ``SNAPSHOT_HOME_KEY``; the mean stays as ``mean_z``."""
     from training.data import parse_instrument
 
     cache, idx = trainer.cache, trainer.train_idx
@@ -572,11 +578,15 @@ def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
                   if name in table and (parsed := parse_instrument(name)) and parsed[0] == tag]
     steps = trainer.run.train.snapshot_fit_steps
     start = {i: torch.tensor(table[names[i]]["z"]) for i in wanted}
+    keys = SNAPSHOT_TRACK_KEYS if trainer.run.train.snapshot_key_track else ()
     fitted = fit_snapshot_latents(trainer.model, cache, idx, labels, trainer.run, trainer.device, start, steps,
-                                  trainer.run.train.seed)
-    for i, z in fitted.items():
+                                  trainer.run.train.seed, torch.tensor(stats["std"]), keys)
+    for i, track_z in fitted.items():
         entry = table[names[i]]
-        entry["mean_z"], entry["z"], entry["fit_steps"] = entry["z"], z.tolist(), steps
+        home = latent_at(keys, track_z.numpy(), [SNAPSHOT_HOME_KEY])[0] if keys else track_z[0].numpy()
+        entry["mean_z"], entry["z"], entry["fit_steps"] = entry["z"], home.tolist(), steps
+        if keys:
+            entry["track_keys"], entry["track_z"] = list(keys), track_z.tolist()
 
 
 def finish(trainer: Trainer) -> dict[str, Any]:

@@ -158,7 +158,7 @@ class ControlSurface:
                 return int(u["program"])
         for s in self.preset.snapshots:
             if s.name == name:
-                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program))
+                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track)
         raise ControlError(f"morph endpoint {name!r}: not a user or preset snapshot")
 
     def morph_endpoints(self, a: str, b: str) -> None:
@@ -177,8 +177,9 @@ class ControlSurface:
         with self._capture_lock:
             cap = capture_file(self.preset, path)
             library = Library.open(self.library_dir)
-            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source)
-            self.synth.engine.timbre.store_user(snap.program, cap.z, TimbreInfo(USER, snap.name, program=snap.program))
+            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source, track=cap.track)
+            self.synth.engine.timbre.store_user(snap.program, cap.z, TimbreInfo(USER, snap.name, program=snap.program),
+                                                cap.track)
             self.user_version += 1
         return {"name": snap.name, "program": snap.program, "summary": cap.describe(self.preset),
                 "library": str(library.path)}

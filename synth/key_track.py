@@ -1,0 +1,47 @@
+"""Key tracking of a snapshot: its latent as a function of the key played (torch-free).
+
+A real instrument's spectrum changes across its keyboard (FluidR3's electric piano: a second
+harmonic 10 dB over the fundamental at A2, 19 dB under it at C5), and one latent fitted to every
+key is a compromise that suits none of them (measured, the 24 000-step default model: an
+electric-piano snapshot whose octave was 4-11 dB too loud at keys 60-67, heard as ghost notes by
+a transcriber). So training fits a snapshot's latent at a few keys (``SNAPSHOT_TRACK_KEYS``), the
+preset stores them, and the engine plays key ``k`` at ``z_current + offset[k]``: the knobs,
+morphs and captures move ``z_current`` (the latent at ``SNAPSHOT_HOME_KEY``) and every key
+follows, each keeping its own distance from it.
+
+Between two track keys the latent is interpolated linearly; below the first and above the last
+it is held (the decoder was never asked for anything beyond the training keys).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+MAX_TRACK_KEYS = 32  # a preset asking for more is hostile or broken, not finer
+
+
+def track_weights(keys: NDArray | tuple[float, ...], at: NDArray | list[float]) -> NDArray[np.float64]:
+    """Interpolation weights of the latents at ``keys (A,)`` (strictly increasing) for the keys
+    ``at (N,)`` -> ``(N, A)``: each row has at most two non-zero weights, summing to 1."""
+    k = np.asarray(keys, np.float64)
+    x = np.clip(np.asarray(at, np.float64), k[0], k[-1])
+    w = np.zeros((len(x), len(k)))
+    if len(k) == 1:
+        w[:] = 1.0
+        return w
+    j = np.clip(np.searchsorted(k, x, side="right") - 1, 0, len(k) - 2)
+    f = (x - k[j]) / (k[j + 1] - k[j])
+    rows = np.arange(len(x))
+    w[rows, j] = 1.0 - f
+    w[rows, j + 1] = f
+    return w
+
+
+def latent_at(keys: NDArray | tuple[float, ...], track_z: NDArray, at: NDArray | list[float]) -> NDArray[np.float64]:
+    """The latents ``track_z (A, L)`` given at ``keys (A,)``, interpolated to ``at (N,)`` -> ``(N, L)``."""
+    return track_weights(keys, at) @ np.asarray(track_z, np.float64)
+
+
+def offset_table(keys: NDArray | tuple[float, ...], track_z: NDArray, home: NDArray) -> NDArray[np.float32]:
+    """``(128, L)``: what each MIDI key adds to the timbre's latent ``home (L,)`` (the engine's table)."""
+    return (latent_at(keys, track_z, np.arange(128)) - np.asarray(home, np.float64)[None]).astype(np.float32)
