@@ -28,6 +28,7 @@ never ends worse than its start.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,6 +65,24 @@ def _ln_db(db: float) -> float:
     return db / 20.0 * math.log(10.0)
 
 
+@dataclass(frozen=True)
+class ValleyWeight:
+    """An experiment, off unless given (``benchmarks.capture_fidelity --valley-weight``): the note term
+    weighs each bin by how far it lies under the recording's strongest bin within ``radius`` bins,
+    1 at that peak down to ``floor`` at ``depth_db`` below it, so the valleys between partials (where
+    an engine render and the decoder's frames differ most) count less than the partials."""
+
+    radius: int
+    depth_db: float
+    floor: float
+
+    def weights(self, target: NDArray) -> NDArray[np.float32]:
+        """``target (T, F)`` log-magnitudes -> ``(T, F)`` weights."""
+        pad = np.pad(target, ((0, 0), (self.radius, self.radius)), mode="edge")
+        local = np.max(np.stack([pad[:, i:i + target.shape[1]] for i in range(2 * self.radius + 1)]), axis=0)
+        return np.clip(1.0 + (target - local) / _ln_db(self.depth_db), self.floor, 1.0).astype(np.float32)
+
+
 def _key_index(key: float) -> int:
     """The MIDI key ``key`` rounds to, within 0..127 (a key tracking table's row)."""
     return min(max(int(round(key)), 0), 127)
@@ -86,12 +105,14 @@ class _Term:
         self.target = np.maximum(target, self.clip).astype(np.float32)
         self.energy = 0.5 * float(_logsumexp(2.0 * np.asarray(target, np.float64).reshape(1, -1))[0])
         self.pitch, self.time_on, self.weight = pitch.astype(np.float32), time_on.astype(np.float32), weight
+        self.bin_weight: NDArray[np.float32] | None = None  # (T, F), ValleyWeight's; None: every bin alike
 
     def every(self, step: int) -> _Term:
         """Every ``step``-th of its frames, clipped where these are (a cheaper judge of many candidates)."""
         part = object.__new__(_Term)
         part.clip, part.weight, part.offset = self.clip, self.weight, self.offset
         part.target, part.pitch, part.time_on = self.target[::step], self.pitch[::step], self.time_on[::step]
+        part.bin_weight = None if self.bin_weight is None else self.bin_weight[::step]
         part.energy = 0.5 * float(_logsumexp(2.0 * part.target.astype(np.float64).reshape(1, -1))[0])
         return part
 
@@ -100,15 +121,19 @@ class _Term:
         matches the candidate's energy to the target's."""
         gain = self.energy - 0.5 * _logsumexp(2.0 * out.reshape(out.shape[0], -1).astype(np.float64))
         aligned = np.maximum(out + gain[:, None, None].astype(np.float32), np.float32(self.clip))
-        return np.mean(np.abs(aligned - self.target), axis=(1, 2), dtype=np.float64)
+        if self.bin_weight is None:
+            return np.mean(np.abs(aligned - self.target), axis=(1, 2), dtype=np.float64)
+        return (np.sum(np.abs(aligned - self.target) * self.bin_weight, axis=(1, 2), dtype=np.float64)
+                / float(self.bin_weight.sum()))
 
 
 class Refiner:
     """Fits a captured note's latent (see the module doc). Holds the decoder and its batch buffers:
     keep one for many captures."""
 
-    def __init__(self, preset: Preset) -> None:
+    def __init__(self, preset: Preset, valley_weight: ValleyWeight | None = None) -> None:
         self.preset = preset
+        self.valley_weight = valley_weight
         self._frames = NOTE_FRAMES + len(KEYBOARD_OFFSETS) * len(KEYBOARD_TIMES)
         self._rows = (preset.latent_size + 1) * self._frames  # one optimiser step's batch
         parts = preset.decoder_parts_path
@@ -181,6 +206,8 @@ class Refiner:
         last = max(int(sounding[-1]) if sounding.size else 1, NOTE_FRAMES)
         pick = np.unique(np.linspace(1, min(last, len(frames) - 1), NOTE_FRAMES).astype(np.int64))
         term = _Term(frames[pick], np.full(len(pick), pitch), pick * params.hop / params.sample_rate, 1.0)
+        if self.valley_weight is not None:
+            term.bin_weight = self.valley_weight.weights(term.target)
         return term if int((frames[pick] > term.clip).sum()) >= MIN_BINS else None
 
     def _keyboard_terms(self, note: _Term, pitch: float) -> list[_Term]:

@@ -328,3 +328,22 @@ def test_capture_borrows_the_key_tracking_of_what_it_sounds_like(tmp_path: Path)
     np.testing.assert_allclose(kept.track()[36], cap.track[36], atol=1e-5)  # exact at the track keys
     # an untracked preset's capture has none
     assert capture(load_preset(make_fake_preset(tmp_path / "plain")), engine_note(tracked, program=5), SR).track is None
+
+
+def test_valley_weight_counts_partials_more_than_the_valleys_between_them(preset: Preset) -> None:
+    """``ValleyWeight`` (an experiment of ``benchmarks.capture_fidelity``): 1 at a partial, ``floor`` from
+    ``depth_db`` under the nearest partial down; a refiner with it still fits a note."""
+    from synth.refine import ValleyWeight
+
+    target = np.full((1, 40), np.log(1e-5), np.float32)
+    target[0, 10], target[0, 30] = np.log(0.1), np.log(0.01)  # two partials, 20 dB apart
+    target[0, 12] = np.log(0.1 * 10 ** (-20 / 20))  # 20 dB under its partial
+    w = ValleyWeight(radius=3, depth_db=40.0, floor=0.1).weights(target)
+    assert w[0, 10] == w[0, 30] == 1.0  # each partial is its own peak, loud or soft
+    assert w[0, 12] == pytest.approx(0.5, abs=1e-6)  # halfway down the 40 dB
+    assert w[0, 13] == pytest.approx(0.1)  # the floor next to a partial: far under it
+    assert w[0, 20] == 1.0  # beyond the radius of every partial the floor is its own peak
+    x = engine_note(preset, capture_subspace()[0] * 1.5, hold_s=1.0, seconds=1.2)
+    plain = capture(preset, x, SR, refine=False)
+    weighted = capture(preset, x, SR, refiner=Refiner(preset, ValleyWeight(5, 40.0, 0.1)))
+    assert np.isfinite(weighted.z).all() and np.linalg.norm(weighted.z - plain.z) < 5.0
