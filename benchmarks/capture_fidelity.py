@@ -53,7 +53,7 @@ from synth.capture import CaptureError, Encoder, capture, read_recording
 from synth.contract import gm_group
 from synth.engine import Engine
 from synth.preset import Preset, Snapshot, load_preset
-from synth.refine import Refiner, ValleyWeight
+from synth.refine import VALLEY_WEIGHT, Refiner, ValleyWeight
 from synth.stft import log_spectral_distance_db, stft
 from synth.timbre import CC_MORPH, CC_RANDOM, TimbreInfo
 
@@ -141,7 +141,7 @@ def _summary(name: str, margins: list[float], programs: int) -> str:
 
 
 def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], hold: float,
-                   soundfont: str = SOUNDFONT, valley_weight: ValleyWeight | None = None) -> str:
+                   soundfont: str = SOUNDFONT, valley_weight: ValleyWeight | None = VALLEY_WEIGHT) -> str:
     fluid = FluidNotes(preset.params.sample_rate, hold, soundfont)
     encoder, refiner = Encoder(preset), Refiner(preset, valley_weight)
     seconds = hold + 0.2
@@ -205,7 +205,7 @@ SELF_PROGRAMS = (0, 4, 10, 16, 19, 24, 33, 41, 48, 56, 65, 73, 81, 89, 98, 104)
 SELF_HOLD = 1.5
 
 
-def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = None) -> str:
+def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALLEY_WEIGHT) -> str:
     """The self-capture section (see the module doc)."""
     encoder, refiner = Encoder(preset), Refiner(preset, valley_weight)
     seconds = SELF_HOLD + 0.5
@@ -319,9 +319,9 @@ def main() -> int:
     ap.add_argument("--hold", type=float, default=1.0, help="seconds each note is held (default 1)")
     ap.add_argument("--soundfont", default=SOUNDFONT,
                     help="soundfont the held-out notes are rendered from (default FluidR3)")
-    ap.add_argument("--valley-weight", default=None, metavar="RADIUS,DB,FLOOR",
-                    help="an experiment: capture's note term weighs the valleys between partials less "
-                         "(synth.refine.ValleyWeight), e.g. 5,40,0.1; default: every bin alike, as users get it")
+    ap.add_argument("--valley-weight", default=None, metavar="RADIUS,DB,FLOOR|off",
+                    help="how capture's note term weighs the valleys between partials (synth.refine.ValleyWeight); "
+                         "default: as users get it (synth.refine.VALLEY_WEIGHT); off: every bin alike")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,self,speed,change")
     args = ap.parse_args()
     preset = load_preset(args.preset)
@@ -330,8 +330,8 @@ def main() -> int:
     if not all(36 <= k <= 84 and k != CAPTURE_KEY for k in keys):
         raise BenchmarkError(f"--keys {args.keys}: keys must be 36..84 and not the captured {CAPTURE_KEY}")
     skip = set(filter(None, args.skip.split(",")))
-    valley = None
-    if args.valley_weight:
+    valley = VALLEY_WEIGHT if args.valley_weight is None else None
+    if args.valley_weight not in (None, "off"):
         try:
             radius, depth, floor = args.valley_weight.split(",")
             valley = ValleyWeight(int(radius), float(depth), float(floor))

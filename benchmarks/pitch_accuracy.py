@@ -102,8 +102,9 @@ def render_engine(preset: Preset, trials: list[Trial], sample_rate: int) -> tupl
     out = np.zeros((slot * len(trials), 2), np.float32)
     for i, trial in enumerate(trials):
         at = i * slot
-        for dim, value in enumerate(trial.z):  # the whole latent, absolute (not std units)
-            engine.set_latent(dim, float(value), absolute=True)
+        # the whole latent, absolute, as its own timbre: no snapshot's key tracking on top (a snapshot
+        # trial's latent is already the snapshot's at that key)
+        engine.restore_timbre(0, trial.z, snapshot_level=False)
         engine.push_event(at, bytes([0x90, trial.pitch, VELOCITY]))
         engine.push_event(at + int(HOLD_SECONDS * sample_rate), bytes([0x80, trial.pitch, 0]))
         for a in range(at, at + slot, block):
