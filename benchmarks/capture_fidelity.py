@@ -52,7 +52,7 @@ from benchmarks.common import DEFAULT_PRESET, SOUNDFONT, BenchmarkError, log, ma
 from synth.capture import CaptureError, Encoder, capture, read_recording
 from synth.contract import gm_group
 from synth.engine import Engine
-from synth.preset import Preset, Snapshot, load_preset
+from synth.preset import Preset, load_preset
 from synth.refine import VALLEY_WEIGHT, Refiner, ValleyWeight
 from synth.stft import log_spectral_distance_db, stft
 from synth.timbre import CC_MORPH, CC_RANDOM, TimbreInfo
@@ -162,17 +162,16 @@ def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], h
             rows.append([program, snap.name, f"capture failed: {exc}", "", "", "", "", "", "", "", ""])
             continue
         tied = [i for i in equally_near_family_snapshots(preset, program) if preset.snapshots[i] is not snap]
-        # a snapshot plays each key at its key-tracked latent (synth.key_track), as a program change recalls it
-        played = {"capture": caps["capture"].z, "encoder alone": caps["encoder alone"].z, "snapshot": snap}
+        # each plays a key at its key-tracked latent (synth.key_track): a snapshot as a program change recalls
+        # it, a capture with the tracking it borrowed (the encoder's point has none)
+        played = {"capture": caps["capture"], "encoder alone": caps["encoder alone"], "snapshot": snap}
         played |= {f"tied {i}": preset.snapshots[i] for i in tied}
         lsd: dict[str, list[float]] = {name: [] for name in played}
         at_capture_key: dict[str, float] = {}
         for key in (CAPTURE_KEY, *keys):
             real = steady_mag(recording if key == CAPTURE_KEY else fluid.note(program, key), preset, hold)
-            for name, z in played.items():
-                z = z.z_at(key) if isinstance(z, Snapshot) else z
-                if name == "capture" and caps["capture"].track is not None:  # its borrowed key tracking
-                    z = z + caps["capture"].track[key]
+            for name, timbre in played.items():
+                z = timbre.z_at(key)
                 d = level_matched_lsd(real, steady_mag(engine_note(preset, z, key, hold, seconds), preset, hold))
                 if key == CAPTURE_KEY:
                     at_capture_key[name] = d

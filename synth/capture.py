@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from synth.contract import ENCODER_INPUT, ENCODER_OUTPUTS
 from synth.errors import VaesynthError
+from synth.key_track import latent_for_key
 from synth.model_file import cpu_session, read_model
 from synth.pitch import WINDOW_S, harmonic_pitch, yin
 from synth.preset import Preset
@@ -82,6 +83,10 @@ class Capture:
     nearest: int
     seconds: float  # time the capture took
     track: NDArray[np.float32] | None = None  # (128, L) key tracking borrowed from the instruments it sounds like
+
+    def z_at(self, key: float) -> NDArray[np.float32]:
+        """``(L,)`` the latent this capture plays MIDI key ``key`` at (its borrowed key tracking added)."""
+        return latent_for_key(self.z, self.track, key)
 
     def describe(self, preset: Preset) -> str:
         """One line: pitch, onset, distance to the data (and the hint to pull when far)."""

@@ -314,10 +314,10 @@ class Engine:
         self._snapshot_levels = np.array([s.level for s in preset.snapshots] or [1.0], np.float64)
         self.level_target = 1.0
         self.level = 1.0
-        # Each snapshot's key tracking (synth.key_track), flat (128 * L) rows; the last row, zeros, is
-        # every other timbre's. It follows program changes with the knobs' glide, as the level does.
+        # Each snapshot's key tracking (synth.key_track), flat (128 * L) rows (zeros: none); slot timbres
+        # bring their own (synth.timbre). It follows timbre changes with the knobs' glide, as the level does.
         size = preset.latent_size
-        self._track_tables = np.zeros((len(preset.snapshots) + 1, 128 * size), np.float32)
+        self._track_tables = np.zeros((len(preset.snapshots), 128 * size), np.float32)
         for i, snap in enumerate(preset.snapshots):
             if snap.track is not None:
                 self._track_tables[i] = snap.track.reshape(-1)
@@ -661,8 +661,8 @@ class Engine:
             t = max(self._to_internal(int(row[0])), t0)
             status, d1, d2 = int(row[1]), int(row[2]), int(row[3])
             if status >= ev.ENGINE_EVENT:  # the engine's own timbre events: no channel
-                self.timbre.handle(status, d1, d2, self.z_target)
-                self._slot_timbre()
+                if self.timbre.handle(status, d1, d2, self.z_target):
+                    self._slot_timbre()
                 continue
             ch = status & 0x0F
             if self.channel is not None and ch != self.channel:
@@ -700,8 +700,8 @@ class Engine:
         elif cc == ev.CC_RESET_ALL_CONTROLLERS:
             self._bend = 0.0
             vb.sustain_pedal(t, False)
-        self.timbre.control_change(cc, value, self.z_target)
-        self._slot_timbre()
+        if self.timbre.control_change(cc, value, self.z_target):  # a knob CC leaves the slot's level and tracking
+            self._slot_timbre()
         knob = self._knob_of_cc[cc]
         if knob >= 0:
             self.knobs.control(knob, value, self.z_target)

@@ -45,3 +45,22 @@ def latent_at(keys: NDArray | tuple[float, ...], track_z: NDArray, at: NDArray |
 def offset_table(keys: NDArray | tuple[float, ...], track_z: NDArray, home: NDArray) -> NDArray[np.float32]:
     """``(128, L)``: what each MIDI key adds to the timbre's latent ``home (L,)`` (the engine's table)."""
     return (latent_at(keys, track_z, np.arange(128)) - np.asarray(home, np.float64)[None]).astype(np.float32)
+
+
+def valid_track_keys(keys: object) -> bool:
+    """``keys`` is a list of 1..``MAX_TRACK_KEYS`` strictly increasing MIDI keys (ints in 0..127)."""
+    return (isinstance(keys, list) and 1 <= len(keys) <= MAX_TRACK_KEYS
+            and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 127 for k in keys)
+            and all(b > a for a, b in zip(keys, keys[1:])))
+
+
+def key_row(key: float) -> int:
+    """The row of an offset table that MIDI key ``key`` plays (rounded, within 0..127), as the engine looks it up."""
+    return min(max(int(round(key)), 0), 127)
+
+
+def latent_for_key(z: NDArray, track: NDArray | None, key: float) -> NDArray[np.float32]:
+    """``(L,)``: the latent a timbre ``z (L,)`` with offset table ``track (128, L)`` (None: none) plays ``key`` at."""
+    if track is None:
+        return np.asarray(z, np.float32)
+    return (np.asarray(z, np.float32) + track[key_row(key)]).astype(np.float32)

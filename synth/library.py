@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from synth.contract import SNAPSHOT_TRACK_KEYS
 from synth.errors import VaesynthError
-from synth.key_track import MAX_TRACK_KEYS, offset_table
+from synth.key_track import offset_table, valid_track_keys
 from synth.preset import Preset
 
 LIBRARY_FILE = "library.toml"
@@ -229,9 +229,7 @@ def _track(entry: dict, size: int, where: str) -> tuple[tuple[int, ...], tuple[t
     if "track_keys" not in entry and "track_z" not in entry:
         return (), ()
     keys, rows = entry.get("track_keys"), entry.get("track_z")
-    ok = (isinstance(keys, list) and isinstance(rows, list) and 1 <= len(keys) <= MAX_TRACK_KEYS
-          and len(rows) == len(keys) and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 127 for k in keys)
-          and all(b > a for a, b in zip(keys, keys[1:]))
+    ok = (valid_track_keys(keys) and isinstance(rows, list) and len(rows) == len(keys)
           and all(isinstance(r, list) and len(r) == size and all(isinstance(v, (int, float)) and math.isfinite(v) for v in r)
                   for r in rows))
     if not ok:

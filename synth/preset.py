@@ -32,7 +32,7 @@ from synth.contract import (
     SpectrogramParams,
     gm_group,
 )
-from synth.key_track import MAX_TRACK_KEYS, offset_table
+from synth.key_track import MAX_TRACK_KEYS, latent_for_key, offset_table, valid_track_keys
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
 from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_session, preset_file, read_bounded,
                                read_model)
@@ -83,9 +83,7 @@ class Snapshot:
 
     def z_at(self, key: float) -> NDArray[np.float32]:
         """``(L,)`` the latent this snapshot plays MIDI key ``key`` at (rounded, as the engine looks it up)."""
-        if self.track is None:
-            return self.z
-        return (self.z + self.track[min(max(int(round(key)), 0), 127)]).astype(np.float32)
+        return latent_for_key(self.z, self.track, key)
 
 
 @dataclass(frozen=True)
@@ -387,9 +385,7 @@ def _track(s: dict[str, Any], size: int, z: NDArray[np.float32], version: int, w
         raise PresetError(f"{w}: 'track_keys' needs format_version {TRACK_VERSION} or later")
     keys = _get(s, "track_keys", list, w)
     rows = _get(s, "track_z", list, w)
-    integers = all(isinstance(k, int) and not isinstance(k, bool) for k in keys)
-    if not integers or not 1 <= len(keys) <= MAX_TRACK_KEYS or not all(0 <= k <= 127 for k in keys) \
-            or any(b <= a for a, b in zip(keys, keys[1:])):
+    if not valid_track_keys(keys):
         raise PresetError(f"{w}: 'track_keys' must be 1..{MAX_TRACK_KEYS} increasing keys in 0..127")
     if len(rows) != len(keys):
         raise PresetError(f"{w}: 'track_z' must hold one latent per track key ({len(keys)})")

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF
+from synth.key_track import key_row
 from synth.model_file import cpu_session, read_model
 from synth.partials import PARTS_OUTPUTS, place_partials, place_partials_batch
 from synth.preset import Preset
@@ -87,11 +88,6 @@ VALLEY_WEIGHT = ValleyWeight(radius=5, depth_db=40.0, floor=0.1)
 """Measured with ``benchmarks.capture_fidelity`` on the key-tracked default preset: capture closer than
 the program-change snapshot on 10 of 10 held-out FluidR3 programs, median +2.08 dB (every bin alike:
 8 of 10, +2.15); TimGM6mb and sf_GMbank notes 9 of 10 each, +2.00 and +2.47 dB."""
-
-
-def _key_index(key: float) -> int:
-    """The MIDI key ``key`` rounds to, within 0..127 (a key tracking table's row)."""
-    return min(max(int(round(key)), 0), 127)
 
 
 def _logsumexp(x: NDArray) -> NDArray[np.float64]:
@@ -236,7 +232,7 @@ class Refiner:
         for key in keys:
             zs = np.array([self._instrument_at(p.snapshots[i].program, key, p.snapshots[i].z_at(key)) for i in near])
             sound = np.tensordot(weight, self._decode(zs, np.full(len(times), key), times), axes=1)
-            offset = None if self.track is None else self.track[_key_index(key)]
+            offset = None if self.track is None else self.track[key_row(key)]
             terms.append(_Term(sound, np.full(len(times), key), times, KEYBOARD_WEIGHT / len(keys), offset))
         return terms
 
@@ -248,7 +244,7 @@ class Refiner:
             return None
         size = self.preset.latent_size
         mean = sum(w * (np.zeros((128, size)) if t is None else t.astype(np.float64)) for w, t in zip(weight, tracks))
-        return (mean - mean[_key_index(pitch)]).astype(np.float32)
+        return (mean - mean[key_row(pitch)]).astype(np.float32)
 
     def _instrument_at(self, program: int, key: float, snapshot_z: NDArray) -> NDArray[np.float64]:
         """``(L,)``: the training instrument ``program`` near ``key``: the mean of its latent map notes

@@ -218,15 +218,18 @@ class TimbreBank:
         self._recall(z_target, z_target)
         return True
 
-    def handle(self, status: int, d1: int, d2: int, z_target: NDArray[np.float32]) -> None:
-        """An engine event (``SELECT_SLOT``, ``MORPH``); others are ignored."""
+    def handle(self, status: int, d1: int, d2: int, z_target: NDArray[np.float32]) -> bool:
+        """An engine event (``SELECT_SLOT``, ``MORPH``); others are ignored. True when the timbre changed."""
         if status == SELECT_SLOT:
-            self.select(d1, z_target)
-        elif status == MORPH:
-            self.morph(d1, d2, z_target)
+            return self.select(d1, z_target)
+        if status == MORPH:
+            return self.morph(d1, d2, z_target)
+        return False
 
-    def control_change(self, cc: int, value: int, z_target: NDArray[np.float32]) -> None:
-        """Bank Select, the morph CC and the random button (other CCs: nothing)."""
+    def control_change(self, cc: int, value: int, z_target: NDArray[np.float32]) -> bool:
+        """Bank Select, the morph CC and the random button (other CCs: nothing). True when the timbre
+        changed (a morph moved, a random timbre was drawn)."""
+        changed = False
         if cc == CC_BANK_SELECT:
             self.bank = value
         if cc == self.morph_cc:
@@ -235,11 +238,13 @@ class TimbreBank:
                 _lerp(self.z[self.morph_a], self.z[self.morph_b], value / 127.0, z_target)
                 self.knobs.derive(z_target)
                 self._pickup_all_offline()
+                changed = True
         if cc == CC_RANDOM:
             pressed = value >= BUTTON_ON and self._button < BUTTON_ON
             self._button = value
             if pressed:
-                self.next_random(z_target)
+                changed = self.next_random(z_target) or changed
+        return changed
 
     def program_change(self, program: int, z_target: NDArray[np.float32]) -> bool:
         """True when the program change was for a user program (bank ``USER_BANK``) and handled here;

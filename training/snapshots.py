@@ -16,7 +16,7 @@ Even a fitted single latent stays a compromise across the keyboard (the 24 000-s
 model with the convergence term: the electric piano's octave 4-11 dB too loud at keys 60-67), so
 the fit can give each snapshot a latent at every key of ``SNAPSHOT_TRACK_KEYS`` and play a note at
 the interpolation between the two around its key (``synth.key_track``, as the engine plays it;
-``[train] snapshot_key_track``, off in the shipped configs: see the README).
+``[train] snapshot_key_track``, on in ``default.toml``: see the README).
 All start from the mean; a smoothness term (``TRACK_SMOOTHNESS``) keeps neighbouring track keys
 from drifting apart where few notes pin them. Measured on that model (``benchmarks.chorale``): the
 electric piano's BWV 66.6 onset F1 0.877 against 0.708 with one latent (FluidR3: 0.894).
@@ -95,6 +95,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
     velocity = torch.from_numpy(np.asarray(cache.velocity[notes], np.float32)).to(device)
     holds = note_holds(cache, notes)[:, None]
     # (n, A): each note's latent is its label's track latents interpolated at its key
+    # (no track keys: one key, weight 1 for every note, so one latent plays the whole keyboard)
     weights = torch.from_numpy(track_weights(track_keys or (0,), cache.pitch[notes])).float().to(device)
     m = run.model
     z = torch.stack([start[i].detach().float()[None].repeat(anchors, 1) for i in ids]).to(device).requires_grad_(True)
