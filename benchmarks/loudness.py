@@ -3,12 +3,12 @@
     python -m benchmarks.loudness [--preset presets/default]
 
 Each program 0..127 is recalled by a program change (its own snapshot, else its group's), then a
-note at velocity 100 is held 1 s and released, at C3, C4 and C5 (export evened each snapshot's
-level over exactly these keys, ``export.onnx.MIX_LEVEL_KEYS``, so they check that the engine
-applies it) and at F#2, F#3, F#4 and F#5 (keys no calibration saw: the honest test), rendered
-offline by the engine exactly as
-``run_synth.py --render`` would (default master gain, the preset's [mix] gain and the snapshot's
-level). Goal: the single note peaks between -12 and -6 dBFS; chords (8 notes at velocity 127, on
+note at velocity 100 is held 1 s and released, at F#2, C3, F#3, C4, F#4, C5 and F#5. Export
+measured each snapshot's level per key at every other key from C#2 to B5
+(``export.onnx.KEY_LEVEL_KEYS``, all odd): none of these seven keys, so they test the
+interpolation between measured keys as well as the engine applying it. Rendered offline by the
+engine exactly as ``run_synth.py --render`` would (default master gain, the preset's [mix]
+gain, the snapshot's level and its level per key). Goal: the single note peaks between -12 and -6 dBFS; chords (8 notes at velocity 127, on
 the loudest programs) never pass 0 dBFS.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from synth.preset import Preset
 NOTE_RANGE_DBFS = (-12.0, -6.0)
 HOLD_S, TAIL_S = 1.0, 0.6
 CHORD = (48, 52, 55, 60, 64, 67, 72, 76)
-KEYS = (42, 48, 54, 60, 66, 72, 78)  # C3, C4, C5 (the calibration keys) and the F#s between them
+KEYS = (42, 48, 54, 60, 66, 72, 78)  # F#2 .. F#5 by half octaves: even keys, never measured by export
 
 
 def render_peak(preset: Preset, program: int, keys: tuple[int, ...], velocity: int) -> float:

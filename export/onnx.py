@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from export.knob_travel import calibrate_travel
 from synth.contract import DECODER_CONTRACT as CONTRACT
-from synth.contract import DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, PRESET_FORMAT_VERSION
+from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, MAX_KEY_LEVEL_DB,
+                             PRESET_FORMAT_VERSION)
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
@@ -53,6 +54,14 @@ MIX_NOTE_SECONDS = (1.0, 0.6)  # held, then released: the note whose peak [mix] 
 MIX_RENDER_RATE = 48000
 MIX_GAIN_KEY = 60  # C4: the note whose median peak [mix] gain sets
 MIX_LEVEL_KEYS = (48, MIX_GAIN_KEY, 72)  # C3, C4, C5: the keys a snapshot's level trim evens out
+MEASURE_HEADROOM = 0.1  # export measures note peaks 20 dB down: the limiter (from -1 dBFS) stays out of them
+KEY_LEVEL_KEYS = tuple(range(37, 84, 2))  # C#2 .. B5, every other key: where a snapshot's level per key is measured
+KEY_LEVEL_BAND_DBFS = (-10.5, -7.5)
+"""A v100 note measured outside this band (after the [mix] gain and the snapshot's trim) is brought
+to its nearer edge by the snapshot's level at that key; one inside is left alone, so an instrument
+keeps the louder and softer registers it has within the band. The loudness goal is -12..-6 dBFS:
+the 1.5 dB to spare cover the keys between, which are never measured (a plucked note's peak moves
+by up to 2 dB from one key to the next: the harp, F2 -5.3 dBFS, F#2 -5.2, G2 -6.7)."""
 PARTS_FILE = "decoder_parts.onnx"
 # NSynth family -> a General MIDI program (0-based, as in MIDI program-change messages).
 FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass": 33,
@@ -263,7 +272,8 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches
     """Peak of one note per pitch and snapshot (held then released, MIX_NOTE_SECONDS) played by
     the engine itself on the preset written in ``preset_dir``, at unity output gain: attack
     normalisation, phase reconstruction and all, exactly what a player hears before the gain
-    -> ``(len(pitches), len(snaps))``."""
+    -> ``(len(pitches), len(snaps))``. The engine plays them MEASURE_HEADROOM quieter and the peaks
+    are scaled back, so its limiter never touches a loud snapshot's note."""
     from synth.engine import Engine
 
     preset = load_preset(preset_dir)
@@ -272,7 +282,7 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches
     peaks = np.zeros((len(pitches), len(snaps)))
     for i, pitch in enumerate(pitches):
         for j, snap in enumerate(snaps):
-            eng = Engine(preset, device="cpu", master_gain=1.0 / preset.mix_gain)  # unity overall
+            eng = Engine(preset, device="cpu", master_gain=MEASURE_HEADROOM / preset.mix_gain)
             eng.prepare(rate, 1024, warm=False)
             start = rate // 10  # after the glide to the snapshot
             eng.push(0, 0xC0, int(snap["program"]), 0)
@@ -280,7 +290,7 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches
             eng.push(start + hold, 0x80, pitch, 0)
             out = np.zeros((start + hold + tail, 2), np.float32)
             eng.process(out)
-            peaks[i, j] = float(np.max(np.abs(out)))
+            peaks[i, j] = float(np.max(np.abs(out))) / MEASURE_HEADROOM
     return peaks
 
 
@@ -297,6 +307,22 @@ def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, 
     middle = np.exp(np.log(np.maximum(spread, 1e-12)).mean(axis=0))
     levels = np.clip(median / middle, MIN_SNAPSHOT_LEVEL, MAX_SNAPSHOT_LEVEL)
     return float(np.clip(gain, 1e-2, 1e3)), median, [round(float(v), 4) for v in levels]
+
+
+def key_levels(preset_dir: Path, snaps: Sequence[dict[str, Any]], gain: float) -> list[dict[str, Any]]:
+    """Each snapshot's level per key as preset.toml keys (``key_level_keys``, ``key_level_db``;
+    none when every key is inside the band): v100 notes at KEY_LEVEL_KEYS played by the engine on
+    the preset in ``preset_dir`` (its snapshot trims applied, none per key yet) at the [mix]
+    ``gain``, each brought into KEY_LEVEL_BAND_DBFS (within +-MAX_KEY_LEVEL_DB)."""
+    heard = 20.0 * np.log10(np.maximum(engine_note_peaks(preset_dir, snaps, KEY_LEVEL_KEYS) * gain, 1e-12))
+    correction = np.clip(np.clip(heard, *KEY_LEVEL_BAND_DBFS) - heard, -MAX_KEY_LEVEL_DB, MAX_KEY_LEVEL_DB)
+    return [{"key_level_keys": list(KEY_LEVEL_KEYS), "key_level_db": [round(float(v), 2) for v in column]}
+            if np.any(np.abs(column) >= 0.005) else {} for column in correction.T]
+
+
+def without_key_levels(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` without its level per key (to measure what the snapshot plays before it)."""
+    return {k: v for k, v in snap.items() if k not in ("key_level_keys", "key_level_db")}
 
 
 def validate_doc(doc: dict[str, Any]) -> None:
@@ -394,6 +420,8 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     errors["mix_gain"] = gain
     travel = calibrate_travel(load_preset(out))
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
+    _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map, travel))
+    snaps = [{**snap, **keyed} for snap, keyed in zip(snaps, key_levels(out, snaps, gain))]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map, travel))
     keep_run_files(checkpoint.parent, out)
     return errors

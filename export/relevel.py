@@ -1,5 +1,6 @@
-"""Re-measure a preset's ``[mix] gain`` and snapshot ``level`` trims through the current engine,
-in place: what the export measures (``export.onnx.mix_gain``), for an engine change that moves
+"""Re-measure a preset's ``[mix] gain``, snapshot ``level`` trims and levels per key through the
+current engine, in place: what the export measures (``export.onnx.mix_gain``,
+``export.onnx.key_levels``), for an engine change that moves
 note peaks (the phase of a note's first frame sets how its partials add up) without retraining.
 Re-running the preset's own export command gives the same values.
 
@@ -15,27 +16,35 @@ import tomllib
 from pathlib import Path
 from typing import Sequence
 
-from export.onnx import MEDIAN_PEAK_TEXT, TARGET_PEAK_DBFS, _write_doc, mix_gain
+from export.onnx import MEDIAN_PEAK_TEXT, TARGET_PEAK_DBFS, _write_doc, key_levels, mix_gain, without_key_levels
+from synth.contract import PRESET_FORMAT_VERSION
 from synth.errors import VaesynthError, run_command
 
 MEDIAN_PEAK = re.compile(re.escape(MEDIAN_PEAK_TEXT.split("{")[0]) + r"[0-9.e+-]+")
 
 
 def relevel(preset_dir: Path) -> tuple[float, float, list[float]]:
-    """Measure on a unity-gain copy (gain 1, every level 1), then write gain, levels and the
-    description's median peak into ``preset_dir/preset.toml``; returns ``(gain, median peak, levels)``."""
+    """Measure on a unity-gain copy (gain 1, every level 1, none per key), then write gain, levels
+    and the description's median peak into ``preset_dir/preset.toml``, then measure and write the
+    levels per key; returns ``(gain, median peak, levels)``."""
     doc = tomllib.loads((preset_dir / "preset.toml").read_text())
+    per_key = doc["preset"].get("format_version", 1) >= 2  # version 1's knobs read differently: it stays 1
+    if per_key:
+        doc["preset"]["format_version"] = PRESET_FORMAT_VERSION  # levels per key need it (the rest reads the same)
+    snaps = [without_key_levels(snap) for snap in doc["snapshots"]]
     with tempfile.TemporaryDirectory() as tmp:
         unity = Path(tmp) / preset_dir.name
         shutil.copytree(preset_dir, unity)
-        flat = {**doc, "mix": {**doc["mix"], "gain": 1.0},
-                "snapshots": [{**snap, "level": 1.0} for snap in doc["snapshots"]]}
+        flat = {**doc, "mix": {**doc["mix"], "gain": 1.0}, "snapshots": [{**snap, "level": 1.0} for snap in snaps]}
         _write_doc(unity, flat)
-        gain, median, levels = mix_gain(unity, doc["snapshots"])
+        gain, median, levels = mix_gain(unity, snaps)
     doc["mix"]["gain"] = gain
-    doc["snapshots"] = [{**snap, "level": level} for snap, level in zip(doc["snapshots"], levels)]
+    doc["snapshots"] = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     doc["preset"]["description"] = MEDIAN_PEAK.sub(MEDIAN_PEAK_TEXT.format(median), doc["preset"]["description"])
     _write_doc(preset_dir, doc)
+    if per_key:
+        doc["snapshots"] = [{**snap, **keyed} for snap, keyed in zip(doc["snapshots"], key_levels(preset_dir, snaps, gain))]
+        _write_doc(preset_dir, doc)
     return gain, median, levels
 
 

@@ -94,12 +94,16 @@ HELD_TIME_OFF = -1.0
 """``time_off`` while the key is still down (the decoder's 'not released' value)."""
 
 # ---------------------------------------------------------------------------- preset format
-PRESET_FORMAT_VERSION = 3
+PRESET_FORMAT_VERSION = 4
 """Version 2 adds the ``[knobs]`` table (PCA directions of the aggregate posterior) and
 resolves every General MIDI program to a snapshot. Version 3 lets a snapshot carry its latent at
-several keys (``track_keys``, ``track_z``: ``synth.key_track``). The engine still reads versions
-1 and 2 (version 1's knobs derived from ``[latent] knob_order``); any other version gets a
-one-line message that says to re-export the preset."""
+several keys (``track_keys``, ``track_z``: ``synth.key_track``). Version 4 lets it carry a level
+per key (``key_level_keys``, ``key_level_db``: ``synth.key_track.key_gain_table``). The engine
+still reads versions 1-3 (version 1's knobs derived from ``[latent] knob_order``); any other
+version gets a one-line message that says to re-export the preset."""
+MAX_KEY_LEVEL_DB = 12.0
+"""A snapshot's per-key level stays within +-12 dB (as its level trim): enough to even out an
+instrument's registers, never enough to turn a near-silent decode into a burst of noise."""
 SNAPSHOT_TRACK_KEYS = (21, 36, 48, 60, 72, 84, 96, 108)
 """The keys at which training fits a snapshot's latent (``training.snapshots``); between two of
 them the engine interpolates linearly, outside them it holds the nearest (``synth.key_track``)."""

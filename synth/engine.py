@@ -322,6 +322,13 @@ class Engine:
             if snap.track is not None:
                 self._track_tables[i] = snap.track.reshape(-1)
         self._track_target = np.zeros(128 * size, np.float32)
+        # Each snapshot's level per key (format 4: export evened out its registers), ones elsewhere; a
+        # note takes its key's level at note-on and keeps it (a program change never jumps a sounding note).
+        self._key_level_tables = np.ones((len(preset.snapshots), 128), np.float32)
+        for i, snap in enumerate(preset.snapshots):
+            if snap.key_level is not None:
+                self._key_level_tables[i] = snap.key_level
+        self._key_level = np.ones(128, np.float32)
         # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
         # no instrument's timbre, and plays about 10 dB below the snapshots).
         self.program = 0  # the last program change (written by the render thread only)
@@ -396,26 +403,39 @@ class Engine:
         self._slot_timbre()
         self._jump_to_timbre()
 
-    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None, snapshot_level: bool = True) -> None:
+    def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None, snapshot_level: bool = True,
+                       track: NDArray[np.float32] | None = None) -> None:
         """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
         snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
         of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up.
-        ``snapshot_level=False`` (a capture, random or morph timbre) plays at level 1.0, as it did."""
+        ``snapshot_level=False`` (a capture, random or morph timbre) plays at level 1.0, as it did,
+        with the key tracking ``track (128, L)`` it had (a capture's, borrowed; None: none)."""
         if not 0 <= program <= 127:
             raise ValueError(f"program {program} outside 0..127")
         if z is not None:
             z = np.asarray(z, np.float32)
             if z.shape != self.z_target.shape or not np.all(np.isfinite(z)):
                 raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
+        if track is not None:
+            track = np.asarray(track, np.float32)
+            if track.shape != (128, self.preset.latent_size) or not np.all(np.isfinite(track)):
+                raise ValueError(f"key tracking of shape {track.shape} (finite) expected "
+                                 f"{(128, self.preset.latent_size)}")
         self._program_change(program)
         if not snapshot_level:
             self.level_target = 1.0
-            self._track_target.fill(0.0)  # a restored capture, random or morph timbre: its latent only
+            self._key_level.fill(1.0)
+            self._track_target[:] = 0.0 if track is None else track.reshape(-1)
         if z is not None:
             self.z_target[:] = z
             self.knobs.derive(self.z_target, unpick_moved=False)
         self.knobs.pickup[:] = False
         self._jump_to_timbre()
+
+    @property
+    def timbre_track(self) -> NDArray[np.float32]:
+        """``(128, L)`` what each key adds to the sounding timbre's latent (synth.key_track); zeros: none."""
+        return self._track_target.reshape(128, -1).copy()
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
@@ -683,7 +703,7 @@ class Engine:
             self._pitch_bend((d2 << 7) | d1)
 
     def _note_on(self, t: int, key: int, channel: int, velocity: int) -> None:
-        v, slot_was_busy = self.voices.note_on(t, key, channel, velocity)
+        v, slot_was_busy = self.voices.note_on(t, key, channel, velocity, float(self._key_level[key]))
         if slot_was_busy:
             self._ring[v].fill(0.0)
         self.phase.reset(v)
@@ -711,6 +731,7 @@ class Engine:
         snapshots' own) and with the slot's key tracking (a capture's: borrowed from its neighbours)."""
         if self.timbre.current_slot != NO_SLOT or self.timbre.morph_a != NO_SLOT:
             self.level_target = 1.0
+            self._key_level.fill(1.0)
             self.timbre.track_into(self._track_target)
 
     def _jump_to_timbre(self) -> None:
@@ -729,6 +750,7 @@ class Engine:
         if snapshot >= 0:
             self.level_target = float(self._snapshot_levels[snapshot])
             self._track_target[:] = self._track_tables[snapshot]
+            self._key_level[:] = self._key_level_tables[snapshot]
         self.program = program
         self.timbre.snapshot_recalled(program)
         if not self._knob_pickup:
@@ -776,7 +798,7 @@ class Engine:
         self._synthesize_frames(t0, t0 + n)
         vb = self.voices
         self.stats.active_voices = mix_voices(
-            vb.state, vb.onset, vb.release_t, vb.fade_start, vb.fade_step, vb.gain, self._ring, self._startnorm,
+            vb.state, vb.onset, vb.release_t, vb.fade_start, vb.fade_step, vb.gain, vb.level, self._ring, self._startnorm,
             self._steady_norm, self._release_samples, self._release_fade_step, t0, self._mix[:n])
         self._t_int = t0 + n
 

@@ -11,6 +11,10 @@ follows, each keeping its own distance from it.
 
 Between two track keys the latent is interpolated linearly; below the first and above the last
 it is held (the decoder was never asked for anything beyond the training keys).
+
+A snapshot's level may follow the key too (``key_gain_table``): export measures a velocity-100
+note of each snapshot at a few keys and stores a correction in dB for those that peak outside
+the level band, interpolated in dB between its keys in the same way.
 """
 from __future__ import annotations
 
@@ -45,6 +49,13 @@ def latent_at(keys: NDArray | tuple[float, ...], track_z: NDArray, at: NDArray |
 def offset_table(keys: NDArray | tuple[float, ...], track_z: NDArray, home: NDArray) -> NDArray[np.float32]:
     """``(128, L)``: what each MIDI key adds to the timbre's latent ``home (L,)`` (the engine's table)."""
     return (latent_at(keys, track_z, np.arange(128)) - np.asarray(home, np.float64)[None]).astype(np.float32)
+
+
+def key_gain_table(keys: NDArray | tuple[float, ...], db: NDArray | list[float]) -> NDArray[np.float32]:
+    """``(128,)`` linear gain of every MIDI key from the levels ``db (A,)`` given at ``keys (A,)``
+    (interpolated in dB, held beyond the first and last)."""
+    level_db = track_weights(keys, np.arange(128)) @ np.asarray(db, np.float64)
+    return (10.0 ** (level_db / 20.0)).astype(np.float32)
 
 
 def valid_track_keys(keys: object) -> bool:

@@ -28,21 +28,24 @@ from synth.contract import (
     ENCODER_OUTPUTS,
     HELD_TIME_OFF,
     KNOB_TRAVEL_RANGE,
+    MAX_KEY_LEVEL_DB,
     PRESET_FORMAT_VERSION,
     SpectrogramParams,
     gm_group,
 )
-from synth.key_track import MAX_TRACK_KEYS, latent_for_key, offset_table, valid_track_keys
+from synth.key_track import MAX_TRACK_KEYS, key_gain_table, latent_for_key, offset_table, valid_track_keys
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
 from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_session, preset_file, read_bounded,
                                read_model)
 
-READ_VERSIONS = (1, 2, PRESET_FORMAT_VERSION)
+READ_VERSIONS = (1, 2, 3, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``), 2
-(``[knobs]`` directions, optional ``[mix]``) and the current one, which export writes (2 plus
-snapshots' optional key tracking)."""
+(``[knobs]`` directions, optional ``[mix]``), 3 (2 plus snapshots' optional key tracking) and
+the current one, which export writes (3 plus snapshots' optional level per key)."""
 TRACK_VERSION = 3
 """The first format version whose snapshots may carry ``track_keys`` / ``track_z``."""
+KEY_LEVEL_VERSION = 4
+"""The first format version whose snapshots may carry ``key_level_keys`` / ``key_level_db``."""
 MAX_KNOBS = 8
 V1_MIX_GAIN = 1.65
 """Output gain for version-1 presets (they have no ``[mix]``): puts the shipped default preset's
@@ -80,6 +83,7 @@ class Snapshot:
     z: NDArray[np.float32]  # (L,) its latent at SNAPSHOT_HOME_KEY (knobs, capture and morph start here)
     level: float = 1.0  # linear output trim that evens the snapshots' loudness (optional 'level')
     track: NDArray[np.float32] | None = None  # (128, L) what each key adds to z (synth.key_track); None: nothing
+    key_level: NDArray[np.float32] | None = None  # (128,) linear gain of each key's notes (format 4); None: 1
 
     def z_at(self, key: float) -> NDArray[np.float32]:
         """``(L,)`` the latent this snapshot plays MIDI key ``key`` at (rounded, as the engine looks it up)."""
@@ -409,8 +413,26 @@ def _snapshots(doc: dict[str, Any], size: int, version: int, where: str) -> list
         if not (MIN_SNAPSHOT_LEVEL <= level <= MAX_SNAPSHOT_LEVEL):
             raise PresetError(f"{w}: level {level} outside {MIN_SNAPSHOT_LEVEL}..{MAX_SNAPSHOT_LEVEL}")
         z = _vector(s, "z", size, w)
-        snaps.append(Snapshot(_get(s, "name", str, w), program, z, level, _track(s, size, z, version, w)))
+        snaps.append(Snapshot(_get(s, "name", str, w), program, z, level, _track(s, size, z, version, w),
+                              _key_level(s, version, w)))
     return snaps
+
+
+def _key_level(s: dict[str, Any], version: int, w: str) -> NDArray[np.float32] | None:
+    """A snapshot's optional level per key -> its ``(128,)`` linear gain table (synth.key_track), None without."""
+    if "key_level_keys" not in s and "key_level_db" not in s:
+        return None
+    if version < KEY_LEVEL_VERSION:
+        raise PresetError(f"{w}: 'key_level_keys' needs format_version {KEY_LEVEL_VERSION} or later")
+    keys = _get(s, "key_level_keys", list, w)
+    db = _get(s, "key_level_db", list, w)
+    if not valid_track_keys(keys):
+        raise PresetError(f"{w}: 'key_level_keys' must be 1..{MAX_TRACK_KEYS} increasing keys in 0..127")
+    values = [_as_float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in db]
+    if len(values) != len(keys) or not all(abs(v) <= MAX_KEY_LEVEL_DB for v in values):
+        raise PresetError(f"{w}: 'key_level_db' must hold one level in -{MAX_KEY_LEVEL_DB:g}..{MAX_KEY_LEVEL_DB:g} dB "
+                          f"per key ({len(keys)})")
+    return key_gain_table(keys, values)
 
 
 def _v1_knobs(latent: dict[str, Any], mean: NDArray, std: NDArray, w: str) -> KnobMap:

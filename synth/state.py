@@ -12,6 +12,7 @@ or ``--state FILE``::
     program = 24                # the last program change (the snapshot it recalled)
     snapshot = "guitar_acoustic_fluidr3_024"
     z = [ ... ]                 # the exact latent, knob moves included
+    track = [[ ... ], ...]      # a capture's or morph's key tracking (128 rows of L), when it has one
     [knobs]
     values = [ ... ]            # knob coordinates, -1..1 over each knob's travel
     [options]
@@ -173,6 +174,11 @@ def describe_timbre(engine: Any) -> dict[str, Any]:
         extra = dataclasses.asdict(extra)
     if isinstance(extra, dict):
         table.update({k: v for k, v in extra.items() if k not in table and v is not None})
+    track = getattr(engine, "timbre_track", None)
+    # A snapshot's own tracking comes back with its program; another timbre's (a capture's, borrowed
+    # from its neighbours, or a morph's) lives only in the engine, so it is saved with the latent.
+    if table.get("kind", "snapshot") != "snapshot" and track is not None and np.any(track):
+        table["track"] = [[float(v) for v in row] for row in np.asarray(track, np.float64)]
     return table
 
 
@@ -213,9 +219,14 @@ def restore_timbre(engine: Any, state: LiveState | None) -> str | None:
             raise ValueError(f"program {program!r} is not an integer")
         if z is not None and not (isinstance(z, list) and all(_finite(v) for v in z)):
             raise ValueError("z is not a list of finite numbers")
+        track = state.timbre.get("track")
+        if track is not None and not (isinstance(track, list) and all(
+                isinstance(row, list) and all(_finite(v) for v in row) for row in track)):
+            raise ValueError("track is not a list of rows of finite numbers")
         # Only a snapshot (with or without knob moves) has a level trim; other timbres play at 1.0.
         snapshot_level = state.timbre.get("kind", "snapshot") == "snapshot"
-        engine.restore_timbre(program, None if z is None else np.asarray(z, np.float32), snapshot_level)
+        engine.restore_timbre(program, None if z is None else np.asarray(z, np.float32), snapshot_level,
+                              None if track is None or snapshot_level else np.asarray(track, np.float32))
     except ValueError as exc:
         warn(f"saved timbre not restored ({exc})")
         return None

@@ -49,7 +49,8 @@ class VoiceBank:
         self.next_frame = np.zeros(s, np.int64)
         self.fade_start = np.full(s, NEVER, np.int64)
         self.fade_step = np.zeros(s, np.float32)
-        self.gain = np.zeros(s, np.float32)
+        self.gain = np.zeros(s, np.float32)  # the fade gain: 1 until a fade takes it to 0 (the voice is then freed)
+        self.level = np.ones(s, np.float32)  # the note's own level (its snapshot's level at its key), fixed at note-on
         self.order = np.zeros(s, np.int64)
         self.muted = np.zeros(s, np.bool_)
         self.quiet = np.zeros(s, np.int32)  # frames in a row below audibility while released
@@ -85,8 +86,8 @@ class VoiceBank:
             self.muted[v] = True
         return v
 
-    def allocate(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
-        """Take a slot for a note starting at sample ``t``; returns (slot, slot_was_busy).
+    def allocate(self, t: int, key: int, channel: int, velocity: int, level: float = 1.0) -> tuple[int, bool]:
+        """Take a slot for a note starting at sample ``t`` at linear ``level``; returns (slot, slot_was_busy).
 
         At the polyphony limit (``cap``: the user's polyphony, lowered while the engine sheds
         load) a sounding voice is stolen first. ``slot_was_busy`` is True when every slot was
@@ -116,18 +117,19 @@ class VoiceBank:
         self.fade_start[slot] = NEVER
         self.fade_step[slot] = 0.0
         self.gain[slot] = 1.0
+        self.level[slot] = level
         self.order[slot] = self._counter
         self.muted[slot] = False
         self.quiet[slot] = 0
         return slot, busy
 
-    def note_on(self, t: int, key: int, channel: int, velocity: int) -> tuple[int, bool]:
+    def note_on(self, t: int, key: int, channel: int, velocity: int, level: float = 1.0) -> tuple[int, bool]:
         """A key goes down at sample ``t``: a re-struck key first releases its sounding voice (a
         piano's damper lifts and strikes again), then a slot is allocated (see ``allocate``)."""
         for v in range(self.slots):
             if self.key[v] == key and self.channel[v] == channel and (self.state[v] == HELD or self.state[v] == SUSTAINED):
                 self.release(v, t)
-        return self.allocate(t, key, channel, velocity)
+        return self.allocate(t, key, channel, velocity, level)
 
     def release(self, v: int, t: int) -> None:
         """Key (or pedal) up at sample ``t``: the decoder's time_off starts counting here."""
@@ -202,14 +204,14 @@ def find_voice_to_steal(state: NDArray, key: NDArray, order: NDArray, release_t:
 
 @njit(nogil=True, cache=True)
 def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: NDArray, fade_step: NDArray,
-               gain: NDArray, ring: NDArray, startnorm: NDArray, steady_norm: float, release_samples: int,
+               gain: NDArray, level: NDArray, ring: NDArray, startnorm: NDArray, steady_norm: float, release_samples: int,
                release_fade_step: float, t0: int, out: NDArray) -> int:
     """Sum every voice's finished samples for ``[t0, t0 + len(out))`` into ``out (n,)``.
 
     Reads (and clears) each voice's OLA ring ``ring (S, R)`` at ``(t - onset) % R``, applies
     the start-up normalisation (few overlapping frames at a note's start; 0 over the head a
     voice's grid starts before its note-on, which is cleared unheard), the release-end
-    fade and the fade gain. A voice whose gain reaches 0 is freed and its ring cleared.
+    fade, the fade gain and the note's ``level``. A voice whose gain reaches 0 is freed and its ring cleared.
     Returns the number of voices still active.
     """
     n = out.shape[0]
@@ -225,6 +227,7 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
         if state[v] == FREE:
             continue
         g = gain[v]
+        note_level = level[v]
         s0 = t0 - onset[v]
         if 0 < s0 <= skip:  # head samples before this block (before the note-on): cleared unheard
             for s in range(s0):
@@ -249,7 +252,7 @@ def mix_voices(state: NDArray, onset: NDArray, release_t: NDArray, fade_start: N
                     state[v] = FREE
                     ring[v, :] = 0.0
                     break
-            out[i] += g * y
+            out[i] += g * note_level * y
         gain[v] = g
         if state[v] != FREE:
             active += 1

@@ -9,7 +9,7 @@ and ``z`` tilts the harmonic amplitudes (timbre): harmonic h is scaled by
 ``exp(z @ timbre_weights(L))[h]``. ``nan_above_pitch`` makes the decoder return NaN for
 pitches above it (to test the engine's NaN guard).
 
-``preset.toml`` is format version 3 by default: ``[knobs]`` with random orthonormal,
+``preset.toml`` is format version 4 by default: ``[knobs]`` with random orthonormal,
 non-axis-aligned directions (``knob_directions``) and ``[mix] gain = MIX_GAIN``;
 ``format_version=1`` writes the old ``[latent] knob_order`` instead. ``key_track=True`` gives every
 snapshot key tracking (``TRACK_KEYS``): its latent at each, ``z`` plus a random offset that
@@ -201,7 +201,7 @@ def make_fake_preset(
     nan_above_pitch: float | None = None,
     time_on_max: float = 2.5,
     release_seconds: float = 0.5,
-    format_version: int = 3,
+    format_version: int = 4,
     programs: tuple[int, ...] = PROGRAMS,
     mix_gain: float | None = MIX_GAIN,
     latent_map: bool = True,

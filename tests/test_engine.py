@@ -565,7 +565,7 @@ def test_the_skipped_head_is_cleared_unheard() -> None:
     state, onset = np.array([HELD], np.int32), np.array([1000 - skip], np.int64)  # note-on at 1000
     out = np.zeros(128, np.float32)
     mix_voices(state, onset, np.full(1, -1, np.int64), np.full(1, 10 ** 12, np.int64), np.zeros(1, np.float32),
-               np.ones(1, np.float32), ring, startnorm, 1.0, 10 ** 6, 0.0, 1000 - skip // 2, out)
+               np.ones(1, np.float32), np.ones(1, np.float32), ring, startnorm, 1.0, 10 ** 6, 0.0, 1000 - skip // 2, out)
     assert not ring[0, :skip + 128 - skip // 2].any(), "head or played samples left in the ring"
     assert not out[: skip // 2].any() and out[skip // 2:].all(), "the head was heard, or the note was not"
     assert ring[0, skip + 128 - skip // 2:].all()
@@ -608,3 +608,28 @@ def test_knob_moves_carry_every_key_along(tracked_preset: Preset) -> None:
     eng.set_timbre_now(eng.store_timbre(snap.z, TimbreInfo("latent", "test")))
     render(eng, [(0, ON, 36, 60)], 2400)
     np.testing.assert_allclose(eng._bz[0], snap.z, atol=1e-6)
+
+
+def test_snapshot_level_per_key_scales_only_its_keys(tracked_preset: Preset) -> None:
+    """A snapshot's level per key (format 4) scales the notes of the keys it names, fixed at each
+    note-on; a slot timbre (capture, random, morph) plays every key at level 1."""
+    from synth.key_track import key_gain_table
+    from synth.timbre import TimbreInfo
+
+    snap = tracked_preset.snapshot_for_program(5)
+    assert snap is not None
+    table = key_gain_table((48, 60, 72), (0.0, 6.0, 0.0))
+    levelled = dataclasses.replace(tracked_preset, snapshots=[
+        dataclasses.replace(s, key_level=table) if s is snap else s for s in tracked_preset.snapshots])
+    tail = slice(6000, None)  # after the program change's glide
+    for key, expected in ((60, 10 ** (6 / 20)), (54, 10 ** (3 / 20)), (40, 1.0)):
+        plain = render(make(tracked_preset), [(0, PC, 5, 0), (0, ON, key, 60)], 12000)[tail]
+        louder = render(make(levelled), [(0, PC, 5, 0), (0, ON, key, 60)], 12000)[tail]
+        assert rms(louder) == pytest.approx(expected * rms(plain), rel=1e-3), key
+    eng = make(levelled)
+    render(eng, [(0, PC, 5, 0)], 2400)
+    eng.set_timbre_now(eng.store_timbre(snap.z_at(60), TimbreInfo("latent", "test")))
+    as_slot = render(eng, [(0, ON, 60, 60)], 12000)
+    other = make(tracked_preset)
+    other.set_timbre_now(other.store_timbre(snap.z_at(60), TimbreInfo("latent", "test")))
+    np.testing.assert_allclose(as_slot, render(other, [(0, ON, 60, 60)], 12000), atol=1e-6)

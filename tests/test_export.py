@@ -37,9 +37,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
 
 
 def read_v2(folder: Path) -> dict:
-    """preset.toml of an exported folder, checked against the version-3 layout (version 2 plus key tracking)."""
+    """preset.toml of an exported folder, checked against the version-4 layout (version 2 plus key tracking and levels per key)."""
     doc = tomllib.loads((folder / "preset.toml").read_text())
-    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 3
+    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 4
     assert "knob_order" not in doc["latent"]
     validate_doc(doc)
     size = doc["latent"]["size"]
@@ -201,3 +201,29 @@ def test_relevel_puts_the_median_snapshot_c4_at_the_target_through_the_engine(tm
     peaks = engine_note_peaks(preset_dir, snaps, pitches=(MIX_GAIN_KEY,))[0] * preset.mix_gain
     db = 20 * np.log10(np.median(peaks))
     assert abs(db - TARGET_PEAK_DBFS) < 0.5, f"median C4 at {db:.1f} dBFS"
+
+
+def test_key_levels_bring_each_measured_note_into_the_band(tmp_path: Path) -> None:
+    """``export.onnx.key_levels``: a snapshot whose v100 notes peak outside KEY_LEVEL_BAND_DBFS
+    gets a level per key that brings each measured key to the band's nearer edge; one inside is
+    left without (its registers kept as they are)."""
+    from export.onnx import KEY_LEVEL_BAND_DBFS, KEY_LEVEL_KEYS, _write_doc, engine_note_peaks, key_levels
+    from tests.fake_preset import make_fake_preset
+
+    preset_dir = make_fake_preset(tmp_path / "fake", mix_gain=1.0)
+    doc = tomllib.loads((preset_dir / "preset.toml").read_text())
+    doc["snapshots"][0]["level"], doc["snapshots"][1]["level"] = 1.4, 0.3  # +2.9 dB, -10.5 dB
+    _write_doc(preset_dir, doc)
+    unity = engine_note_peaks(preset_dir, doc["snapshots"], KEY_LEVEL_KEYS)
+    gain = 10 ** (-8.0 / 20) / unity[:, 2].max()  # the third snapshot's notes at -8 dBFS and below, inside the band
+    before = 20 * np.log10(unity * gain)
+    lo, hi = KEY_LEVEL_BAND_DBFS
+    assert before[:, 0].max() > hi and before[:, 1].max() < lo, "the test needs notes outside the band"
+    keyed = key_levels(preset_dir, doc["snapshots"], gain)
+    inside = [j for j in range(len(keyed)) if np.all((before[:, j] >= lo) & (before[:, j] <= hi))]
+    assert inside and all(keyed[j] == {} for j in inside)
+    doc["snapshots"] = [{**snap, **k} for snap, k in zip(doc["snapshots"], keyed)]
+    _write_doc(preset_dir, doc)
+    after = 20 * np.log10(engine_note_peaks(preset_dir, doc["snapshots"], KEY_LEVEL_KEYS) * gain)
+    assert np.all(after >= lo - 0.05) and np.all(after <= hi + 0.05), np.round(after, 2)
+    np.testing.assert_allclose(after[:, inside], before[:, inside], atol=1e-4)

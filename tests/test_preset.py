@@ -32,7 +32,7 @@ def v1_dir(tmp_path: Path) -> Path:
 
 def test_fake_preset_loads(preset_dir: Path) -> None:
     p = load_preset(preset_dir)
-    assert p.format_version == 3
+    assert p.format_version == 4
     assert p.latent_size == len(p.latent_mean) == p.knobs.directions.shape[1]
     assert p.knobs.count == len(p.knob_order) == 8
     np.testing.assert_allclose(p.knobs.directions, knob_directions(p.latent_size), atol=1e-6)
@@ -55,13 +55,13 @@ def test_mix_table_is_optional(tmp_path: Path) -> None:
     assert load_preset(make_fake_preset(tmp_path / "p", mix_gain=None)).mix_gain == 1.0
 
 
-@pytest.mark.parametrize("version", [0, 4, 9])
+@pytest.mark.parametrize("version", [0, 5, 9])
 def test_unknown_version_says_what_is_read(preset_dir: Path, version: int) -> None:
     _edit(preset_dir, lambda d: d["preset"].update(format_version=version))
     with pytest.raises(PresetError) as info:
         load_preset(preset_dir)
     message = str(info.value)
-    assert f"format_version {version}" in message and "reads 1, 2 and 3" in message and "re-export" in message
+    assert f"format_version {version}" in message and "reads 1, 2, 3 and 4" in message and "re-export" in message
     assert "\n" not in message
 
 
@@ -83,6 +83,18 @@ def test_key_track_interpolates_between_track_keys(tmp_path: Path) -> None:
         np.testing.assert_allclose(snap.z_at(21), low, atol=1e-5)  # held below the first track key
         np.testing.assert_allclose(snap.z_at(108), high, atol=1e-5)  # and above the last
         assert np.abs(snap.z_at(36) - snap.z).max() > 0.1  # the fake's offsets are not zero
+
+
+def test_key_level_interpolates_in_db_between_its_keys(tmp_path: Path) -> None:
+    root = make_fake_preset(tmp_path / "levels")
+    doc = tomllib.loads((root / "preset.toml").read_text())
+    doc["snapshots"][0].update(key_level_keys=[40, 60, 80], key_level_db=[-6.0, 0.0, 6.0])
+    (root / "preset.toml").write_text(tomli_w.dumps(doc))
+    p = load_preset(root)
+    gain = p.snapshots[0].key_level
+    assert gain is not None and gain.shape == (128,) and p.snapshots[1].key_level is None
+    db = 20 * np.log10(gain)
+    np.testing.assert_allclose(db[[0, 40, 50, 60, 70, 80, 127]], [-6, -6, -3, 0, 3, 6, 6], atol=1e-4)
 
 
 def test_shipped_default_preset_loads() -> None:
@@ -138,6 +150,18 @@ DAMAGE = {
     "track nan": (lambda d: d["snapshots"][0].update(track_keys=[60], track_z=[[float("nan")] * d["latent"]["size"]]),
                   "NaN or Inf"),
     "track without keys": (lambda d: d["snapshots"][0].update(track_z=[d["snapshots"][0]["z"]]), "'track_keys'"),
+    "key level in version 3": (lambda d: (d["preset"].update(format_version=3), d["snapshots"][0].update(
+        key_level_keys=[60], key_level_db=[1.0])), "needs format_version 4"),
+    "key level too loud": (lambda d: d["snapshots"][0].update(key_level_keys=[36, 60], key_level_db=[0.0, 40.0]),
+                           "'key_level_db' must hold one level in -12..12 dB"),
+    "key level nan": (lambda d: d["snapshots"][0].update(key_level_keys=[60], key_level_db=[float("nan")]),
+                      "'key_level_db'"),
+    "key level text": (lambda d: d["snapshots"][0].update(key_level_keys=[60], key_level_db=["loud"]), "'key_level_db'"),
+    "key level count": (lambda d: d["snapshots"][0].update(key_level_keys=[36, 60], key_level_db=[1.0]),
+                        "per key (2)"),
+    "key level keys": (lambda d: d["snapshots"][0].update(key_level_keys=[60, 60], key_level_db=[1.0, 1.0]),
+                       "increasing keys"),
+    "key level without keys": (lambda d: d["snapshots"][0].update(key_level_db=[1.0]), "'key_level_keys'"),
     "map outside the folder": (lambda d: d.update(map={"file": "../m.npz"}), "inside the preset folder"),
     "map missing": (lambda d: d.update(map={"file": "m.npz"}), "file missing"),
     "missing onnx": (lambda d: d["decoder"].update(file="nope.onnx"), "file missing"),

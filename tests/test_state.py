@@ -134,3 +134,35 @@ def test_the_engine_s_own_timbre_description_is_saved(preset) -> None:  # noqa: 
                                 knob_values=engine.knob_values, current_timbre=Described("random", "random:7", seed=7))
     table = state.capture(described, argparse.Namespace(output=None, midi_in=None)).timbre
     assert (table["kind"], table["name"], table["seed"], table["program"]) == ("random", "random:7", 7, PROGRAMS[1])
+
+
+def test_restored_capture_keeps_its_key_tracking(preset, tmp_path: Path) -> None:  # noqa: ANN001
+    """A capture's key tracking (borrowed from its neighbours) lives only in the engine: a restart
+    must bring it back with the latent, or every key but the captured one sounds different."""
+    from synth.timbre import CAPTURE, TimbreInfo
+
+    engine = _played(preset)
+    rng = np.random.default_rng(3)
+    track = rng.normal(0.0, 0.3, (128, preset.latent_size)).astype(np.float32)
+    z = rng.normal(0.0, 1.0, preset.latent_size).astype(np.float32)
+    engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(CAPTURE, "take 1"), track))
+    path = tmp_path / "state.toml"
+    state.save_state(path, state.capture(engine, argparse.Namespace(output=None, midi_in=None)))
+
+    fresh = Engine(preset)
+    assert not np.any(fresh.timbre_track)
+    assert state.restore_timbre(fresh, state.load_state(path)) is not None
+    np.testing.assert_allclose(fresh.timbre_track, track, atol=1e-6)
+    np.testing.assert_allclose(fresh.z_target, z, atol=1e-6)
+    assert fresh.level_target == 1.0
+
+
+@pytest.mark.parametrize("track", [[[1.0, "a"]], [[float("nan")] * 4] * 128, [[0.0] * 3] * 5, "x"])
+def test_broken_saved_tracking_is_one_warning(preset, tmp_path: Path, track, capsys) -> None:  # noqa: ANN001
+    engine = _played(preset)
+    saved = state.capture(engine, argparse.Namespace(output=None, midi_in=None))
+    saved.timbre.update(kind="capture", track=track)
+    fresh = Engine(preset)
+    assert state.restore_timbre(fresh, saved) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "saved timbre not restored" in err[0]
