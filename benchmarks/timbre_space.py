@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import (DEFAULT_PRESET, RENDER_RATE, BenchmarkError, PresetModels, frame_times, log,
+from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, frame_times, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
-from export.knob_travel import KnobProbe, family_snapshots
+from export.knob_travel import KnobProbe, cents_at, family_snapshots
 from synth.contract import GM_GROUPS, gm_group
 from synth.preset import KnobMap, Preset
 from synth.stft import log_spectral_distance_db, magnitude_from_log
@@ -264,37 +264,16 @@ def bright_section(models: PresetModels, preset: Preset, data: Data, reference: 
 # ---------------------------------------------------------------------------- tuning
 
 LOW_KEYS_MAX = 36  # up to here partials sit < 3 bins apart in a 1024-point frame: pitch is ambiguous
-TUNE_BLOCK = 512
-
-
-def engine_note(preset: Preset, z: NDArray, key: int, seconds: float = 0.9) -> NDArray[np.float32]:
-    """A held velocity-100 note on latent ``z`` through the engine, as a player hears it (the phase
-    step's pitch hint, the resampler and all) at RENDER_RATE -> mono ``(samples,)``."""
-    from synth.engine import Engine
-
-    eng = Engine(preset, device="cpu")
-    eng.prepare(RENDER_RATE, TUNE_BLOCK, warm=False)
-    eng.restore_timbre(0, np.asarray(z, np.float32), snapshot_level=False)
-    eng.push(0, 0x90, key, 100)
-    out = np.zeros((int(seconds * RENDER_RATE) // TUNE_BLOCK * TUNE_BLOCK, 2), np.float32)
-    for a in range(0, len(out), TUNE_BLOCK):
-        eng.process(out[a:a + TUNE_BLOCK])
-    return out.mean(axis=1)
 
 
 def tune_section(preset: Preset, km: KnobMap) -> list[list[object]]:
     """YIN pitch of keys 28..96 at both extremes of every knob, played by the engine; one row per
     key band and all."""
-    from training.data import estimate_pitch
-
     results: list[tuple[int, float | None]] = []  # (key, cents or None)
     for k in range(km.count):
         for a in (-1.0, 1.0):
             z = km.move(km.center, k, a)
-            for key in TUNE_KEYS:
-                audio = engine_note(preset, z, key)
-                est = estimate_pitch(audio[int(0.2 * RENDER_RATE):], RENDER_RATE)
-                results.append((key, None if est is None else 100.0 * (est - key)))
+            results.extend(zip(TUNE_KEYS, cents_at(preset, z, TUNE_KEYS)))
     rows = []
     for label, keep in ((f"keys {TUNE_KEYS[0]}-{LOW_KEYS_MAX}", lambda key: key <= LOW_KEYS_MAX),
                         (f"keys {LOW_KEYS_MAX + 4}-{TUNE_KEYS[-1]}", lambda key: key > LOW_KEYS_MAX),

@@ -9,15 +9,32 @@ distance between CC 0 and CC 127) at every family snapshot, and widens a knob wh
 effect is under ``TARGET_EFFECT_DB`` just enough to reach it, never past ``KNOB_TRAVEL_RANGE``'s
 top (further out the decoder extrapolates). Knobs that reach the target keep the default travel.
 
-``benchmarks.timbre_space`` reports the same figure through :class:`KnobProbe`.
+Far out along a direction the decoder may stop playing in tune: on the shipped preset's 12 000-step
+model, knob 2 at CC 0 (3 std) put a partial at 186 Hz under a C4 (261.6 Hz), as loud as its
+fundamental, and a pitch tracker heard keys 60-62 more than an octave low, where 2.9 std was in
+tune. So export then plays both ends of every knob through the engine at every other key from
+29 to 95 (``TUNE_KEYS``) and narrows a knob whose end plays more than ``TUNE_CENTS`` off (or
+unpitched) step by step until both ends are in tune, down to ``TUNE_MIN_TRAVEL``. In tune comes
+first: a knob narrowed under the effect target keeps the narrower travel.
+
+``benchmarks.timbre_space`` reports the same figures (through :class:`KnobProbe` and
+:func:`cents_at`). ``python -m export.knob_travel presets/NAME`` re-measures a preset's travel in
+place, as its export command would.
 """
 from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, DEFAULT_KNOB_TRAVEL, HELD_TIME_OFF, KNOB_TRAVEL_RANGE, gm_group
+from synth.events import CC_ALL_SOUND_OFF
 from synth.model_file import cpu_session, read_model
+from synth.pitch import estimate_pitch
 from synth.preset import KnobMap, Preset, Snapshot
 from synth.stft import log_spectral_distance_db, magnitude_from_log
 
@@ -28,6 +45,14 @@ TARGET_EFFECT_DB = 3.3
 """A knob's weakest end-to-end effect over the family snapshots is widened to this: the 3 dB a
 player clearly hears, plus a margin for the decoder's non-linearity between the bisection's points."""
 BISECTION_STEPS = 6  # travel found to (6 - 3) / 2**6 ~ 0.05 std
+TUNE_KEYS = tuple(range(29, 96, 2))
+"""Keys at which both ends of every knob must play in tune (odd: benchmarks.timbre_space checks
+28, 32 ... 96, none of them)."""
+TUNE_CENTS = 20.0  # the pitch goal of a knob's ends
+TUNE_NARROWING = 0.97  # a knob out of tune at an end is narrowed by 3 % at a time
+TUNE_MIN_TRAVEL = 2.0  # ... but not under 2 std: a knob that narrow is a decoder to retrain, not to hide
+NOTE_RATE, NOTE_BLOCK, NOTE_SECONDS = 48000, 512, 0.9
+PITCH_FROM_S = 0.2  # the pitch is read after the attack
 
 
 def family_snapshots(preset: Preset) -> list[Snapshot]:
@@ -103,3 +128,99 @@ def calibrate_travel(preset: Preset, probe: KnobProbe | None = None) -> NDArray[
             low, high = (low, mid) if weakest(knob, mid) >= TARGET_EFFECT_DB else (mid, high)
         travel[knob] = high
     return travel
+
+
+def held_notes(preset: Preset, z: NDArray, keys: Sequence[int], seconds: float = NOTE_SECONDS) -> list[NDArray[np.float32]]:
+    """Held velocity-100 notes of ``keys`` on the latent ``z (L,)`` (played as its own timbre: level
+    1, no key tracking) through the engine, as a player hears them (the phase step's pitch hint,
+    the resampler and all), in NOTE_BLOCK blocks at NOTE_RATE -> one mono ``(samples,)`` per key.
+    One engine plays them one after the other (building one costs more than a note's render),
+    each faded out (All Sound Off, 5 ms) before the next."""
+    from synth.engine import Engine
+
+    eng = Engine(preset, device="cpu")
+    eng.prepare(NOTE_RATE, NOTE_BLOCK, warm=False)
+    eng.restore_timbre(0, np.asarray(z, np.float32), snapshot_level=False)
+    length = int(seconds * NOTE_RATE) // NOTE_BLOCK * NOTE_BLOCK
+    span = length + NOTE_BLOCK * 4  # the note, then its fade and a pause
+    for i, key in enumerate(keys):
+        eng.push(i * span, 0x90, key, 100)
+        eng.push(i * span + length, 0xB0, CC_ALL_SOUND_OFF, 0)
+    out = np.zeros((span * len(keys), 2), np.float32)
+    for a in range(0, len(out), NOTE_BLOCK):
+        eng.process(out[a:a + NOTE_BLOCK])
+    mono = out.mean(axis=1)
+    return [mono[i * span:i * span + length] for i in range(len(keys))]
+
+
+def cents_at(preset: Preset, z: NDArray, keys: Sequence[int]) -> list[float | None]:
+    """How far (cents) the engine's held note of each of ``keys`` on ``z`` sounds from its key (YIN,
+    after the attack); None where it has no pitch."""
+    found = []
+    for key, note in zip(keys, held_notes(preset, z, keys)):
+        est = estimate_pitch(note[int(PITCH_FROM_S * NOTE_RATE):], NOTE_RATE)
+        found.append(None if est is None else 100.0 * (est - key))
+    return found
+
+
+def in_tune(cents: float | None) -> bool:
+    return cents is not None and abs(cents) <= TUNE_CENTS
+
+
+def first_out_of_tune(preset: Preset, kmap: KnobMap, knob: int, keys: tuple[int, ...]) -> tuple[float, int] | None:
+    """``(end, key)`` of the first of ``keys`` at which an end (-1 or +1) of ``knob`` (from the
+    knob map's center) plays more than TUNE_CENTS off or unpitched; None when all are in tune."""
+    for end in (-1.0, 1.0):
+        for key, cents in zip(keys, cents_at(preset, kmap.move(kmap.center, knob, end), keys)):
+            if not in_tune(cents):
+                return end, key
+    return None
+
+
+def tune_guard(preset: Preset, travel: NDArray[np.float64], keys: tuple[int, ...] = TUNE_KEYS,
+               log: bool = False) -> NDArray[np.float64]:
+    """``travel (K,)`` with every knob whose ends play out of tune narrowed (by TUNE_NARROWING at a
+    time, not under TUNE_MIN_TRAVEL) until they are in tune, at those of ``keys`` inside the
+    preset's trained pitch range where the knobs' center itself plays in tune (elsewhere no
+    travel can help: an untrained decoder, a key the training notes never reached)."""
+    travel = np.asarray(travel, np.float64).copy()
+    knobs = preset.knobs
+    keys = tuple(key for key in keys if preset.pitch_min <= key <= preset.pitch_max)  # the keys it was trained on
+    keys = tuple(key for key, cents in zip(keys, cents_at(preset, knobs.center, keys)) if in_tune(cents))
+    for knob in range(knobs.count):
+        while travel[knob] > TUNE_MIN_TRAVEL:
+            kmap = KnobMap(knobs.center, knobs.directions, knobs.scale, travel)
+            miss = first_out_of_tune(preset, kmap, knob, keys)
+            if miss is None:
+                break
+            travel[knob] = max(TUNE_MIN_TRAVEL, round(travel[knob] * TUNE_NARROWING, 3))
+            if log:
+                print(f"knob {knob + 1}: end {miss[0]:+g} out of tune at key {miss[1]}: travel -> {travel[knob]:g} std",
+                      flush=True)
+    return travel
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from export.onnx import _write_doc
+    from synth.errors import VaesynthError
+    from synth.preset import load_preset
+
+    p = argparse.ArgumentParser(prog="python -m export.knob_travel", description=__doc__.split("\n\n")[0])
+    p.add_argument("preset", help="preset folder (its [knobs] travel is rewritten)")
+    args = p.parse_args(argv)
+    folder = Path(args.preset)
+    if not (folder / "preset.toml").is_file():
+        raise VaesynthError(f"{folder}: no preset.toml")
+    preset = load_preset(folder)
+    travel = tune_guard(preset, calibrate_travel(preset), log=True)
+    doc = tomllib.loads((folder / "preset.toml").read_text())
+    doc["knobs"]["travel"] = [round(float(t), 3) for t in travel]  # as export writes it
+    _write_doc(folder, doc)
+    print("[knobs] travel " + " ".join(f"{t:g}" for t in doc["knobs"]["travel"]))
+    return 0
+
+
+if __name__ == "__main__":
+    from synth.errors import run_command
+
+    raise SystemExit(run_command(lambda: main()))

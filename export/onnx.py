@@ -28,10 +28,11 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
-from export.knob_travel import calibrate_travel
+from export.knob_travel import calibrate_travel, tune_guard
 from synth.contract import DECODER_CONTRACT as CONTRACT
 from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, MAX_KEY_LEVEL_DB,
                              PRESET_FORMAT_VERSION)
+from synth.events import CC_ALL_SOUND_OFF
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
@@ -279,18 +280,24 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches
     preset = load_preset(preset_dir)
     rate = MIX_RENDER_RATE
     hold, tail = (int(s * rate) for s in MIX_NOTE_SECONDS)
+    # One engine per snapshot (building one costs twice a note's render): its notes one after the
+    # other, each faded out (All Sound Off, 5 ms) after its window, before the next begins.
+    first, gap = rate // 10, rate // 20  # the first note after the glide to the snapshot
+    window = hold + tail
+    starts = [first + i * (window + gap) for i in range(len(pitches))]
     peaks = np.zeros((len(pitches), len(snaps)))
-    for i, pitch in enumerate(pitches):
-        for j, snap in enumerate(snaps):
-            eng = Engine(preset, device="cpu", master_gain=MEASURE_HEADROOM / preset.mix_gain)
-            eng.prepare(rate, 1024, warm=False)
-            start = rate // 10  # after the glide to the snapshot
-            eng.push(0, 0xC0, int(snap["program"]), 0)
+    for j, snap in enumerate(snaps):
+        eng = Engine(preset, device="cpu", master_gain=MEASURE_HEADROOM / preset.mix_gain)
+        eng.prepare(rate, 1024, warm=False)
+        eng.push(0, 0xC0, int(snap["program"]), 0)
+        for start, pitch in zip(starts, pitches):
             eng.push(start, 0x90, pitch, velocity)
             eng.push(start + hold, 0x80, pitch, 0)
-            out = np.zeros((start + hold + tail, 2), np.float32)
-            eng.process(out)
-            peaks[i, j] = float(np.max(np.abs(out))) / MEASURE_HEADROOM
+            eng.push(start + window, 0xB0, CC_ALL_SOUND_OFF, 0)
+        out = np.zeros((starts[-1] + window + gap, 2), np.float32)
+        eng.process(out)
+        for i, start in enumerate(starts):
+            peaks[i, j] = float(np.max(np.abs(out[start:start + window]))) / MEASURE_HEADROOM
     return peaks
 
 
@@ -311,12 +318,15 @@ def mix_gain(preset_dir: Path, snaps: Sequence[dict[str, Any]]) -> tuple[float, 
 
 def key_levels(preset_dir: Path, snaps: Sequence[dict[str, Any]], gain: float) -> list[dict[str, Any]]:
     """Each snapshot's level per key as preset.toml keys (``key_level_keys``, ``key_level_db``;
-    none when every key is inside the band): v100 notes at KEY_LEVEL_KEYS played by the engine on
+    none when every key is inside the band): v100 notes at those of KEY_LEVEL_KEYS inside the
+    preset's trained pitch range (else C4) played by the engine on
     the preset in ``preset_dir`` (its snapshot trims applied, none per key yet) at the [mix]
     ``gain``, each brought into KEY_LEVEL_BAND_DBFS (within +-MAX_KEY_LEVEL_DB)."""
-    heard = 20.0 * np.log10(np.maximum(engine_note_peaks(preset_dir, snaps, KEY_LEVEL_KEYS) * gain, 1e-12))
+    preset = load_preset(preset_dir)
+    keys = [k for k in KEY_LEVEL_KEYS if preset.pitch_min <= k <= preset.pitch_max] or [MIX_GAIN_KEY]  # trained keys
+    heard = 20.0 * np.log10(np.maximum(engine_note_peaks(preset_dir, snaps, keys) * gain, 1e-12))
     correction = np.clip(np.clip(heard, *KEY_LEVEL_BAND_DBFS) - heard, -MAX_KEY_LEVEL_DB, MAX_KEY_LEVEL_DB)
-    return [{"key_level_keys": list(KEY_LEVEL_KEYS), "key_level_db": [round(float(v), 2) for v in column]}
+    return [{"key_level_keys": list(keys), "key_level_db": [round(float(v), 2) for v in column]}
             if np.any(np.abs(column) >= 0.005) else {} for column in correction.T]
 
 
@@ -418,7 +428,8 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, 1.0, 0.0, parts, has_map))
     gain, median_peak, levels = mix_gain(out, snaps)
     errors["mix_gain"] = gain
-    travel = calibrate_travel(load_preset(out))
+    unity = load_preset(out)
+    travel = tune_guard(unity, calibrate_travel(unity))
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map, travel))
     snaps = [{**snap, **keyed} for snap, keyed in zip(snaps, key_levels(out, snaps, gain))]

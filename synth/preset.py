@@ -381,16 +381,27 @@ def _latent_map(root: Path, doc: dict[str, Any], size: int, where: str) -> Laten
         raise PresetError(str(exc)) from None
 
 
+def _per_key(s: dict[str, Any], keys_name: str, values_name: str, since: int, version: int,
+             w: str) -> tuple[list[int], list[Any]] | None:
+    """A snapshot's optional values given at keys (``keys_name``: 1..MAX_TRACK_KEYS increasing MIDI
+    keys, ``values_name``: a list), allowed from format ``since``; None when it has neither."""
+    if keys_name not in s and values_name not in s:
+        return None
+    if version < since:
+        raise PresetError(f"{w}: '{keys_name}' needs format_version {since} or later")
+    keys = _get(s, keys_name, list, w)
+    values = _get(s, values_name, list, w)
+    if not valid_track_keys(keys):
+        raise PresetError(f"{w}: '{keys_name}' must be 1..{MAX_TRACK_KEYS} increasing keys in 0..127")
+    return keys, values
+
+
 def _track(s: dict[str, Any], size: int, z: NDArray[np.float32], version: int, w: str) -> NDArray[np.float32] | None:
     """A snapshot's optional key tracking -> its ``(128, L)`` offset table (synth.key_track), None without."""
-    if "track_keys" not in s and "track_z" not in s:
+    given = _per_key(s, "track_keys", "track_z", TRACK_VERSION, version, w)
+    if given is None:
         return None
-    if version < TRACK_VERSION:
-        raise PresetError(f"{w}: 'track_keys' needs format_version {TRACK_VERSION} or later")
-    keys = _get(s, "track_keys", list, w)
-    rows = _get(s, "track_z", list, w)
-    if not valid_track_keys(keys):
-        raise PresetError(f"{w}: 'track_keys' must be 1..{MAX_TRACK_KEYS} increasing keys in 0..127")
+    keys, rows = given
     if len(rows) != len(keys):
         raise PresetError(f"{w}: 'track_z' must hold one latent per track key ({len(keys)})")
     track_z = np.stack([_vector({"track_z": r}, "track_z", size, w) for r in rows])
@@ -420,14 +431,10 @@ def _snapshots(doc: dict[str, Any], size: int, version: int, where: str) -> list
 
 def _key_level(s: dict[str, Any], version: int, w: str) -> NDArray[np.float32] | None:
     """A snapshot's optional level per key -> its ``(128,)`` linear gain table (synth.key_track), None without."""
-    if "key_level_keys" not in s and "key_level_db" not in s:
+    given = _per_key(s, "key_level_keys", "key_level_db", KEY_LEVEL_VERSION, version, w)
+    if given is None:
         return None
-    if version < KEY_LEVEL_VERSION:
-        raise PresetError(f"{w}: 'key_level_keys' needs format_version {KEY_LEVEL_VERSION} or later")
-    keys = _get(s, "key_level_keys", list, w)
-    db = _get(s, "key_level_db", list, w)
-    if not valid_track_keys(keys):
-        raise PresetError(f"{w}: 'key_level_keys' must be 1..{MAX_TRACK_KEYS} increasing keys in 0..127")
+    keys, db = given
     values = [_as_float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in db]
     if len(values) != len(keys) or not all(abs(v) <= MAX_KEY_LEVEL_DB for v in values):
         raise PresetError(f"{w}: 'key_level_db' must hold one level in -{MAX_KEY_LEVEL_DB:g}..{MAX_KEY_LEVEL_DB:g} dB "

@@ -31,12 +31,13 @@ def preset(tmp_path_factory: pytest.TempPathFactory) -> Preset:
 
 
 def engine_note(preset: Preset, z: np.ndarray | None = None, program: int | None = None, key: int = 60,
-                hold_s: float = 3.6, seconds: float = 4.0, master_gain: float = 1.0) -> np.ndarray:
-    """One note rendered by the engine (offline) from latent ``z`` or program ``program`` -> mono ``(n,)``."""
+                hold_s: float = 3.6, seconds: float = 4.0, master_gain: float = 1.0,
+                track: np.ndarray | None = None) -> np.ndarray:
+    """One note rendered by the engine (offline) from latent ``z`` (played as its own timbre, with
+    its key tracking ``track`` when given) or program ``program`` -> mono ``(n,)``."""
     eng = Engine(preset, device="cpu", knob_pickup=False, master_gain=master_gain)
     if z is not None:
-        for d, v in enumerate(z):
-            eng.set_latent(d, float(v), absolute=True)
+        eng.restore_timbre(0, np.asarray(z, np.float32), snapshot_level=False, track=track)
     eng.prepare(SR, 1024, warm=False)
     if program is not None:
         eng.push(0, 0xC0, program, 0)
@@ -242,17 +243,17 @@ def test_real_capture_of_a_snapshot_note_sounds_like_it() -> None:
     hold, seconds = 1.5, 2.0
     rng = np.random.default_rng(0)
 
-    def lsd(ref: np.ndarray, z: np.ndarray) -> float:
-        played = _held_mag(engine_note(real, z=z, hold_s=hold, seconds=seconds), real, hold)
+    def lsd(ref: np.ndarray, timbre) -> float:  # noqa: ANN001 - a Capture or a Snapshot, played as users get it
+        played = _held_mag(engine_note(real, z=timbre.z, hold_s=hold, seconds=seconds, track=timbre.track), real, hold)
         return log_spectral_distance_db(ref, played * np.sqrt(np.mean(ref ** 2) / np.mean(played ** 2)))
 
     for program in (19, 24, 56, 81):  # organ, guitar, brass, synth lead
         snap = real.snapshot_for_program(program)
         x = engine_note(real, program=program, hold_s=hold, seconds=seconds)
         ref = _held_mag(x, real, hold)
-        mine = lsd(ref, capture(real, x, SR).z)
+        mine = lsd(ref, capture(real, x, SR))
         others = [s for s in real.snapshots if s is not snap]
-        theirs = [lsd(ref, np.asarray(others[i].z, np.float32)) for i in rng.choice(len(others), 12, replace=False)]
+        theirs = [lsd(ref, others[i]) for i in rng.choice(len(others), 12, replace=False)]
         assert sum(t < mine for t in theirs) <= 1 and mine < 0.7 * np.median(theirs), (snap.name, mine, theirs)
 
 

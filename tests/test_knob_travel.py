@@ -47,3 +47,37 @@ def test_held_frames_are_one_row_per_latent(preset: Path) -> None:
     frames = probe.held_frames(z)
     assert frames.shape[:2] == (len(z), 4) and np.all(frames >= 0)
     assert probe.distance_db(frames[0], frames[0]) == 0.0 and probe.distance_db(frames[0], frames[1]) > 0.0
+
+
+def test_tune_guard_keeps_an_in_tune_decoder_as_it_is(preset) -> None:
+    """The fake decoder places its partials at exact multiples of f0: every knob end plays in tune
+    through the engine, so no knob is narrowed."""
+    from export.knob_travel import cents_at, tune_guard
+
+    travel = np.array([3.0] * (preset.knobs.count - 1) + [5.0])
+    keys = (31, 57, 83)
+    far = KnobMap(preset.knobs.center, preset.knobs.directions, preset.knobs.scale, travel)
+    assert all(abs(c) < 20 for c in cents_at(preset, far.move(far.center, far.count - 1, 1.0), keys))
+    np.testing.assert_array_equal(tune_guard(preset, travel, keys), travel)
+
+
+def test_tune_guard_narrows_a_knob_until_its_ends_are_in_tune(preset, monkeypatch) -> None:
+    """Knob 2 plays an octave off beyond 2.5 std from the center (the pitch reading is mocked);
+    the guard narrows it, and only it, step by step to the first travel inside; the other knobs
+    and keys where the center itself is out of tune are left alone."""
+    from export import knob_travel
+
+    knobs = preset.knobs
+
+    def fake_cents(p, z, keys):  # noqa: ANN001, ANN202
+        along = float(np.dot(np.asarray(z, np.float64) - knobs.center, knobs.directions[1])) / knobs.scale[1]
+        # key 40 is unpitched even at the center: no travel can help there
+        return [None if key == 40 else 1200.0 if abs(along) > 2.5 else 3.0 for key in keys]
+
+    monkeypatch.setattr(knob_travel, "cents_at", fake_cents)
+    travel = knob_travel.tune_guard(preset, np.full(knobs.count, 3.0), keys=(40, 60))
+    expected = 3.0
+    while expected > 2.5:
+        expected = round(expected * knob_travel.TUNE_NARROWING, 3)
+    assert travel[1] == pytest.approx(expected) and np.all(np.delete(travel, 1) == 3.0)
+    assert knob_travel.tune_guard(preset, np.full(knobs.count, 6.0), keys=(40,))[1] == 6.0  # no key to judge by
