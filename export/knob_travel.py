@@ -31,8 +31,8 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from export.engine_notes import play_in_turn
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, DEFAULT_KNOB_TRAVEL, HELD_TIME_OFF, KNOB_TRAVEL_RANGE, gm_group
-from synth.events import CC_ALL_SOUND_OFF
 from synth.model_file import cpu_session, read_model
 from synth.pitch import estimate_pitch
 from synth.preset import KnobMap, Preset, Snapshot
@@ -133,24 +133,17 @@ def calibrate_travel(preset: Preset, probe: KnobProbe | None = None) -> NDArray[
 def held_notes(preset: Preset, z: NDArray, keys: Sequence[int], seconds: float = NOTE_SECONDS) -> list[NDArray[np.float32]]:
     """Held velocity-100 notes of ``keys`` on the latent ``z (L,)`` (played as its own timbre: level
     1, no key tracking) through the engine, as a player hears them (the phase step's pitch hint,
-    the resampler and all), in NOTE_BLOCK blocks at NOTE_RATE -> one mono ``(samples,)`` per key.
-    One engine plays them one after the other (building one costs more than a note's render),
-    each faded out (All Sound Off, 5 ms) before the next."""
+    the resampler and all), in NOTE_BLOCK blocks at NOTE_RATE, one engine for all of them
+    (export.engine_notes) -> one mono ``(samples,)`` per key."""
     from synth.engine import Engine
 
     eng = Engine(preset, device="cpu")
     eng.prepare(NOTE_RATE, NOTE_BLOCK, warm=False)
     eng.restore_timbre(0, np.asarray(z, np.float32), snapshot_level=False)
     length = int(seconds * NOTE_RATE) // NOTE_BLOCK * NOTE_BLOCK
-    span = length + NOTE_BLOCK * 4  # the note, then its fade and a pause
-    for i, key in enumerate(keys):
-        eng.push(i * span, 0x90, key, 100)
-        eng.push(i * span + length, 0xB0, CC_ALL_SOUND_OFF, 0)
-    out = np.zeros((span * len(keys), 2), np.float32)
-    for a in range(0, len(out), NOTE_BLOCK):
-        eng.process(out[a:a + NOTE_BLOCK])
+    out, starts = play_in_turn(eng, keys, 100, 0, length, length, NOTE_BLOCK * 4, NOTE_BLOCK)
     mono = out.mean(axis=1)
-    return [mono[i * span:i * span + length] for i in range(len(keys))]
+    return [mono[start:start + length] for start in starts]
 
 
 def cents_at(preset: Preset, z: NDArray, keys: Sequence[int]) -> list[float | None]:

@@ -28,11 +28,11 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
+from export.engine_notes import play_in_turn
 from export.knob_travel import calibrate_travel, tune_guard
 from synth.contract import DECODER_CONTRACT as CONTRACT
 from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, MAX_KEY_LEVEL_DB,
                              PRESET_FORMAT_VERSION)
-from synth.events import CC_ALL_SOUND_OFF
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
@@ -280,24 +280,16 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches
     preset = load_preset(preset_dir)
     rate = MIX_RENDER_RATE
     hold, tail = (int(s * rate) for s in MIX_NOTE_SECONDS)
-    # One engine per snapshot (building one costs twice a note's render): its notes one after the
-    # other, each faded out (All Sound Off, 5 ms) after its window, before the next begins.
+    # one engine per snapshot, its notes in turn (export.engine_notes)
     first, gap = rate // 10, rate // 20  # the first note after the glide to the snapshot
-    window = hold + tail
-    starts = [first + i * (window + gap) for i in range(len(pitches))]
     peaks = np.zeros((len(pitches), len(snaps)))
     for j, snap in enumerate(snaps):
         eng = Engine(preset, device="cpu", master_gain=MEASURE_HEADROOM / preset.mix_gain)
         eng.prepare(rate, 1024, warm=False)
         eng.push(0, 0xC0, int(snap["program"]), 0)
-        for start, pitch in zip(starts, pitches):
-            eng.push(start, 0x90, pitch, velocity)
-            eng.push(start + hold, 0x80, pitch, 0)
-            eng.push(start + window, 0xB0, CC_ALL_SOUND_OFF, 0)
-        out = np.zeros((starts[-1] + window + gap, 2), np.float32)
-        eng.process(out)
+        out, starts = play_in_turn(eng, pitches, velocity, first, hold, hold + tail, gap)
         for i, start in enumerate(starts):
-            peaks[i, j] = float(np.max(np.abs(out[start:start + window]))) / MEASURE_HEADROOM
+            peaks[i, j] = float(np.max(np.abs(out[start:start + hold + tail]))) / MEASURE_HEADROOM
     return peaks
 
 

@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from synth import events as ev
 from synth.contract import HELD_TIME_OFF
 from synth.decoder import FrameDecoder
+from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
 from synth.overload import SPIKE_LOAD, LoadGovernor
@@ -316,18 +317,17 @@ class Engine:
         self.level = 1.0
         # Each snapshot's key tracking (synth.key_track), flat (128 * L) rows (zeros: none); slot timbres
         # bring their own (synth.timbre). It follows timbre changes with the knobs' glide, as the level does.
+        # Each snapshot's level per key (format 4: export evened out its registers), ones elsewhere; a
+        # note takes its key's level at note-on and keeps it (a program change never jumps a sounding note).
         size = preset.latent_size
         self._track_tables = np.zeros((len(preset.snapshots), 128 * size), np.float32)
+        self._key_level_tables = np.ones((len(preset.snapshots), 128), np.float32)
         for i, snap in enumerate(preset.snapshots):
             if snap.track is not None:
                 self._track_tables[i] = snap.track.reshape(-1)
-        self._track_target = np.zeros(128 * size, np.float32)
-        # Each snapshot's level per key (format 4: export evened out its registers), ones elsewhere; a
-        # note takes its key's level at note-on and keeps it (a program change never jumps a sounding note).
-        self._key_level_tables = np.ones((len(preset.snapshots), 128), np.float32)
-        for i, snap in enumerate(preset.snapshots):
             if snap.key_level is not None:
                 self._key_level_tables[i] = snap.key_level
+        self._track_target = np.zeros(128 * size, np.float32)
         self._key_level = np.ones(128, np.float32)
         # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
         # no instrument's timbre, and plays about 10 dB below the snapshots).
@@ -417,10 +417,7 @@ class Engine:
             if z.shape != self.z_target.shape or not np.all(np.isfinite(z)):
                 raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
         if track is not None:
-            track = np.asarray(track, np.float32)
-            if track.shape != (128, self.preset.latent_size) or not np.all(np.isfinite(track)):
-                raise ValueError(f"key tracking of shape {track.shape} (finite) expected "
-                                 f"{(128, self.preset.latent_size)}")
+            track = checked_track(track, self.preset.latent_size)
         self._program_change(program)
         if not snapshot_level:
             self.level_target = 1.0

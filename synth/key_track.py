@@ -65,6 +65,14 @@ def valid_track_keys(keys: object) -> bool:
             and all(b > a for a, b in zip(keys, keys[1:])))
 
 
+def checked_track(track: NDArray, size: int) -> NDArray[np.float32]:
+    """``track`` as a float32 ``(128, size)`` offset table; ValueError unless it is one, all finite."""
+    track = np.asarray(track, np.float32)
+    if track.shape != (128, size) or not np.isfinite(track).all():
+        raise ValueError(f"key tracking of shape {track.shape} (finite) expected {(128, size)}")
+    return track
+
+
 def key_row(key: float) -> int:
     """The row of an offset table that MIDI key ``key`` plays (rounded, within 0..127), as the engine looks it up."""
     return min(max(int(round(key)), 0), 127)

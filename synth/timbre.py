@@ -32,6 +32,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from synth.events import ENGINE_EVENT
+from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
 from synth.preset import Preset
 
@@ -150,13 +151,7 @@ class TimbreBank:
         z = np.asarray(z, np.float32)
         if z.shape != (self.z.shape[1],) or not np.isfinite(z).all():
             raise ValueError(f"a timbre needs {self.z.shape[1]} finite latent values")
-        if track is None:
-            self.track[slot] = 0.0
-        else:
-            track = np.asarray(track, np.float32)
-            if track.shape != (128, self.z.shape[1]) or not np.isfinite(track).all():
-                raise ValueError(f"a timbre's key tracking needs 128 x {self.z.shape[1]} finite values")
-            self.track[slot] = track.reshape(-1)
+        self.track[slot] = 0.0 if track is None else checked_track(track, self.z.shape[1]).reshape(-1)
         self.z[slot] = z
         self.info[slot] = info
         self.filled[slot] = True
