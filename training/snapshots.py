@@ -42,6 +42,59 @@ FIT_CHUNK_ROWS = 1024  # decoder rows per forward/backward pass
 TRACK_SMOOTHNESS = 0.1
 """Weight of the mean squared step between neighbouring track keys' latents, in the latent's
 std units (0 and 0.1 fit the notes equally well; 0.1 keeps the unpinned steps small)."""
+BRIGHT_BAND_HZ = (4000.0, 12000.0)
+"""The band whose share of a snapshot's energy the optional brightness term matches to its notes'."""
+BAND_EPS = 1e-12  # energies are squared linear magnitudes; keeps an empty band's log finite
+BAND_SHARE_FLOOR = 1e-4
+"""Shares are compared above -40 dB only: a band 60 dB under the note's energy is inaudible, and the
+drawbar organ's real notes (band shares of -89 to -44 dB at keys 36-72) pulled the fit toward a
+brighter organ that sounded further from them (LSD at key 60: 7.3 -> 11.6 dB) without the floor."""
+BAND_FROM_SECONDS = 0.1
+"""The term weighs the notes' bodies, not their first 0.1 s: brightening the attacks of the electric
+piano's snapshot toward its tines' bark gave the chorale's transcriber ghost notes (BWV 66.6 onset F1
+0.900 -> 0.741)."""
+BAND_KEYS = (36, 84)
+"""Only notes of these keys (inclusive) count: the range the brightness figure measures, where the
+decoder was trained on most notes; the extreme registers' highs are the decoder's least reliable."""
+BAND_MARGIN_DB = 2.0
+"""Gaps within this many dB cost nothing: the term moves only the registers that are clearly too dark
+or too bright, and leaves the rest to the spectral loss (a register already close lost spectral
+match when pulled to 0 dB: the drawbar organ's LSD to its real notes 7.3 -> 10.5 dB without a margin)."""
+
+
+def band_mask(params: Any) -> torch.Tensor:
+    """Bins between ``BRIGHT_BAND_HZ`` -> ``(F,)`` bool."""
+    hz = torch.arange(params.n_bins, dtype=torch.float64) * params.sample_rate / params.n_fft
+    return (hz >= BRIGHT_BAND_HZ[0]) & (hz < BRIGHT_BAND_HZ[1])
+
+
+def band_energies(log_mag: torch.Tensor, log_floor: float, band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energy in the band and in all bins per row: ``log_mag (R, F)`` (ln(magnitude + floor))
+    -> ``band (R,), total (R,)``."""
+    energy = (torch.exp(log_mag) - log_floor).clamp(min=0.0).pow(2)
+    return energy[:, band].sum(-1), energy.sum(-1)
+
+
+def band_share_gap_grad(pred: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor],
+                        weight: float, margin_db: float = BAND_MARGIN_DB) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The brightness term over groups and its gradient by the groups' predicted energies.
+
+    ``pred, target``: (band, total) energies summed per group ``(G,)``. The term is
+    ``weight * mean_g max(|share_dB(pred_g) - share_dB(target_g)| - margin_db, 0)``, where
+    ``share_dB = 10 log10(band / total + BAND_SHARE_FLOOR)``; returns ``(term, d term / d pred band
+    (G,), d term / d pred total (G,))``. The fit computes the group sums without gradient first, then
+    backpropagates these coefficients through each chunk of notes (a group's notes span chunks),
+    which gives the term's exact gradient chunk by chunk.
+    """
+    band, total = (p.detach().double().requires_grad_(True) for p in pred)
+
+    def share_db(b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.log10((b + BAND_EPS) / (t + BAND_EPS) + BAND_SHARE_FLOOR)
+
+    gap = share_db(band, total) - share_db(target[0].double(), target[1].double())
+    term = weight * (gap.abs() - margin_db).clamp(min=0.0).mean()
+    d_band, d_total = torch.autograd.grad(term, (band, total))
+    return term.detach(), d_band, d_total
 
 
 def reference_soundfont(instrument_names: Any, wanted: str | None = None) -> str | None:
@@ -67,12 +120,16 @@ def reference_soundfont(instrument_names: Any, wanted: str | None = None) -> str
 def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.ndarray, run: Any,
                          device: torch.device, start: dict[int, torch.Tensor], steps: int,
                          seed: int = 0, scale: torch.Tensor | None = None,
-                         track_keys: tuple[int, ...] = SNAPSHOT_TRACK_KEYS) -> dict[int, torch.Tensor]:
+                         track_keys: tuple[int, ...] = SNAPSHOT_TRACK_KEYS,
+                         band_weight: float = 0.0) -> dict[int, torch.Tensor]:
     """Fit the latents at ``track_keys (A,)`` of each label (an instrument, or a family for data
     without soundfont tags; ``labels (len(idx),)``, ``start``: label -> initial ``z (L,)``, at
     every track key) to the label's notes among ``idx`` -> label -> fitted ``track_z (A, L)``
     (CPU float32). No ``track_keys``: one latent for every key (``A = 1``).
-    ``scale (L,)``: the latent's std, the smoothness term's unit (None: 1).
+    ``scale (L,)``: the latent's std, the smoothness term's unit (None: 1). ``band_weight > 0`` adds
+    the brightness term (``band_share_gap_grad``): per label and track key (each note counted at its
+    nearer track key), the gap in dB between the 4-12 kHz energy share of the decoded frames and of
+    the notes' own, over the step's frames from ``BAND_FROM_SECONDS`` after the onset.
 
     Loss: ``training.model.vae_loss`` without KL (L1 log-mag, its gradient, pooled and convergence terms, as
     training weighs them) over ``FIT_FRAMES_PER_NOTE`` random frames of every note per step; Adam,
@@ -104,6 +161,12 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
     gen = torch.Generator().manual_seed(seed)
     zeros = torch.zeros(1, z.shape[-1], device=device)  # vae_loss's mu/logvar: no KL in the fit
     chunk = max(1, FIT_CHUNK_ROWS // FIT_FRAMES_PER_NOTE)  # notes per decoder call
+    # The brightness term's groups: label x nearer track key (a register of one instrument).
+    group = row * anchors + weights.argmax(1)
+    n_groups = len(ids) * anchors
+    band = band_mask(run.audio).to(device)
+    in_band_keys = torch.from_numpy((cache.pitch[notes] >= BAND_KEYS[0]) & (cache.pitch[notes] <= BAND_KEYS[1]))
+    floor = run.audio.log_floor
     was_training = model.training
     model.eval()
     for p in model.parameters():
@@ -113,21 +176,49 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
             frames = torch.randint(t, (n, FIT_FRAMES_PER_NOTE), generator=gen)
             time_on, time_off = frame_times(run.audio, frames, run.train.frame_stride, m.time_on_max, holds)
             opt.zero_grad(set_to_none=True)
+
+            def decode(a: int, b: int) -> torch.Tensor:
+                rep = lambda v: v[a:b, None].expand(b - a, FIT_FRAMES_PER_NOTE).reshape(-1)  # noqa: E731
+                note_z = torch.einsum("na,nal->nl", weights[a:b], z[row[a:b]])
+                return model.decoder(note_z.repeat_interleave(FIT_FRAMES_PER_NOTE, dim=0), rep(pitch),
+                                     rep(velocity), time_on[a:b].reshape(-1).to(device),
+                                     time_off[a:b].reshape(-1).to(device))
+
+            def read(a: int, b: int) -> torch.Tensor:
+                # Only the frames this step uses are read from the float16 memmap (all notes would be GBs).
+                return torch.from_numpy(np.asarray(cache.logmag[notes[a:b, None], frames[a:b].numpy()],
+                                                   np.float32)).to(device)
+
+            def body_rows(a: int, b: int) -> torch.Tensor:
+                counted = (time_on[a:b] >= BAND_FROM_SECONDS) & in_band_keys[a:b, None]
+                return counted.reshape(-1).float().to(device)
+
+            coef = None
+            if band_weight > 0:
+                sums = torch.zeros(4, n_groups, dtype=torch.float64, device=device)  # pred band/total, target band/total
+                with torch.no_grad():
+                    for a in range(0, n, chunk):
+                        b = min(n, a + chunk)
+                        g = group[a:b].repeat_interleave(FIT_FRAMES_PER_NOTE)
+                        body = body_rows(a, b)
+                        for k, e in enumerate(band_energies(decode(a, b), floor, band)
+                                              + band_energies(read(a, b).reshape(-1, f), floor, band)):
+                            sums[k].index_add_(0, g, (e * body).double())
+                _, d_band, d_total = band_share_gap_grad((sums[0], sums[1]), (sums[2], sums[3]), band_weight)
+                coef = (d_band.float(), d_total.float())
             # Chunks of notes keep the decoder's (rows, harmonics, bins) lobe tensors in cache-sized
             # pieces; each chunk's loss is weighted by its share, so the gradient is the whole batch's.
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
-                rep = lambda v: v[a:b, None].expand(b - a, FIT_FRAMES_PER_NOTE).reshape(-1)  # noqa: E731,B023
-                note_z = torch.einsum("na,nal->nl", weights[a:b], z[row[a:b]])
-                pred = model.decoder(note_z.repeat_interleave(FIT_FRAMES_PER_NOTE, dim=0), rep(pitch),
-                                     rep(velocity), time_on[a:b].reshape(-1).to(device),
-                                     time_off[a:b].reshape(-1).to(device))
-                # Only the frames this step uses are read from the float16 memmap (all notes would be GBs).
-                target = torch.from_numpy(np.asarray(cache.logmag[notes[a:b, None], frames[a:b].numpy()], np.float32))
+                pred, target = decode(a, b), read(a, b)
                 shape = (b - a, FIT_FRAMES_PER_NOTE, f)  # (notes, frames, bins): convergence is taken per note
-                loss = vae_loss(pred.view(shape), target.to(device).view(shape), zeros, zeros, 0.0, m.grad_weight,
-                                0.0, m.pool_weight, m.pool_bins, m.sc_weight)["loss"]
-                (loss * ((b - a) / n)).backward()
+                loss = vae_loss(pred.view(shape), target.view(shape), zeros, zeros, 0.0, m.grad_weight,
+                                0.0, m.pool_weight, m.pool_bins, m.sc_weight)["loss"] * ((b - a) / n)
+                if coef is not None:  # the brightness term's exact gradient through this chunk's energies
+                    g = group[a:b].repeat_interleave(FIT_FRAMES_PER_NOTE)
+                    e_band, e_total = band_energies(pred, floor, band)
+                    loss = loss + ((coef[0][g] * e_band + coef[1][g] * e_total) * body_rows(a, b)).sum()
+                loss.backward()
             if anchors > 1:
                 (TRACK_SMOOTHNESS * (torch.diff(z, dim=1) / unit).pow(2).mean()).backward()
             opt.step()

@@ -78,6 +78,9 @@ class TrainConfig:
     snapshot_key_track: bool = False
     """Fit each snapshot's latent at every key of ``SNAPSHOT_TRACK_KEYS`` (``synth.key_track``)
     instead of one latent for the whole keyboard (see the README for what it gains and costs)."""
+    snapshot_band_weight: float = 0.0
+    """Weight of the snapshot fit's brightness term (``training.snapshots.band_share_gap_grad``): the
+    gap in dB between a snapshot's 4-12 kHz energy share and its notes', per register; 0 = off."""
 
 
 @dataclass
@@ -580,7 +583,8 @@ def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
     start = {i: torch.tensor(table[names[i]]["z"]) for i in wanted}
     keys = SNAPSHOT_TRACK_KEYS if trainer.run.train.snapshot_key_track else ()
     fitted = fit_snapshot_latents(trainer.model, cache, idx, labels, trainer.run, trainer.device, start, steps,
-                                  trainer.run.train.seed, torch.tensor(stats["std"]), keys)
+                                  trainer.run.train.seed, torch.tensor(stats["std"]), keys,
+                                  trainer.run.train.snapshot_band_weight)
     for i, track_z in fitted.items():
         entry = table[names[i]]
         home = latent_at(keys, track_z.numpy(), [SNAPSHOT_HOME_KEY])[0] if keys else track_z[0].numpy()

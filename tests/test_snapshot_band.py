@@ -1,0 +1,80 @@
+"""The snapshot fit's optional brightness term (training.snapshots, [train] snapshot_band_weight)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synth.contract import SNAPSHOT_TRACK_KEYS, SpectrogramParams
+from training.data import make_synthetic_dataset
+from training.features import build_feature_cache
+from training.model import frame_times
+from training.snapshots import band_energies, band_mask, band_share_gap_grad, fit_snapshot_latents
+from training.train import Trainer, fit, load_config, note_holds
+
+TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.toml"
+
+
+def test_band_gap_gradient_is_the_terms_own() -> None:
+    gen = torch.Generator().manual_seed(0)
+    pred = [torch.rand(5, generator=gen, dtype=torch.float64).add(0.1).requires_grad_(True) for _ in range(2)]
+    target = (torch.rand(5, generator=gen, dtype=torch.float64) + 0.1, torch.rand(5, generator=gen, dtype=torch.float64) + 1.0)
+    pred_total = pred[1] + pred[0]  # the band is part of the total
+    term, d_band, d_total = band_share_gap_grad((pred[0], pred_total), target, 0.3, margin_db=2.0)
+    gap = 10 * torch.log10(pred[0] / pred_total + 1e-4) - 10 * torch.log10(target[0] / target[1] + 1e-4)
+    assert 0 < int((gap.abs() < 2.0).sum()) < len(gap)  # some groups inside the margin, some outside
+    direct = 0.3 * (gap.abs() - 2.0).clamp(min=0.0).mean()
+    assert float(term) == pytest.approx(float(direct), rel=1e-9)
+    direct.backward()
+    # chain rule through (band, total): d/d pred[0] = d_band + d_total; d/d pred[1] = d_total
+    np.testing.assert_allclose(pred[0].grad.numpy(), (d_band + d_total).detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(pred[1].grad.numpy(), d_total.detach().numpy(), rtol=1e-6)
+    same, _, _ = band_share_gap_grad(target, target, 1.0)
+    assert float(same) == 0.0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    root = tmp_path_factory.mktemp("band") / "syn"
+    make_synthetic_dataset(root, n_instruments=3, pitches=(48, 60, 72), velocities=(60, 110))
+    cache = build_feature_cache(root, SpectrogramParams(), root.parent / "syn_features", frame_stride=2, jobs=1)
+    run = load_config(TINY)
+    run.train.steps = 60
+    out = root.parent / "run"
+    out.mkdir()
+    trainer = Trainer(run, cache, out, torch.device("cpu"))
+    fit(trainer, progress=False)
+    return trainer
+
+
+def _band_gap_db(trainer: Trainer, notes: np.ndarray, track_z: torch.Tensor) -> float:
+    """|4-12 kHz share of the decoded notes (every stored frame, each at its key) - of the notes| in dB."""
+    from synth.key_track import latent_at
+
+    cache, run = trainer.cache, trainer.run
+    t = cache.logmag.shape[1]
+    on, off = frame_times(run.audio, torch.arange(t)[None].expand(len(notes), t), run.train.frame_stride,
+                          run.model.time_on_max, note_holds(cache, notes)[:, None])
+    z = torch.from_numpy(latent_at(SNAPSHOT_TRACK_KEYS, track_z.numpy(), cache.pitch[notes])).float()
+    rep = lambda v: torch.as_tensor(np.repeat(np.asarray(v, np.float32), t))  # noqa: E731
+    with torch.no_grad():
+        pred = trainer.model.eval().decoder(z.repeat_interleave(t, 0), rep(cache.pitch[notes]), rep(cache.velocity[notes]),
+                                            on.reshape(-1), off.reshape(-1))
+    band = band_mask(run.audio)
+    target = torch.from_numpy(np.asarray(cache.logmag[notes], np.float32)).reshape(-1, pred.shape[-1])
+    (pb, pt), (tb, tt) = (band_energies(x, run.audio.log_floor, band) for x in (pred, target))
+    return abs(10 * float(torch.log10(pb.sum() / pt.sum()) - torch.log10(tb.sum() / tt.sum())))
+
+
+def test_brightness_term_brings_each_snapshots_band_share_toward_its_notes(trained: Trainer) -> None:
+    cache, idx = trained.cache, trained.train_idx
+    labels = np.asarray(cache.family[idx])
+    start = {int(i): torch.zeros(trained.run.model.latent_size) for i in np.unique(labels)}
+    args = (trained.model, cache, idx, labels, trained.run, torch.device("cpu"), start, 60)
+    plain = fit_snapshot_latents(*args)
+    bright = fit_snapshot_latents(*args, band_weight=0.5)
+    gaps = {name: [_band_gap_db(trained, idx[labels == i], fitted[i]) for i in sorted(start)]
+            for name, fitted in (("plain", plain), ("bright", bright))}
+    assert np.mean(gaps["bright"]) < 0.5 * np.mean(gaps["plain"]), gaps
