@@ -69,6 +69,15 @@ def run_main(body: Callable[[], int]) -> int:
     return run_command(body)  # BenchmarkError, PresetError...: VaesynthError
 
 
+def chosen_sections(text: str, known: Sequence[str]) -> list[str]:
+    """A ``--sections`` comma list -> its names; one unknown is a one-line error."""
+    sections = [s for s in text.split(",") if s]
+    bad = set(sections) - set(known)
+    if bad:
+        raise BenchmarkError(f"unknown section(s): {', '.join(sorted(bad))}")
+    return sections
+
+
 def open_preset(path: str | Path) -> Preset:
     """Load a preset; a missing or unreadable one is one line."""
     try:

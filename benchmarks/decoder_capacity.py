@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, log, magnitude_convergence_db,
-                               markdown_table, open_preset, run_main)
+from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, log,
+                               magnitude_convergence_db, markdown_table, open_preset, run_main)
 from benchmarks.timbre_space import GOALS, band_share_db, open_data
 from synth.stft import magnitude_from_log
 
@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
 
     def body() -> int:
-        sections = [s for s in args.sections.split(",") if s]
-        if set(sections) - set(SECTIONS):
-            raise BenchmarkError(f"unknown section(s): {', '.join(sorted(set(sections) - set(SECTIONS)))}")
+        sections = chosen_sections(args.sections, SECTIONS)
         try:
             passes = [int(p) for p in args.passes.split(",") if p]
             weights = [float(w) for w in args.sc_weight.split(",") if w]

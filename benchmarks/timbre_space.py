@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, frame_times, log,
+from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, frame_times, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
 from export.knob_travel import KnobProbe, cents_at, family_snapshots
 from synth.contract import GM_GROUPS, gm_group
@@ -309,10 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
 
     def body() -> int:
-        sections = [s for s in args.sections.split(",") if s]
-        bad = set(sections) - set(SECTIONS)
-        if bad:
-            raise BenchmarkError(f"unknown section(s): {', '.join(sorted(bad))}")
+        sections = chosen_sections(args.sections, SECTIONS)
         preset = open_preset(args.preset)
         models = PresetModels(preset, threads=2)
         km = preset.knobs
