@@ -21,14 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from benchmarks.common import DEFAULT_PRESET, PresetModels, frame_times, log, markdown_table, open_preset, run_main
-from benchmarks.timbre_space import BRIGHT_BAND_HZ, decode_frames, open_data
+from benchmarks.timbre_space import decode_frames, open_data
+from synth.contract import BRIGHT_BAND_HZ
 from synth.stft import magnitude_from_log
 
 SEGMENTS_S = ((0.0, 0.03), (0.03, 0.1), (0.1, 0.5), (0.5, 3.0))
 TOP_DB = -40.0  # "where the partials stop": the time-averaged spectrum's last bin within this of its peak
 
 
-def share_db(power: NDArray, band: NDArray) -> float:
+def share_db(power: NDArray, band: slice) -> float:
     return float(10 * np.log10(max(power[:, band].sum(), 1e-30) / max(power.sum(), 1e-30)))
 
 
@@ -52,8 +53,8 @@ def main() -> int:
     config = Path(args.run) / "config.toml"
     data = open_data(Path(args.features), config if config.exists() else None, None)
     cache, params = data.cache, models.params
-    hz = np.arange(params.n_bins) * params.sample_rate / params.n_fft
-    band = (hz >= BRIGHT_BAND_HZ[0]) & (hz < BRIGHT_BAND_HZ[1])
+    hz = np.arange(params.n_bins) * params.sample_rate / params.n_fft  # bin centres, for the top partial
+    band = params.bins_between(*BRIGHT_BAND_HZ)
     seg_rows, key_rows = [], []
     for program in (int(p) for p in args.programs.split(",")):
         log(f"program {program}...")

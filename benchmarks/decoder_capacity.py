@@ -150,31 +150,24 @@ def budget_rows(run, run_dir: Path, n_train: int) -> list[list[object]]:
 
 # ---------------------------------------------------------------------------- oracle
 
-def head_columns(pitch: float, inharm: float, params, n_harmonics: int, noise_bands: NDArray) -> NDArray:
-    """The output head's columns for one frame: K Hann main lobes and the noise bands -> ``(F, K' + bands)``."""
+def head_columns(head, pitch: float, inharm: float) -> NDArray[np.float64]:
+    """The output head's columns for one frame: ``head`` (a ``training.model.FrameDecoder``) places
+    each of its K partials alone (``place_harmonics``, unit amplitude), then its noise bands ->
+    ``(F, K + bands)`` (partials above Nyquist: zero columns)."""
     import torch
 
-    from training.model import hann_main_lobe
-
-    f0 = 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
-    k = np.arange(1, n_harmonics + 1)
-    freqs = f0 * k * np.sqrt(1.0 + inharm * k * k)
-    centre = freqs[freqs < params.sample_rate / 2] * params.n_fft / params.sample_rate
-    base = np.floor(centre)
-    offsets = np.arange(-1, 3, dtype=np.float64)
-    shape = hann_main_lobe(torch.from_numpy((centre - base)[:, None]), torch.from_numpy(offsets)).numpy()
-    cols = np.zeros((params.n_bins, len(centre)))
-    rows = (base[:, None] + offsets).astype(int)
-    ok = (rows >= 0) & (rows < params.n_bins)
-    np.add.at(cols, (rows[ok], np.nonzero(ok)[0]), shape[ok])
-    return np.hstack([cols, noise_bands])
+    k = head.cfg.n_harmonics
+    with torch.no_grad():
+        partials = head.place_harmonics(torch.eye(k, dtype=torch.float64), torch.full((k,), float(pitch)),
+                                        torch.full((k,), float(inharm)))
+    return np.hstack([partials.numpy().T, head.band_matrix.double().numpy().T])
 
 
-def oracle_frames(ref: NDArray, pitch: float, params, n_harmonics: int, noise_bands: NDArray) -> NDArray:
-    """Each frame of ``ref (T, F)`` (linear magnitudes) fitted alone by the head -> ``(T, F)``."""
+def oracle_frames(ref: NDArray, pitch: float, head) -> NDArray:
+    """Each frame of ``ref (T, F)`` (linear magnitudes) fitted alone by ``head``'s output family -> ``(T, F)``."""
     from scipy.optimize import nnls
 
-    mats = [head_columns(pitch, b, params, n_harmonics, noise_bands) for b in ORACLE_B]
+    mats = [head_columns(head, pitch, b) for b in ORACLE_B]
     energy = (ref.astype(np.float64) ** 2).sum(1)
     out = np.zeros_like(ref, dtype=np.float64)
     for t in np.nonzero(energy >= 1e-7 * energy.max())[0]:  # quieter frames add nothing to SC
@@ -245,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(["fit to the same training notes", "sc weight", "passes per note",
                                   "median SC (dB)", "4-12 kHz share - real (dB, median)"], rows) + "\n")
         if "oracle" in sections:
-            from training.model import noise_band_matrix
+            from training.model import FrameDecoder
 
-            bands = noise_band_matrix(run.model.n_noise_bands, params.n_bins, params.sample_rate).numpy().T
+            head = FrameDecoder(run.model, params)
             some = list(range(min(args.oracle_notes, len(idx))))
             log(f"oracle: {len(some)} notes frame by frame")
-            ests = [oracle_frames(refs[k], float(cache.pitch[idx[k]]), params, run.model.n_harmonics, bands) for k in some]
+            ests = [oracle_frames(refs[k], float(cache.pitch[idx[k]]), head) for k in some]
             sc, gap = scores([refs[k] for k in some], ests, params)
             print(markdown_table(["the output head's own ceiling", "notes", "median SC (dB)",
                                   "4-12 kHz share - real (dB, median)"],

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, frame_times, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
 from export.knob_travel import KnobProbe, cents_at, family_snapshots
-from synth.contract import GM_GROUPS, gm_group
+from synth.contract import BRIGHT_BAND_HZ, GM_GROUPS, gm_group
 from synth.preset import KnobMap, Preset
 from synth.stft import log_spectral_distance_db, magnitude_from_log
 
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 SECTIONS = ("live", "knobs", "recon", "bright", "tune")
 DEFAULT_HOLDOUT = (6, 11, 40, 56, 71)
-BRIGHT_BAND_HZ = (4000.0, 12000.0)
 BRIGHT_KEYS = (36, 48, 60, 72, 84)
 TUNE_KEYS = tuple(range(28, 97, 4))
 GOALS = {"live": 8, "knob_db": 3.0, "cliff": 5.0, "sc_seen": -12.0, "sc_unseen": -7.0, "bright_db": 3.0,
@@ -203,8 +202,7 @@ def recon_section(models: PresetModels, preset: Preset, data: Data, n: int) -> l
 
 def band_share_db(mag: NDArray, params) -> float:
     """10 log10 of the energy share between BRIGHT_BAND_HZ over all frames of ``mag (T, F)``."""
-    hz = np.arange(mag.shape[1]) * params.sample_rate / params.n_fft
-    band = (hz >= BRIGHT_BAND_HZ[0]) & (hz < BRIGHT_BAND_HZ[1])
+    band = params.bins_between(*BRIGHT_BAND_HZ)
     e = mag.astype(np.float64) ** 2
     return float(10 * np.log10(max(e[:, band].sum(), 1e-30) / max(e.sum(), 1e-30)))
 

@@ -8,6 +8,7 @@ hold lengths, General MIDI program groups) is named here once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -66,6 +67,13 @@ class SpectrogramParams:
             raise ValueError(f"unknown audio parameter(s): {', '.join(sorted(unknown))}")
         return cls(**{k: d[k] for k in d})
 
+    def bins_between(self, low_hz: float, high_hz: float) -> slice:
+        """The bins whose centre frequency lies in ``[low_hz, high_hz)``, as a slice of the bin axis."""
+        def first_at(hz: float) -> int:
+            return min(max(math.ceil(hz * self.n_fft / self.sample_rate), 0), self.n_bins)
+
+        return slice(first_at(low_hz), first_at(high_hz))
+
     def validate(self) -> None:
         if self.window != "hann":
             raise ValueError(f"window {self.window!r} is not supported (only 'hann')")
@@ -110,6 +118,10 @@ them the engine interpolates linearly, outside them it holds the nearest (``synt
 SNAPSHOT_HOME_KEY = 60
 """A key-tracked snapshot's ``z`` is its latent at this key (C4): where knobs, capture and morph
 start from, and where its key tracking adds nothing."""
+BRIGHT_BAND_HZ = (4000.0, 12000.0)
+"""The band whose share of a note's energy measures its brightness against the real instrument
+(``benchmarks.timbre_space``); the snapshot fit's optional brightness term matches the same share
+(``training.snapshots``). Its bins: ``SpectrogramParams.bins_between(*BRIGHT_BAND_HZ)``."""
 DEFAULT_KNOB_TRAVEL = 3.0
 """How far a knob reaches by default, in ``[knobs] scale`` units (the posterior's standard
 deviation along the knob's direction): CC 0..127 spans center -+ 3 std, most of the data."""

@@ -13,7 +13,7 @@ from synth.contract import SpectrogramParams
 from synth.stft import magnitude_from_log
 from training.data import make_synthetic_dataset
 from training.features import build_feature_cache
-from training.model import FrameDecoder, noise_band_matrix
+from training.model import FrameDecoder
 from training.train import load_config
 
 TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.toml"
@@ -27,12 +27,12 @@ def test_oracle_recovers_a_frame_the_head_drew_and_not_a_foreign_one() -> None:
     head = FrameDecoder(run.model, params)
     amp = torch.exp(-0.15 * torch.arange(run.model.n_harmonics, dtype=torch.float32))[None]
     mag = head.place_harmonics(amp, torch.tensor([52.0]), torch.tensor([3e-4]))[0].numpy().astype(np.float64)
-    bands = noise_band_matrix(run.model.n_noise_bands, params.n_bins, params.sample_rate).numpy().T
+    bands = head.band_matrix.double().numpy().T
     mag = mag + bands @ np.full(run.model.n_noise_bands, 1e-3)
     ref = np.stack([mag, 0.5 * mag])  # (T=2, F)
-    fitted = dc.oracle_frames(ref, 52.0, params, run.model.n_harmonics, bands)
+    fitted = dc.oracle_frames(ref, 52.0, head)
     assert magnitude_convergence_db(ref, fitted) < -40.0
-    foreign = dc.oracle_frames(ref, 58.0, params, run.model.n_harmonics, bands)
+    foreign = dc.oracle_frames(ref, 58.0, head)
     assert magnitude_convergence_db(ref, foreign) > -10.0
 
 

@@ -7,14 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from synth.contract import SNAPSHOT_TRACK_KEYS, SpectrogramParams
+from synth.contract import BRIGHT_BAND_HZ, SNAPSHOT_TRACK_KEYS, SpectrogramParams
 from training.data import make_synthetic_dataset
 from training.features import build_feature_cache
 from training.model import frame_times
-from training.snapshots import band_energies, band_mask, band_share_gap_grad, fit_snapshot_latents
+from training.snapshots import band_energies, band_share_gap_grad, fit_snapshot_latents
 from training.train import Trainer, fit, load_config, note_holds
 
 TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.toml"
+
+
+def test_bright_band_bins_are_the_centre_frequencies_in_the_band() -> None:
+    params = SpectrogramParams()
+    hz = np.arange(params.n_bins) * params.sample_rate / params.n_fft
+    inside = np.nonzero((hz >= BRIGHT_BAND_HZ[0]) & (hz < BRIGHT_BAND_HZ[1]))[0]
+    band = params.bins_between(*BRIGHT_BAND_HZ)
+    assert (band.start, band.stop) == (inside[0], inside[-1] + 1)
+    assert params.bins_between(0.0, 1e9) == slice(0, params.n_bins)
 
 
 def test_band_gap_gradient_is_the_terms_own() -> None:
@@ -62,7 +71,7 @@ def _band_gap_db(trainer: Trainer, notes: np.ndarray, track_z: torch.Tensor) -> 
     with torch.no_grad():
         pred = trainer.model.eval().decoder(z.repeat_interleave(t, 0), rep(cache.pitch[notes]), rep(cache.velocity[notes]),
                                             on.reshape(-1), off.reshape(-1))
-    band = band_mask(run.audio)
+    band = run.audio.bins_between(*BRIGHT_BAND_HZ)
     target = torch.from_numpy(np.asarray(cache.logmag[notes], np.float32)).reshape(-1, pred.shape[-1])
     (pb, pt), (tb, tt) = (band_energies(x, run.audio.log_floor, band) for x in (pred, target))
     return abs(10 * float(torch.log10(pb.sum() / pt.sum()) - torch.log10(tb.sum() / tt.sum())))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synth.contract import SNAPSHOT_TRACK_KEYS
+from synth.contract import BRIGHT_BAND_HZ, SNAPSHOT_TRACK_KEYS
 from synth.key_track import track_weights
 
 SNAPSHOT_KEYS = (48, 72)
@@ -42,8 +42,6 @@ FIT_CHUNK_ROWS = 1024  # decoder rows per forward/backward pass
 TRACK_SMOOTHNESS = 0.1
 """Weight of the mean squared step between neighbouring track keys' latents, in the latent's
 std units (0 and 0.1 fit the notes equally well; 0.1 keeps the unpinned steps small)."""
-BRIGHT_BAND_HZ = (4000.0, 12000.0)
-"""The band whose share of a snapshot's energy the optional brightness term matches to its notes'."""
 BAND_EPS = 1e-12  # energies are squared linear magnitudes; keeps an empty band's log finite
 BAND_SHARE_FLOOR = 1e-4
 """Shares are compared above -40 dB only: a band 60 dB under the note's energy is inaudible, and the
@@ -62,13 +60,7 @@ or too bright, and leaves the rest to the spectral loss (a register already clos
 match when pulled to 0 dB: the drawbar organ's LSD to its real notes 7.3 -> 10.5 dB without a margin)."""
 
 
-def band_mask(params: Any) -> torch.Tensor:
-    """Bins between ``BRIGHT_BAND_HZ`` -> ``(F,)`` bool."""
-    hz = torch.arange(params.n_bins, dtype=torch.float64) * params.sample_rate / params.n_fft
-    return (hz >= BRIGHT_BAND_HZ[0]) & (hz < BRIGHT_BAND_HZ[1])
-
-
-def band_energies(log_mag: torch.Tensor, log_floor: float, band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def band_energies(log_mag: torch.Tensor, log_floor: float, band: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """Energy in the band and in all bins per row: ``log_mag (R, F)`` (ln(magnitude + floor))
     -> ``band (R,), total (R,)``."""
     energy = (torch.exp(log_mag) - log_floor).clamp(min=0.0).pow(2)
@@ -164,7 +156,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
     # The brightness term's groups: label x nearer track key (a register of one instrument).
     group = row * anchors + weights.argmax(1)
     n_groups = len(ids) * anchors
-    band = band_mask(run.audio).to(device)
+    band = run.audio.bins_between(*BRIGHT_BAND_HZ)
     in_band_keys = torch.from_numpy((cache.pitch[notes] >= BAND_KEYS[0]) & (cache.pitch[notes] <= BAND_KEYS[1]))
     floor = run.audio.log_floor
     was_training = model.training
@@ -184,10 +176,10 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
                                      rep(velocity), time_on[a:b].reshape(-1).to(device),
                                      time_off[a:b].reshape(-1).to(device))
 
-            def read(a: int, b: int) -> torch.Tensor:
-                # Only the frames this step uses are read from the float16 memmap (all notes would be GBs).
-                return torch.from_numpy(np.asarray(cache.logmag[notes[a:b, None], frames[a:b].numpy()],
-                                                   np.float32)).to(device)
+            # Only the frames this step uses are read from the float16 memmap (all notes would be GBs),
+            # once per step: the brightness term's first pass and the loss's pass share them.
+            targets = [torch.from_numpy(np.asarray(cache.logmag[notes[a:a + chunk, None], frames[a:a + chunk].numpy()],
+                                                   np.float32)).to(device) for a in range(0, n, chunk)]
 
             def body_rows(a: int, b: int) -> torch.Tensor:
                 counted = (time_on[a:b] >= BAND_FROM_SECONDS) & in_band_keys[a:b, None]
@@ -202,7 +194,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
                         g = group[a:b].repeat_interleave(FIT_FRAMES_PER_NOTE)
                         body = body_rows(a, b)
                         for k, e in enumerate(band_energies(decode(a, b), floor, band)
-                                              + band_energies(read(a, b).reshape(-1, f), floor, band)):
+                                              + band_energies(targets[a // chunk].reshape(-1, f), floor, band)):
                             sums[k].index_add_(0, g, (e * body).double())
                 _, d_band, d_total = band_share_gap_grad((sums[0], sums[1]), (sums[2], sums[3]), band_weight)
                 coef = (d_band.float(), d_total.float())
@@ -210,7 +202,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
             # pieces; each chunk's loss is weighted by its share, so the gradient is the whole batch's.
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
-                pred, target = decode(a, b), read(a, b)
+                pred, target = decode(a, b), targets[a // chunk]
                 shape = (b - a, FIT_FRAMES_PER_NOTE, f)  # (notes, frames, bins): convergence is taken per note
                 loss = vae_loss(pred.view(shape), target.view(shape), zeros, zeros, 0.0, m.grad_weight,
                                 0.0, m.pool_weight, m.pool_bins, m.sc_weight)["loss"] * ((b - a) / n)
