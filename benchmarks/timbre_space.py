@@ -169,6 +169,8 @@ def note_scores(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int
                 time_on_max: float) -> list[tuple[float, float, float, float]]:
     """Per note ``(SC, LSD, release SC, release LSD)`` over stored frames (release: after note-off)."""
     params, stride = models.params, cache.frame_stride
+    if len(idx) == 0:  # a split with no notes in this group (a small dataset)
+        return []
     mu, _ = encode_batch(models, cache, idx)
     out = []
     for z, i in zip(mu, idx):
