@@ -31,9 +31,10 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import BenchmarkError, log, markdown_table, run_main
-from benchmarks.timbre_space import GOALS, note_scores, open_data, subset
+from benchmarks.common import BenchmarkError, frame_times, log, magnitude_convergence_db, markdown_table, run_main
+from benchmarks.timbre_space import GOALS, decode_frames, encode_batch, note_scores, open_data, subset
 from synth.contract import DECODER_INPUTS
+from synth.stft import magnitude_from_log
 
 
 class _TorchSession:
@@ -73,9 +74,7 @@ def checkpoint_models(run_dir: Path) -> tuple[SimpleNamespace, int, float]:
     return models, int(state.get("step", -1)), run.model.time_on_max
 
 
-def run_row(run_dir: Path, data, n: int) -> list[object]:
-    models, step, time_on_max = checkpoint_models(run_dir)
-    log(f"{run_dir}: step {step}")
+def run_row(run_dir: Path, models, step: int, time_on_max: float, data, n: int) -> list[object]:
     seen = note_scores(models, data.cache, subset(data.val, n), time_on_max)
     unseen = note_scores(models, data.cache, subset(data.unseen, n), time_on_max)
 
@@ -93,10 +92,6 @@ ATTACK_SECONDS = 0.1
 def breakdown_scores(models, cache, idx: NDArray[np.int64], time_on_max: float) -> NDArray[np.float64]:
     """Per note ``(SC, SC pooled, SC level-matched, SC attack, SC body)`` in dB -> ``(N, 5)``."""
     from scipy.ndimage import maximum_filter1d
-
-    from benchmarks.common import frame_times, magnitude_convergence_db
-    from benchmarks.timbre_space import decode_frames, encode_batch
-    from synth.stft import magnitude_from_log
 
     params, out = models.params, []
     if len(idx) == 0:
@@ -117,8 +112,7 @@ def breakdown_scores(models, cache, idx: NDArray[np.int64], time_on_max: float) 
     return np.array(out)
 
 
-def breakdown_rows(run_dir: Path, data, n: int) -> list[list[object]]:
-    models, _, time_on_max = checkpoint_models(run_dir)
+def breakdown_rows(run_dir: Path, models, time_on_max: float, data, n: int) -> list[list[object]]:
     rows = []
     for label, idx in (("seen", subset(data.val, n)), ("unseen programs", subset(data.unseen, n))):
         scores = breakdown_scores(models, data.cache, idx, time_on_max)
@@ -159,15 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         if not split.is_file():
             raise BenchmarkError(f"{split.parent}: no config.toml (a training run folder)")
         data = open_data(Path(args.features) if args.features else d.parent / f"{d.name}_features", split, None)
-        rows = [run_row(Path(r), data, args.max_notes) for r in args.runs]
+        rows, breakdown = [], []
+        for r in map(Path, args.runs):
+            models, step, time_on_max = checkpoint_models(r)  # loaded once for both tables
+            log(f"{r}: step {step}")
+            rows.append(run_row(r, models, step, time_on_max, data, args.max_notes))
+            if args.breakdown:
+                breakdown += breakdown_rows(r, models, time_on_max, data, args.max_notes)
         print(markdown_table(
             ["run", "step", f"SC seen (goal ≤ {GOALS['sc_seen']:g})", f"SC unseen programs (goal ≤ {GOALS['sc_unseen']:g})",
              "release SC seen", "release SC unseen", "LSD seen", "LSD unseen"], rows))
         if args.breakdown:
-            rows = [row for r in args.runs for row in breakdown_rows(Path(r), data, args.max_notes)]
             print("\n" + markdown_table(
                 ["run", "notes", "family", "count", "SC", f"SC, partials ±{POOL_BINS} bins off count",
-                 "SC, each frame's level matched", f"SC, first {ATTACK_SECONDS:g} s", "SC, body to note-off"], rows))
+                 "SC, each frame's level matched", f"SC, first {ATTACK_SECONDS:g} s", "SC, body to note-off"], breakdown))
         return 0
 
     return run_main(body)
