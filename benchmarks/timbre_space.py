@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, frame_times, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
-from export.knob_travel import KnobProbe, cents_at, family_snapshots
+from export.knob_travel import CLIFF_RATIO, KnobProbe, cents_at, cliff_ratio, family_snapshots
 from synth.contract import BRIGHT_BAND_HZ, GM_GROUPS, gm_group
 from synth.preset import KnobMap, Preset
 from synth.stft import log_spectral_distance_db, magnitude_from_log
@@ -55,7 +55,7 @@ SECTIONS = ("live", "knobs", "recon", "bright", "tune")
 DEFAULT_HOLDOUT = (6, 11, 40, 56, 71)
 BRIGHT_KEYS = (36, 48, 60, 72, 84)
 TUNE_KEYS = tuple(range(28, 97, 4))
-GOALS = {"live": 8, "knob_db": 3.0, "cliff": 5.0, "sc_seen": -12.0, "sc_unseen": -7.0, "bright_db": 3.0,
+GOALS = {"live": 8, "knob_db": 3.0, "cliff": CLIFF_RATIO, "sc_seen": -12.0, "sc_unseen": -7.0, "bright_db": 3.0,
          "cents": 20.0}
 
 
@@ -143,18 +143,13 @@ def knob_section(preset: Preset, probe: KnobProbe) -> list[list[object]]:
     km = preset.knobs
     snaps = family_snapshots(preset)
     log(f"knobs: {km.count} knobs x {len(snaps)} snapshots ({', '.join(s.name for s in snaps)})")
-    u = np.arange(128) / 127.0 * 2.0 - 1.0
     rows = []
     for k in range(km.count):
         ends, ratios, largest = [], [], []
         for s in snaps:
-            frames = probe.held_frames(km.move(s.z, k, u))  # (128, T, F)
-            ends.append(probe.distance_db(frames[0], frames[-1]))
-            steps = np.array([probe.distance_db(frames[i], frames[i + 1]) for i in range(len(u) - 1)])
-            # A cliff is one CC step that carries many steps' worth of the sweep's change: the
-            # largest step over the mean step (path length / 127). The median step is no yardstick
-            # when a knob's change gathers in part of its travel (a decay that sets in over CC 10-50).
-            ratios.append(float(steps.max() / max(steps.mean(), 1e-9)))
+            steps = probe.sweep_steps_db(km, k, s.z)
+            ends.append(float(probe.end_to_end_db(km, k, [s])[0]))
+            ratios.append(cliff_ratio(steps))
             largest.append(float(steps.max()))
         med, mn, cliff = float(np.median(ends)), float(np.min(ends)), float(np.max(ratios))
         rows.append([f"knob {k + 1} (CC {70 + k})", f"{km.travel[k]:.2f}", f"{med:.1f}", f"{mn:.1f}",

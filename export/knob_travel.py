@@ -17,6 +17,11 @@ tune. So export then plays both ends of every knob through the engine at every o
 unpitched) step by step until both ends are in tune, down to ``TUNE_MIN_TRAVEL``. In tune comes
 first: a knob narrowed under the effect target keeps the narrower travel.
 
+A sweep may also jump: one CC step that carries many steps' worth of the change (``CLIFF_RATIO``)
+is heard as a switch, not a knob. On the 32 000-step default model knob 1's sweep did so near an
+end at ± 3 std, so export then narrows a knob whose jump lies near an end (``cliff_guard``, the
+same 3 % steps and floor), and leaves one whose jump sits inside its travel as it is.
+
 ``benchmarks.timbre_space`` reports the same figures (through :class:`KnobProbe` and
 :func:`cents_at`). ``python -m export.knob_travel presets/NAME`` re-measures a preset's travel in
 place, as its export command would.
@@ -45,6 +50,12 @@ TARGET_EFFECT_DB = 3.3
 """A knob's weakest end-to-end effect over the family snapshots is widened to this: the 3 dB a
 player clearly hears, plus a margin for the decoder's non-linearity between the bisection's points."""
 BISECTION_STEPS = 6  # travel found to (6 - 3) / 2**6 ~ 0.05 std
+CC_COORDINATES = np.arange(128) / 127.0 * 2.0 - 1.0
+"""A knob's coordinate at each CC value 0..127 (``synth.knobs``: -1..1 spans its travel)."""
+CLIFF_RATIO = 5.0
+"""A sweep's largest single-CC step may carry at most this many mean steps (the sweep's path / 127):
+more is a cliff a player hears as a jump. (The median step is no yardstick when a knob's change
+gathers in part of its travel, a decay that sets in over CC 10-50.)"""
 TUNE_KEYS = tuple(range(29, 96, 2))
 """Keys at which both ends of every knob must play in tune (odd: benchmarks.timbre_space checks
 28, 32 ... 96, none of them)."""
@@ -90,11 +101,22 @@ class KnobProbe:
         """Log-spectral distance (dB) between two ``(T, F)`` frame sets from :meth:`held_frames`."""
         return log_spectral_distance_db(a, b, self.preset.params.log_floor)
 
+    def sweep_steps_db(self, kmap: KnobMap, knob: int, z: NDArray) -> NDArray[np.float64]:
+        """Log-spectral distance (dB) of each single-CC step of ``knob``'s sweep (CC 0..127) from the
+        latent ``z (L,)`` -> ``(127,)`` (``cliff_ratio`` judges it)."""
+        frames = self.held_frames(kmap.move(z, knob, CC_COORDINATES))  # (128, T, F)
+        return np.array([self.distance_db(frames[i], frames[i + 1]) for i in range(len(frames) - 1)])
+
     def end_to_end_db(self, kmap: KnobMap, knob: int, snapshots: list[Snapshot]) -> NDArray[np.float64]:
         """Effect of ``knob`` between CC 0 and CC 127 at each snapshot -> ``(S,)`` dB."""
         z = np.concatenate([kmap.move(s.z, knob, np.array([-1.0, 1.0])) for s in snapshots])
         frames = self.held_frames(z).reshape(len(snapshots), 2, len(HELD_TIMES), -1)
         return np.array([self.distance_db(f[0], f[1]) for f in frames])
+
+
+def cliff_ratio(steps: NDArray[np.float64]) -> float:
+    """A sweep's largest step over its mean step (``steps (127,)`` from ``KnobProbe.sweep_steps_db``)."""
+    return float(steps.max() / max(float(steps.mean()), 1e-9))
 
 
 def calibrate_travel(preset: Preset, probe: KnobProbe | None = None) -> NDArray[np.float64]:
@@ -193,6 +215,46 @@ def tune_guard(preset: Preset, travel: NDArray[np.float64], keys: tuple[int, ...
     return travel
 
 
+def worst_cliff(probe: KnobProbe, kmap: KnobMap, knob: int, snapshots: list[Snapshot]) -> float:
+    """The largest :func:`cliff_ratio` of ``knob``'s sweep over ``snapshots``."""
+    return max(cliff_ratio(probe.sweep_steps_db(kmap, knob, s.z)) for s in snapshots)
+
+
+def cliff_guard(preset: Preset, travel: NDArray[np.float64], probe: KnobProbe | None = None,
+                log: bool = False) -> NDArray[np.float64]:
+    """``travel (K,)`` with a knob whose sweep has a cliff (``CLIFF_RATIO``) at some family snapshot
+    narrowed (by TUNE_NARROWING at a time, not under TUNE_MIN_TRAVEL) to the widest travel without
+    one. A cliff near an end is the decoder far out along the direction, which narrowing leaves
+    out; a cliff that no narrowing removes sits inside the travel, and the knob keeps its travel
+    (narrowing it would only weaken it)."""
+    travel = np.asarray(travel, np.float64).copy()
+    snaps = family_snapshots(preset)
+    if not snaps:
+        return travel
+    probe = probe or KnobProbe(preset)
+    knobs = preset.knobs
+    for knob in range(knobs.count):
+        trial = travel.copy()
+        ratio = worst_cliff(probe, KnobMap(knobs.center, knobs.directions, knobs.scale, trial), knob, snaps)
+        while ratio > CLIFF_RATIO and trial[knob] > TUNE_MIN_TRAVEL:
+            trial[knob] = max(TUNE_MIN_TRAVEL, round(trial[knob] * TUNE_NARROWING, 3))
+            ratio = worst_cliff(probe, KnobMap(knobs.center, knobs.directions, knobs.scale, trial), knob, snaps)
+        if ratio <= CLIFF_RATIO and trial[knob] != travel[knob]:
+            if log:
+                print(f"knob {knob + 1}: a cliff beyond {trial[knob]:g} std: travel {travel[knob]:g} -> {trial[knob]:g} std",
+                      flush=True)
+            travel[knob] = trial[knob]
+    return travel
+
+
+def guarded_travel(preset: Preset, log: bool = False) -> NDArray[np.float64]:
+    """Every knob's travel as export writes it: widened where weak (``calibrate_travel``), narrowed
+    where an end plays out of tune (``tune_guard``), then where a cliff lies near an end
+    (``cliff_guard``). In tune and without a cliff come before the effect target."""
+    probe = KnobProbe(preset)
+    return cliff_guard(preset, tune_guard(preset, calibrate_travel(preset, probe), log=log), probe, log=log)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from export.onnx import _write_doc
     from synth.errors import VaesynthError
@@ -205,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (folder / "preset.toml").is_file():
         raise VaesynthError(f"{folder}: no preset.toml")
     preset = load_preset(folder)
-    travel = tune_guard(preset, calibrate_travel(preset), log=True)
+    travel = guarded_travel(preset, log=True)
     doc = tomllib.loads((folder / "preset.toml").read_text())
     doc["knobs"]["travel"] = [round(float(t), 3) for t in travel]  # as export writes it
     _write_doc(folder, doc)

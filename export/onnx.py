@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from export.engine_notes import play_in_turn
-from export.knob_travel import calibrate_travel, tune_guard
+from export.knob_travel import guarded_travel
 from synth.contract import DECODER_CONTRACT as CONTRACT
 from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, MAX_KEY_LEVEL_DB,
                              PRESET_FORMAT_VERSION)
@@ -421,7 +421,7 @@ def export_preset(checkpoint: str | Path, out: str | Path, name: str | None = No
     gain, median_peak, levels = mix_gain(out, snaps)
     errors["mix_gain"] = gain
     unity = load_preset(out)
-    travel = tune_guard(unity, calibrate_travel(unity))
+    travel = guarded_travel(unity)
     snaps = [{**snap, "level": level} for snap, level in zip(snaps, levels)]
     _write_doc(out, preset_doc(run, stats, name, reproduce, snaps, gain, median_peak, parts, has_map, travel))
     snaps = [{**snap, **keyed} for snap, keyed in zip(snaps, key_levels(out, snaps, gain))]

@@ -85,9 +85,10 @@ class ValleyWeight:
 
 
 VALLEY_WEIGHT = ValleyWeight(radius=5, depth_db=40.0, floor=0.1)
-"""Measured with ``benchmarks.capture_fidelity`` on the key-tracked default preset: capture closer than
-the program-change snapshot on 10 of 10 held-out FluidR3 programs, median +2.08 dB (every bin alike:
-8 of 10, +2.15); TimGM6mb and sf_GMbank notes 9 of 10 each, +2.00 and +2.47 dB."""
+"""Measured with ``benchmarks.capture_fidelity`` on the 12 000-step key-tracked default preset: capture
+closer than the program-change snapshot on 10 of 10 held-out FluidR3 programs, median +2.08 dB (every
+bin alike: 8 of 10, +2.15); TimGM6mb and sf_GMbank notes 9 of 10 each, +2.00 and +2.47 dB. On the
+32 000-step preset that replaced it: 8 of 10, +1.54 dB (every bin alike: +1.69; 5 bins, 30 dB, 0.2: +1.65)."""
 
 
 def _logsumexp(x: NDArray) -> NDArray[np.float64]:

@@ -259,20 +259,39 @@ def test_real_capture_of_a_snapshot_note_sounds_like_it() -> None:
 
 def test_real_capture_is_stable_across_level_and_rate() -> None:
     """The shipped preset, a plain (refined) capture: a snapshot's note captured again 26 dB quieter, after
-    0.5 s of silence, at 44.1 kHz lands near the first capture (measured: 0.8-1.2 latent std apart, the
-    snapshots' median distance 7)."""
+    0.5 s of silence, at 44.1 kHz sounds like the first capture: the two captures' notes differ by
+    under 0.4 times the median distance from the note to 12 other snapshots' notes (LSD over the held
+    part, level-matched; measured 0.21-0.35 on two presets), and lie within half the snapshots'
+    median latent distance of each other. (Latent distance alone is a loose proxy: over programs 0,
+    19, 24, 56 and 81 the two captures lay 1.0-2.7 std apart on each of the last two default presets,
+    one program over 2 std on each, while their notes differed by 2.3-3.8 dB on both.)"""
     import soxr
+
+    from synth.stft import log_spectral_distance_db
 
     real = load_preset(REPO / "presets" / "default")
     zs = np.array([s.z for s in real.snapshots], np.float32)
+    spread = np.median(np.linalg.norm((zs[:, None] - zs[None]) / real.latent_std, axis=2))
+    hold, seconds = 1.5, 2.0
+    rng = np.random.default_rng(0)
+
+    def held(timbre) -> np.ndarray:  # noqa: ANN001 - a Capture or a Snapshot, played as users get it
+        return _held_mag(engine_note(real, z=timbre.z, hold_s=hold, seconds=seconds, track=timbre.track), real, hold)
+
+    def lsd(ref: np.ndarray, played: np.ndarray) -> float:
+        return log_spectral_distance_db(ref, played * np.sqrt(np.mean(ref ** 2) / np.mean(played ** 2)))
+
     for program in (19, 56):
         x = engine_note(real, program=program, hold_s=3.0)
-        a = capture(real, x, SR).z
+        a = capture(real, x, SR)
         quiet = np.concatenate([np.zeros(SR // 2, np.float32), 0.05 * x])
-        b = capture(real, soxr.resample(quiet, SR, 44100).astype(np.float32), 44100).z
-        apart = np.linalg.norm((a - b) / real.latent_std)
-        spread = np.median(np.linalg.norm((zs[:, None] - zs[None]) / real.latent_std, axis=2))
-        assert apart < 2.0 and apart < 0.3 * spread, (program, apart, spread)
+        b = capture(real, soxr.resample(quiet, SR, 44100).astype(np.float32), 44100)
+        apart = np.linalg.norm((a.z - b.z) / real.latent_std)
+        note = held(real.snapshot_for_program(program))
+        others = [s for s in real.snapshots if s is not real.snapshot_for_program(program)]
+        typical = np.median([lsd(note, held(others[i])) for i in rng.choice(len(others), 12, replace=False)])
+        heard = lsd(held(a), held(b))
+        assert heard < 0.4 * typical and apart < 0.5 * spread, (program, heard, typical, apart, spread)
 
 
 def test_neighbours_are_judged_by_their_notes_at_the_captured_pitch(preset: Preset,

@@ -81,3 +81,52 @@ def test_tune_guard_narrows_a_knob_until_its_ends_are_in_tune(preset, monkeypatc
         expected = round(expected * knob_travel.TUNE_NARROWING, 3)
     assert travel[1] == pytest.approx(expected) and np.all(np.delete(travel, 1) == 3.0)
     assert knob_travel.tune_guard(preset, np.full(knobs.count, 6.0), keys=(40,))[1] == 6.0  # no key to judge by
+
+
+class _CliffProbe:
+    """A probe whose sweeps are mocked: every CC step moves the sound 0.1 dB, except a 5 dB step
+    wherever the sweep crosses ``cliff_std`` std from the center along knob ``knob`` (a cliff of
+    the decoder far out along a direction, or, at 0.5 std, inside the travel)."""
+
+    def __init__(self, knobs: KnobMap, cliffs: dict[int, float]) -> None:
+        self.knobs, self.cliffs = knobs, cliffs
+
+    def sweep_steps_db(self, kmap: KnobMap, knob: int, z) -> np.ndarray:  # noqa: ANN001
+        from export.knob_travel import CC_COORDINATES
+
+        along = CC_COORDINATES * kmap.travel[knob]  # std from the center at each CC
+        steps = np.full(127, 0.1)
+        if knob in self.cliffs:
+            edge = self.cliffs[knob]
+            steps[(np.abs(along[:-1]) < edge) != (np.abs(along[1:]) < edge)] = 5.0
+        return steps
+
+
+def test_cliff_guard_narrows_only_a_knob_whose_cliff_lies_near_an_end(preset) -> None:
+    from export.knob_travel import CLIFF_RATIO, TUNE_MIN_TRAVEL, TUNE_NARROWING, cliff_guard, cliff_ratio
+
+    knobs = preset.knobs
+    probe = _CliffProbe(knobs, {0: 2.6, 2: 0.5, 3: 1.5})  # knob 1 near its end, 3 inside, 4 under the floor
+    travel = cliff_guard(preset, np.full(knobs.count, 3.0), probe)
+    expected = 3.0
+    while expected >= 2.6:  # the first narrowing that leaves the cliff out
+        expected = round(expected * TUNE_NARROWING, 3)
+    assert travel[0] == pytest.approx(expected)
+    kmap = KnobMap(knobs.center, knobs.directions, knobs.scale, travel)
+    assert cliff_ratio(probe.sweep_steps_db(kmap, 0, knobs.center)) <= CLIFF_RATIO
+    assert travel[2] == 3.0 and travel[3] == 3.0  # no narrowing down to TUNE_MIN_TRAVEL removes theirs
+    assert 1.5 < TUNE_MIN_TRAVEL
+    assert np.all(np.delete(travel, 0) == 3.0)
+    wide = KnobMap(knobs.center, knobs.directions, knobs.scale, np.full(knobs.count, 3.0))
+    assert cliff_ratio(probe.sweep_steps_db(wide, 0, knobs.center)) > CLIFF_RATIO  # it had one to remove
+
+
+def test_sweep_steps_are_the_decoders_own(preset) -> None:
+    from export.knob_travel import CC_COORDINATES, cliff_ratio
+
+    probe = KnobProbe(preset)
+    s = family_snapshots(preset)[0]
+    steps = probe.sweep_steps_db(preset.knobs, 0, s.z)
+    frames = probe.held_frames(preset.knobs.move(s.z, 0, CC_COORDINATES[[5, 6]]))
+    assert steps.shape == (127,) and steps[5] == pytest.approx(probe.distance_db(frames[0], frames[1]))
+    assert 1.0 <= cliff_ratio(steps) < 127.0

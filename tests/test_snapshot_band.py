@@ -1,4 +1,5 @@
-"""The snapshot fit's optional brightness term (training.snapshots, [train] snapshot_band_weight)."""
+"""The snapshot fit's optional terms (training.snapshots): brightness (``[train] snapshot_band_weight``)
+and spectral convergence (``[train] snapshot_sc_weight``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from synth.contract import BRIGHT_BAND_HZ, SNAPSHOT_TRACK_KEYS, SpectrogramParams
 from training.data import make_synthetic_dataset
 from training.features import build_feature_cache
-from training.model import frame_times
+from training.model import frame_times, spectral_convergence
 from training.snapshots import band_energies, band_share_gap_grad, fit_snapshot_latents
 from training.train import Trainer, fit, load_config, note_holds
 
@@ -58,8 +59,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trainer:
     return trainer
 
 
-def _band_gap_db(trainer: Trainer, notes: np.ndarray, track_z: torch.Tensor) -> float:
-    """|4-12 kHz share of the decoded notes (every stored frame, each at its key) - of the notes| in dB."""
+def _decoded(trainer: Trainer, notes: np.ndarray, track_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The notes decoded on ``track_z`` (every stored frame, each at its key) and the notes
+    themselves: ``(notes * frames, F)`` log-mags each."""
     from synth.key_track import latent_at
 
     cache, run = trainer.cache, trainer.run
@@ -71,19 +73,57 @@ def _band_gap_db(trainer: Trainer, notes: np.ndarray, track_z: torch.Tensor) -> 
     with torch.no_grad():
         pred = trainer.model.eval().decoder(z.repeat_interleave(t, 0), rep(cache.pitch[notes]), rep(cache.velocity[notes]),
                                             on.reshape(-1), off.reshape(-1))
-    band = run.audio.bins_between(*BRIGHT_BAND_HZ)
     target = torch.from_numpy(np.asarray(cache.logmag[notes], np.float32)).reshape(-1, pred.shape[-1])
-    (pb, pt), (tb, tt) = (band_energies(x, run.audio.log_floor, band) for x in (pred, target))
+    return pred, target
+
+
+def _band_gap_db(trainer: Trainer, notes: np.ndarray, track_z: torch.Tensor) -> float:
+    """|4-12 kHz share of the decoded notes - of the notes| in dB."""
+    pred, target = _decoded(trainer, notes, track_z)
+    band = trainer.run.audio.bins_between(*BRIGHT_BAND_HZ)
+    (pb, pt), (tb, tt) = (band_energies(x, trainer.run.audio.log_floor, band) for x in (pred, target))
     return abs(10 * float(torch.log10(pb.sum() / pt.sum()) - torch.log10(tb.sum() / tt.sum())))
 
 
-def test_brightness_term_brings_each_snapshots_band_share_toward_its_notes(trained: Trainer) -> None:
+def _fit_per_family(trained: Trainer, **terms: float) -> tuple[dict[int, torch.Tensor], dict[int, np.ndarray]]:
+    """Each family's snapshot fitted from the origin for 60 steps with ``terms``, and its notes."""
     cache, idx = trained.cache, trained.train_idx
     labels = np.asarray(cache.family[idx])
     start = {int(i): torch.zeros(trained.run.model.latent_size) for i in np.unique(labels)}
-    args = (trained.model, cache, idx, labels, trained.run, torch.device("cpu"), start, 60)
-    plain = fit_snapshot_latents(*args)
-    bright = fit_snapshot_latents(*args, band_weight=0.5)
-    gaps = {name: [_band_gap_db(trained, idx[labels == i], fitted[i]) for i in sorted(start)]
-            for name, fitted in (("plain", plain), ("bright", bright))}
+    fitted = fit_snapshot_latents(trained.model, cache, idx, labels, trained.run, torch.device("cpu"), start, 60, **terms)
+    return fitted, {i: idx[labels == i] for i in sorted(start)}
+
+
+def test_brightness_term_brings_each_snapshots_band_share_toward_its_notes(trained: Trainer) -> None:
+    gaps = {}
+    for name, terms in (("plain", {}), ("bright", {"band_weight": 0.5})):
+        fitted, notes = _fit_per_family(trained, **terms)
+        gaps[name] = [_band_gap_db(trained, notes[i], fitted[i]) for i in notes]
     assert np.mean(gaps["bright"]) < 0.5 * np.mean(gaps["plain"]), gaps
+
+
+def test_convergence_term_lowers_each_snapshots_spectral_convergence(trained: Trainer) -> None:
+    def convergence(**terms: float) -> float:
+        fitted, notes = _fit_per_family(trained, **terms)
+        return float(np.mean([float(spectral_convergence(*(x[None] for x in _decoded(trained, notes[i], fitted[i]))))
+                              for i in notes]))
+
+    assert convergence(sc_weight=5.0) < convergence()
+
+
+def test_run_config_passes_the_snapshot_sc_weight_to_the_fit(trained: Trainer, monkeypatch) -> None:
+    import training.train as train_module
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["sc_weight"] = args[12] if len(args) > 12 else kwargs.get("sc_weight")
+        return {}
+
+    monkeypatch.setattr(train_module, "fit_snapshot_latents", spy)
+    trained.run.train.snapshot_sc_weight = 0.75
+    try:
+        train_module.fit_snapshots(trained, {"families": {}, "instruments": {}, "std": [1.0] * trained.run.model.latent_size})
+    finally:
+        trained.run.train.snapshot_sc_weight = load_config(TINY).train.snapshot_sc_weight
+    assert seen["sc_weight"] == 0.75

@@ -113,7 +113,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
                          device: torch.device, start: dict[int, torch.Tensor], steps: int,
                          seed: int = 0, scale: torch.Tensor | None = None,
                          track_keys: tuple[int, ...] = SNAPSHOT_TRACK_KEYS,
-                         band_weight: float = 0.0) -> dict[int, torch.Tensor]:
+                         band_weight: float = 0.0, sc_weight: float = 0.0) -> dict[int, torch.Tensor]:
     """Fit the latents at ``track_keys (A,)`` of each label (an instrument, or a family for data
     without soundfont tags; ``labels (len(idx),)``, ``start``: label -> initial ``z (L,)``, at
     every track key) to the label's notes among ``idx`` -> label -> fitted ``track_z (A, L)``
@@ -123,9 +123,10 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
     nearer track key), the gap in dB between the 4-12 kHz energy share of the decoded frames and of
     the notes' own, over the step's frames from ``BAND_FROM_SECONDS`` after the onset.
 
-    Loss: ``training.model.vae_loss`` without KL (L1 log-mag, its gradient, pooled and convergence terms, as
-    training weighs them) over ``FIT_FRAMES_PER_NOTE`` random frames of every note per step; Adam,
-    ``steps`` steps, seeded. The model's weights are not touched.
+    Loss: ``training.model.vae_loss`` without KL (L1 log-mag, its gradient and pooled terms, as
+    training weighs them; the convergence term at ``sc_weight``, not training's weight) over
+    ``FIT_FRAMES_PER_NOTE`` random frames of every note per step; Adam, ``steps`` steps, seeded.
+    The model's weights are not touched.
     """
     from training.model import frame_times, vae_loss
     from training.train import note_holds
@@ -205,7 +206,7 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
                 pred, target = decode(a, b), targets[a // chunk]
                 shape = (b - a, FIT_FRAMES_PER_NOTE, f)  # (notes, frames, bins): convergence is taken per note
                 loss = vae_loss(pred.view(shape), target.view(shape), zeros, zeros, 0.0, m.grad_weight,
-                                0.0, m.pool_weight, m.pool_bins, m.sc_weight)["loss"] * ((b - a) / n)
+                                0.0, m.pool_weight, m.pool_bins, sc_weight)["loss"] * ((b - a) / n)
                 if coef is not None:  # the brightness term's exact gradient through this chunk's energies
                     g = group[a:b].repeat_interleave(FIT_FRAMES_PER_NOTE)
                     e_band, e_total = band_energies(pred, floor, band)

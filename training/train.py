@@ -78,6 +78,10 @@ class TrainConfig:
     snapshot_key_track: bool = False
     """Fit each snapshot's latent at every key of ``SNAPSHOT_TRACK_KEYS`` (``synth.key_track``)
     instead of one latent for the whole keyboard (see the README for what it gains and costs)."""
+    snapshot_sc_weight: float = 0.0
+    """Weight of the spectral-convergence term in the snapshot fit, apart from ``[model] sc_weight``:
+    the fit places a few latents on one instrument's notes, and a heavy SC term there trades the
+    chorale's onsets of one instrument for another's (README, Training); 0 = off."""
     snapshot_band_weight: float = 0.0
     """Weight of the snapshot fit's brightness term (``training.snapshots.band_share_gap_grad``): the
     gap in dB between a snapshot's 4-12 kHz energy share and its notes', per register; 0 = off."""
@@ -584,7 +588,7 @@ def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
     keys = SNAPSHOT_TRACK_KEYS if trainer.run.train.snapshot_key_track else ()
     fitted = fit_snapshot_latents(trainer.model, cache, idx, labels, trainer.run, trainer.device, start, steps,
                                   trainer.run.train.seed, torch.tensor(stats["std"]), keys,
-                                  trainer.run.train.snapshot_band_weight)
+                                  trainer.run.train.snapshot_band_weight, trainer.run.train.snapshot_sc_weight)
     for i, track_z in fitted.items():
         entry = table[names[i]]
         home = latent_at(keys, track_z.numpy(), [SNAPSHOT_HOME_KEY])[0] if keys else track_z[0].numpy()
