@@ -145,10 +145,9 @@ def knob_section(preset: Preset, probe: KnobProbe) -> list[list[object]]:
     log(f"knobs: {km.count} knobs x {len(snaps)} snapshots ({', '.join(s.name for s in snaps)})")
     rows = []
     for k in range(km.count):
-        ends, ratios, largest = [], [], []
+        ends, ratios, largest = probe.end_to_end_db(km, k, snaps), [], []
         for s in snaps:
             steps = probe.sweep_steps_db(km, k, s.z)
-            ends.append(float(probe.end_to_end_db(km, k, [s])[0]))
             ratios.append(cliff_ratio(steps))
             largest.append(float(steps.max()))
         med, mn, cliff = float(np.median(ends)), float(np.min(ends)), float(np.max(ratios))

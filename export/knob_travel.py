@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from export.engine_notes import play_in_turn
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, DEFAULT_KNOB_TRAVEL, HELD_TIME_OFF, KNOB_TRAVEL_RANGE, gm_group
+from synth.knobs import CC_COORDINATES
 from synth.model_file import cpu_session, read_model
 from synth.pitch import estimate_pitch
 from synth.preset import KnobMap, Preset, Snapshot
@@ -50,8 +51,6 @@ TARGET_EFFECT_DB = 3.3
 """A knob's weakest end-to-end effect over the family snapshots is widened to this: the 3 dB a
 player clearly hears, plus a margin for the decoder's non-linearity between the bisection's points."""
 BISECTION_STEPS = 6  # travel found to (6 - 3) / 2**6 ~ 0.05 std
-CC_COORDINATES = np.arange(128) / 127.0 * 2.0 - 1.0
-"""A knob's coordinate at each CC value 0..127 (``synth.knobs``: -1..1 spans its travel)."""
 CLIFF_RATIO = 5.0
 """A sweep's largest single-CC step may carry at most this many mean steps (the sweep's path / 127):
 more is a cliff a player hears as a jump. (The median step is no yardstick when a knob's change

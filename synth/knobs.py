@@ -56,6 +56,10 @@ def _cc_coordinate(value) -> float:
     return value * (2.0 / 127.0) - 1.0
 
 
+CC_COORDINATES = _cc_coordinate.py_func(np.arange(128, dtype=np.float64))  # the kernel's own formula, not compiled at import
+"""A knob's coordinate at each CC value 0..127 (``(128,)``: -1..1 spans its travel), for sweeps."""
+
+
 @njit(nogil=True, cache=True)
 def _unpick(coords, last_cc, pickup, only_moved, before) -> None:
     """After a recall: a knob stays picked up only where its last CC value sits on its coordinate.

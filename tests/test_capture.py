@@ -229,6 +229,15 @@ def _held_mag(x: np.ndarray, preset: Preset, hold_s: float) -> np.ndarray:
     return mag[int(0.1 * preset.params.frame_rate): int(hold_s * preset.params.frame_rate)]
 
 
+def _played_lsd(real: Preset, ref: np.ndarray, timbre, hold: float, seconds: float) -> float:  # noqa: ANN001
+    """Level-matched LSD (dB) from ``ref`` (``_held_mag``) to ``timbre`` (a Capture or a Snapshot) played as
+    users get it: its C4 held ``hold`` s, key tracking and all."""
+    from synth.stft import log_spectral_distance_db
+
+    played = _held_mag(engine_note(real, z=timbre.z, hold_s=hold, seconds=seconds, track=timbre.track), real, hold)
+    return log_spectral_distance_db(ref, played * np.sqrt(np.mean(ref ** 2) / np.mean(played ** 2)))
+
+
 def test_real_capture_of_a_snapshot_note_sounds_like_it() -> None:
     """The shipped preset: a note the engine plays from a snapshot, captured (refined, as users get it) and
     played back at its key, is closer to it (LSD over the held part, level-matched) than 0.7 times the
@@ -237,15 +246,12 @@ def test_real_capture_of_a_snapshot_note_sounds_like_it() -> None:
     nearer: the rock organ's capture 6.36 dB, one other 6.35; over 16 programs the capture is the
     closest on 8, see ``benchmarks.capture_fidelity``'s self-capture table. In latent distance this
     does not hold: the snapshots are fitted to their instruments across the keyboard, not to one note.)"""
-    from synth.stft import log_spectral_distance_db
-
     real = load_preset(REPO / "presets" / "default")
     hold, seconds = 1.5, 2.0
     rng = np.random.default_rng(0)
 
-    def lsd(ref: np.ndarray, timbre) -> float:  # noqa: ANN001 - a Capture or a Snapshot, played as users get it
-        played = _held_mag(engine_note(real, z=timbre.z, hold_s=hold, seconds=seconds, track=timbre.track), real, hold)
-        return log_spectral_distance_db(ref, played * np.sqrt(np.mean(ref ** 2) / np.mean(played ** 2)))
+    def lsd(ref: np.ndarray, timbre) -> float:  # noqa: ANN001
+        return _played_lsd(real, ref, timbre, hold, seconds)
 
     for program in (19, 24, 56, 81):  # organ, guitar, brass, synth lead
         snap = real.snapshot_for_program(program)
@@ -267,8 +273,6 @@ def test_real_capture_is_stable_across_level_and_rate() -> None:
     one program over 2 std on each, while their notes differed by 2.3-3.8 dB on both.)"""
     import soxr
 
-    from synth.stft import log_spectral_distance_db
-
     real = load_preset(REPO / "presets" / "default")
     zs = np.array([s.z for s in real.snapshots], np.float32)
     spread = np.median(np.linalg.norm((zs[:, None] - zs[None]) / real.latent_std, axis=2))
@@ -278,19 +282,18 @@ def test_real_capture_is_stable_across_level_and_rate() -> None:
     def held(timbre) -> np.ndarray:  # noqa: ANN001 - a Capture or a Snapshot, played as users get it
         return _held_mag(engine_note(real, z=timbre.z, hold_s=hold, seconds=seconds, track=timbre.track), real, hold)
 
-    def lsd(ref: np.ndarray, played: np.ndarray) -> float:
-        return log_spectral_distance_db(ref, played * np.sqrt(np.mean(ref ** 2) / np.mean(played ** 2)))
-
     for program in (19, 56):
         x = engine_note(real, program=program, hold_s=3.0)
         a = capture(real, x, SR)
         quiet = np.concatenate([np.zeros(SR // 2, np.float32), 0.05 * x])
         b = capture(real, soxr.resample(quiet, SR, 44100).astype(np.float32), 44100)
         apart = np.linalg.norm((a.z - b.z) / real.latent_std)
-        note = held(real.snapshot_for_program(program))
-        others = [s for s in real.snapshots if s is not real.snapshot_for_program(program)]
-        typical = np.median([lsd(note, held(others[i])) for i in rng.choice(len(others), 12, replace=False)])
-        heard = lsd(held(a), held(b))
+        snap = real.snapshot_for_program(program)
+        note = held(snap)
+        others = [s for s in real.snapshots if s is not snap]
+        typical = np.median([_played_lsd(real, note, others[i], hold, seconds)
+                             for i in rng.choice(len(others), 12, replace=False)])
+        heard = _played_lsd(real, held(a), b, hold, seconds)
         assert heard < 0.4 * typical and apart < 0.5 * spread, (program, heard, typical, apart, spread)
 
 

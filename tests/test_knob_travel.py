@@ -92,7 +92,7 @@ class _CliffProbe:
         self.knobs, self.cliffs = knobs, cliffs
 
     def sweep_steps_db(self, kmap: KnobMap, knob: int, z) -> np.ndarray:  # noqa: ANN001
-        from export.knob_travel import CC_COORDINATES
+        from synth.knobs import CC_COORDINATES
 
         along = CC_COORDINATES * kmap.travel[knob]  # std from the center at each CC
         steps = np.full(127, 0.1)
@@ -122,7 +122,8 @@ def test_cliff_guard_narrows_only_a_knob_whose_cliff_lies_near_an_end(preset) ->
 
 
 def test_sweep_steps_are_the_decoders_own(preset) -> None:
-    from export.knob_travel import CC_COORDINATES, cliff_ratio
+    from export.knob_travel import cliff_ratio
+    from synth.knobs import CC_COORDINATES
 
     probe = KnobProbe(preset)
     s = family_snapshots(preset)[0]

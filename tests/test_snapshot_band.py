@@ -117,13 +117,10 @@ def test_run_config_passes_the_snapshot_sc_weight_to_the_fit(trained: Trainer, m
     seen = {}
 
     def spy(*args, **kwargs):
-        seen["sc_weight"] = args[12] if len(args) > 12 else kwargs.get("sc_weight")
+        seen.update(kwargs)
         return {}
 
     monkeypatch.setattr(train_module, "fit_snapshot_latents", spy)
-    trained.run.train.snapshot_sc_weight = 0.75
-    try:
-        train_module.fit_snapshots(trained, {"families": {}, "instruments": {}, "std": [1.0] * trained.run.model.latent_size})
-    finally:
-        trained.run.train.snapshot_sc_weight = load_config(TINY).train.snapshot_sc_weight
+    monkeypatch.setattr(trained.run.train, "snapshot_sc_weight", 0.75)
+    train_module.fit_snapshots(trained, {"families": {}, "instruments": {}, "std": [1.0] * trained.run.model.latent_size})
     assert seen["sc_weight"] == 0.75

@@ -588,7 +588,8 @@ def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
     keys = SNAPSHOT_TRACK_KEYS if trainer.run.train.snapshot_key_track else ()
     fitted = fit_snapshot_latents(trainer.model, cache, idx, labels, trainer.run, trainer.device, start, steps,
                                   trainer.run.train.seed, torch.tensor(stats["std"]), keys,
-                                  trainer.run.train.snapshot_band_weight, trainer.run.train.snapshot_sc_weight)
+                                  band_weight=trainer.run.train.snapshot_band_weight,
+                                  sc_weight=trainer.run.train.snapshot_sc_weight)
     for i, track_z in fitted.items():
         entry = table[names[i]]
         home = latent_at(keys, track_z.numpy(), [SNAPSHOT_HOME_KEY])[0] if keys else track_z[0].numpy()
