@@ -117,10 +117,12 @@ def level_matched_lsd(real: np.ndarray, played: np.ndarray) -> float:
     return log_spectral_distance_db(real, played * gain)
 
 
-def engine_note(preset: Preset, z: np.ndarray, key: int, hold: float, seconds: float) -> np.ndarray:
-    """The engine (offline, at the model rate, before mix gain) playing ``key`` with latent ``z``."""
+def engine_note(preset: Preset, z: np.ndarray, key: int, hold: float, seconds: float,
+                tone_db: np.ndarray | None = None) -> np.ndarray:
+    """The engine (offline, at the model rate, before mix gain) playing ``key`` with latent ``z`` and
+    tone curve ``tone_db`` (synth.tone; None: flat)."""
     eng = Engine(preset, polyphony=4, device="cpu", threads=1, knob_pickup=False, master_gain=1.0 / preset.mix_gain)
-    eng.set_timbre_now(eng.store_timbre(z, TimbreInfo("latent", "bench")))
+    eng.set_timbre_now(eng.store_timbre(z, TimbreInfo("latent", "bench"), tone_db=tone_db))
     rate = preset.params.sample_rate
     eng.prepare(rate, 1024, warm=False)
     eng.push(0, 0x90, key, VELOCITY)
@@ -172,7 +174,8 @@ def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], h
             real = steady_mag(recording if key == CAPTURE_KEY else fluid.note(program, key), preset, hold)
             for name, timbre in played.items():
                 z = timbre.z_at(key)
-                d = level_matched_lsd(real, steady_mag(engine_note(preset, z, key, hold, seconds), preset, hold))
+                note = engine_note(preset, z, key, hold, seconds, timbre.tone_db)
+                d = level_matched_lsd(real, steady_mag(note, preset, hold))
                 if key == CAPTURE_KEY:
                     at_capture_key[name] = d
                 else:
@@ -213,7 +216,7 @@ def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALL
         snap = preset.snapshot_for_program(program)
         if snap is None:
             raise BenchmarkError(f"{preset.root}: no snapshots, nothing to capture")
-        note = engine_note(preset, snap.z, CAPTURE_KEY, SELF_HOLD, seconds)
+        note = engine_note(preset, snap.z, CAPTURE_KEY, SELF_HOLD, seconds, snap.tone_db)
         ref = steady_mag(note, preset, SELF_HOLD)
         told = ""
         try:
@@ -223,12 +226,12 @@ def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALL
             cap = capture(preset, note, preset.params.sample_rate, float(CAPTURE_KEY), encoder=encoder, refiner=refiner)
             told, pitch_given = " (pitch given)", pitch_given + 1
 
-        def lsd(z: np.ndarray) -> float:
-            return level_matched_lsd(ref, steady_mag(engine_note(preset, z, CAPTURE_KEY, SELF_HOLD, seconds), preset,
-                                                     SELF_HOLD))
+        def lsd(z: np.ndarray, tone_db: np.ndarray | None) -> float:
+            return level_matched_lsd(ref, steady_mag(engine_note(preset, z, CAPTURE_KEY, SELF_HOLD, seconds, tone_db),
+                                                     preset, SELF_HOLD))
 
-        d = lsd(cap.z)
-        others = sorted((lsd(np.asarray(s.z, np.float32)), s.name) for s in preset.snapshots if s is not snap)
+        d = lsd(cap.z, cap.tone_db)
+        others = sorted((lsd(np.asarray(s.z, np.float32), s.tone_db), s.name) for s in preset.snapshots if s is not snap)
         closer = sum(o < d for o, _ in others)
         closest += closer == 0
         mine.append(d)
@@ -284,7 +287,7 @@ def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
 def _change_time(preset: Preset, control: tuple[int, int] | None, morph: bool, at: int) -> np.ndarray:
     eng = Engine(preset, device="cpu", threads=1, random_seed=1)
     if morph:
-        a, b = (eng.store_timbre(np.asarray(s.z, np.float32), TimbreInfo("snapshot", s.name))
+        a, b = (eng.store_timbre(np.asarray(s.z, np.float32), TimbreInfo("snapshot", s.name), s.track, s.tone_db)
                 for s in (preset.snapshots[0], preset.snapshots[-1]))
         eng.set_morph_now(a, b)
     eng.prepare(RATE, PERIOD, warm=False)

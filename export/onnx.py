@@ -36,6 +36,7 @@ from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, KNOB_TRAVEL_RAN
 from synth.errors import VaesynthError, report
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
+from synth.tone import valid_tone
 from training.data import GM_PROGRAM_NAMES, parse_instrument
 from training.model import TimbreVAE
 from training.snapshots import reference_soundfont
@@ -242,6 +243,11 @@ def _track(entry: dict[str, Any]) -> dict[str, Any]:
             "track_z": [[float(v) for v in row] for row in entry["track_z"]]}
 
 
+def _tone(entry: dict[str, Any]) -> dict[str, Any]:
+    """A fitted snapshot's tone curve as preset.toml keys (``synth.tone``); none when training fitted none."""
+    return {"tone_db": [float(v) for v in entry["tone_db"]]} if "tone_db" in entry else {}
+
+
 def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
     """One snapshot per trained GM program of the reference soundfont (its latent fitted to the
     program's training notes, ``training.snapshots``; the mean mu for another reference soundfont,
@@ -254,7 +260,7 @@ def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[
             parsed = parse_instrument(name)
             if parsed and parsed[0] == tag:
                 snaps.append({"name": GM_PROGRAM_NAMES[parsed[1]], "program": parsed[1],
-                              "z": [float(v) for v in inst["z"]], **_track(inst)})
+                              "z": [float(v) for v in inst["z"]], **_track(inst), **_tone(inst)})
                 used.add(parsed[1])
         snaps.sort(key=lambda s: s["program"])
     else:
@@ -263,7 +269,8 @@ def snapshots(stats: dict[str, Any], reference: str | None = None) -> list[dict[
             while program in used:
                 program = (program + 1) % 128
             used.add(program)
-            snaps.append({"name": name, "program": program, "z": [float(v) for v in fam["z"]], **_track(fam)})
+            snaps.append({"name": name, "program": program, "z": [float(v) for v in fam["z"]], **_track(fam),
+                          **_tone(fam)})
     return snaps + _knob_points(stats, max(0, MIN_SNAPSHOTS - len(snaps)), used)
 
 
@@ -354,6 +361,8 @@ def validate_doc(doc: dict[str, Any]) -> None:
         problems.append("a snapshot z has the wrong length")
     if any(np.asarray(s["track_z"]).shape != (len(s["track_keys"]), size) for s in doc["snapshots"] if "track_z" in s):
         problems.append("a snapshot's track_z is not one latent per track key")
+    if not all(valid_tone(s["tone_db"]) for s in doc["snapshots"] if "tone_db" in s):
+        problems.append("a snapshot's tone_db is not one gain within the bounds per TONE_HZ point")
     if problems:
         raise ExportError("bad preset: " + "; ".join(problems))
 

@@ -14,7 +14,8 @@
    posterior mean ``mu``; then (unless ``refine=False``) ``synth.refine.Refiner`` moves ``z`` so the
    decoder reproduces the note at its pitch and plays the other octaves as the training instruments
    that sound most like it do (on GM programs the model never saw, the encoder's point alone plays
-   the other keys worse: see README's capture figures);
+   the other keys worse: see README's capture figures), and fits the tone curve (``synth.tone``)
+   that gives the decoded note the recorded one's band balance;
 5. says how far ``z`` lies from the training data (``synth.latent_map``), in posterior standard
    deviations, and :func:`pull_toward_data` moves it toward the nearest training note.
 """
@@ -83,6 +84,7 @@ class Capture:
     nearest: int
     seconds: float  # time the capture took
     track: NDArray[np.float32] | None = None  # (128, L) key tracking borrowed from the instruments it sounds like
+    tone_db: NDArray[np.float64] | None = None  # (P,) tone curve fitted to the recorded note (synth.tone); None: flat
 
     def z_at(self, key: float) -> NDArray[np.float32]:
         """``(L,)`` the latent this capture plays MIDI key ``key`` at (its borrowed key tracking added)."""
@@ -283,12 +285,13 @@ def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = Non
     z = (encoder or Encoder(preset))(encoder_frames(note, params, preset.encoder_frame_stride))
     if not np.isfinite(z).all():
         raise CaptureError(f"{where}: the encoder returned NaN for this recording")
-    track = None
+    track = tone_db = None
     if refine:
         refiner = refiner or Refiner(preset)
         z, track = refiner(z, note, float(pitch)), refiner.track
+        tone_db = refiner.tone_for(z)
     distance, nearest = (None, -1) if preset.latent_map is None else preset.latent_map.distance(z)
-    return Capture(z, float(pitch), start / rate, distance, nearest, time.perf_counter() - started, track)
+    return Capture(z, float(pitch), start / rate, distance, nearest, time.perf_counter() - started, track, tone_db)
 
 
 def capture_file(preset: Preset, path: str | Path, pitch: float | None = None) -> Capture:

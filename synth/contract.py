@@ -102,16 +102,25 @@ HELD_TIME_OFF = -1.0
 """``time_off`` while the key is still down (the decoder's 'not released' value)."""
 
 # ---------------------------------------------------------------------------- preset format
-PRESET_FORMAT_VERSION = 4
+PRESET_FORMAT_VERSION = 5
 """Version 2 adds the ``[knobs]`` table (PCA directions of the aggregate posterior) and
 resolves every General MIDI program to a snapshot. Version 3 lets a snapshot carry its latent at
 several keys (``track_keys``, ``track_z``: ``synth.key_track``). Version 4 lets it carry a level
-per key (``key_level_keys``, ``key_level_db``: ``synth.key_track.key_gain_table``). The engine
-still reads versions 1-3 (version 1's knobs derived from ``[latent] knob_order``); any other
+per key (``key_level_keys``, ``key_level_db``: ``synth.key_track.key_gain_table``). Version 5 lets
+it carry a tone curve (``tone_db``: one gain per ``TONE_HZ`` point, ``synth.tone``). The engine
+still reads versions 1-4 (version 1's knobs derived from ``[latent] knob_order``); any other
 version gets a one-line message that says to re-export the preset."""
 MAX_KEY_LEVEL_DB = 12.0
 """A snapshot's per-key level stays within +-12 dB (as its level trim): enough to even out an
 instrument's registers, never enough to turn a near-silent decode into a burst of noise."""
+TONE_HZ = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+"""The frequencies of a timbre's tone curve (``synth.tone``): a gain in dB at each, straight lines
+between them on a log-frequency axis, held below the first and above the last. Octaves, as an
+engineer's graphic EQ: fine enough to put back an instrument's highs (4-12 kHz lies on the last
+two points), too coarse to draw partials."""
+MAX_TONE_DB = 12.0
+"""A tone curve's gains stay within +-12 dB, as the level trims do: a correction of the decoder's
+spectral balance, never enough to lift the noise floor into hiss."""
 SNAPSHOT_TRACK_KEYS = (21, 36, 48, 60, 72, 84, 96, 108)
 """The keys at which training fits a snapshot's latent (``training.snapshots``); between two of
 them the engine interpolates linearly, outside them it holds the nearest (``synth.key_track``)."""

@@ -37,7 +37,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from synth import events as ev
-from synth.contract import HELD_TIME_OFF
+from synth.contract import HELD_TIME_OFF, MAX_TONE_DB, TONE_HZ
 from synth.decoder import FrameDecoder
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
@@ -46,6 +46,7 @@ from synth.overload import SPIKE_LOAD, LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
+from synth.tone import tone_weights, valid_tone
 from synth.voices import (
     FADING,
     FREE,
@@ -237,15 +238,27 @@ def _check_rows(blog, rows, bidx, muted, state, quiet, fade_start, fade_step, t0
 
 
 @njit(nogil=True, cache=True)
-def _queue_frames(rows, bidx, spec, hop_out, pad, fvoice, fpos) -> int:
+def _queue_frames(rows, bidx, spec, hop_out, pad, fvoice, fpos, tone_weights, tone_db, tone_gain) -> int:
     """Queue the frames the phase step wrote (the push of log-mag frame m yields frame m-1; the
-    push of a note's frame 0 yields nothing) for the inverse FFT; returns how many."""
+    push of a note's frame 0 yields nothing) for the inverse FFT, each shaped by the timbre's tone
+    curve; returns how many.
+
+    The curve ``tone_db (P,)`` reaches the bins through ``tone_weights (F, P)`` (``synth.tone``) as
+    linear gains in ``tone_gain (F,)`` (scratch), once per call. It scales the magnitudes after the
+    phase step, not the log-magnitudes before it: a boost then lifts what the decoder drew and not
+    its log floor, and the phase step's gradients are the decoder's own."""
     nb = spec.shape[1]
+    for f in range(nb):
+        g = 0.0
+        for p in range(tone_db.shape[0]):
+            g += tone_weights[f, p] * tone_db[p]
+        tone_gain[f] = np.exp(g)
     nf = 0
     for b in range(rows):
         m = bidx[IDX_FRAME, b]
         if m >= 1:
-            pad[nf, :nb] = spec[b]
+            for f in range(nb):
+                pad[nf, f] = spec[b, f] * tone_gain[f]
             fvoice[nf] = bidx[IDX_VOICE, b]
             fpos[nf] = (m - 1) * hop_out
             nf += 1
@@ -329,6 +342,15 @@ class Engine:
                 self._key_level_tables[i] = snap.key_level
         self._track_target = np.zeros(128 * size, np.float32)
         self._key_level = np.ones(128, np.float32)
+        # Each snapshot's tone curve (synth.tone; zeros: flat); slot timbres bring their own. It glides
+        # with the timbre, as the key tracking does, and shapes every frame (_queue_frames).
+        self._tone_tables = np.zeros((len(preset.snapshots) or 1, len(TONE_HZ)), np.float32)
+        for i, snap in enumerate(preset.snapshots):
+            if snap.tone_db is not None:
+                self._tone_tables[i] = snap.tone_db
+        self._tone_target = np.zeros(len(TONE_HZ), np.float32)
+        self._tone_weights = tone_weights(preset.params)
+        self._tone_gain = np.zeros(preset.params.n_bins, np.float32)
         # Like a General MIDI device, the engine starts on program 0's sound (the latent mean is
         # no instrument's timbre, and plays about 10 dB below the snapshots).
         self.program = 0  # the last program change (written by the render thread only)
@@ -337,6 +359,7 @@ class Engine:
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.z_current = self.z_target.copy()
         self._track_current = self._track_target.copy()
+        self._tone_current = self._tone_target.copy()
         self._knob_of_cc = np.full(128, -1, np.int64)
         self.set_knob_ccs({cc: i for i, cc in enumerate(ev.KNOB_CCS)})
         self.sample_rate = 0
@@ -376,10 +399,11 @@ class Engine:
         """What sounds now: a snapshot, a user program, a capture, ``random:SEED`` or a morph."""
         return self.timbre.describe()
 
-    def store_timbre(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None) -> int:
-        """Write a latent (and its key tracking ``track (128, L)``) into a free slot (any non-audio thread);
-        returns the slot."""
-        return self.timbre.store(z, info, track)
+    def store_timbre(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None,
+                     tone_db: NDArray[np.floating] | None = None) -> int:
+        """Write a latent (and its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``) into a
+        free slot (any non-audio thread); returns the slot."""
+        return self.timbre.store(z, info, track, tone_db)
 
     def select_timbre(self, slot: int, sample_time: int = 0) -> bool:
         """Queue a switch to ``slot`` (producer side: in live mode hold the producer lock)."""
@@ -404,12 +428,13 @@ class Engine:
         self._jump_to_timbre()
 
     def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None, snapshot_level: bool = True,
-                       track: NDArray[np.float32] | None = None) -> None:
+                       track: NDArray[np.float32] | None = None, tone_db: NDArray[np.floating] | None = None) -> None:
         """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
         snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
         of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up.
         ``snapshot_level=False`` (a capture, random or morph timbre) plays at level 1.0, as it did,
-        with the key tracking ``track (128, L)`` it had (a capture's, borrowed; None: none)."""
+        with the key tracking ``track (128, L)`` it had (a capture's, borrowed; None: none) and its
+        tone curve ``tone_db (P,)`` (synth.tone; None: flat)."""
         if not 0 <= program <= 127:
             raise ValueError(f"program {program} outside 0..127")
         if z is not None:
@@ -418,11 +443,14 @@ class Engine:
                 raise ValueError(f"latent of shape {z.shape} (finite) expected {self.z_target.shape}")
         if track is not None:
             track = checked_track(track, self.preset.latent_size)
+        if tone_db is not None and not valid_tone(tone_db):
+            raise ValueError(f"tone curve must be {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
         self._program_change(program)
         if not snapshot_level:
             self.level_target = 1.0
             self._key_level.fill(1.0)
             self._track_target[:] = 0.0 if track is None else track.reshape(-1)
+            self._tone_target[:] = 0.0 if tone_db is None else tone_db
         if z is not None:
             self.z_target[:] = z
             self.knobs.derive(self.z_target, unpick_moved=False)
@@ -433,6 +461,11 @@ class Engine:
     def timbre_track(self) -> NDArray[np.float32]:
         """``(128, L)`` what each key adds to the sounding timbre's latent (synth.key_track); zeros: none."""
         return self._track_target.reshape(128, -1).copy()
+
+    @property
+    def timbre_tone_db(self) -> NDArray[np.float64]:
+        """``(P,)`` the sounding timbre's tone curve at ``TONE_HZ`` (synth.tone); zeros: flat."""
+        return self._tone_target.astype(np.float64)
 
     @property
     def knob_values(self) -> NDArray[np.float32]:
@@ -730,11 +763,13 @@ class Engine:
             self.level_target = 1.0
             self._key_level.fill(1.0)
             self.timbre.track_into(self._track_target)
+            self.timbre.tone_into(self._tone_target)
 
     def _jump_to_timbre(self) -> None:
         """Latent, key tracking and level at their targets now (not real-time: no glide)."""
         self.z_current[:] = self.z_target
         self._track_current[:] = self._track_target
+        self._tone_current[:] = self._tone_target
         self.level = self.level_target
 
     def _program_change(self, program: int) -> int:
@@ -747,6 +782,7 @@ class Engine:
         if snapshot >= 0:
             self.level_target = float(self._snapshot_levels[snapshot])
             self._track_target[:] = self._track_tables[snapshot]
+            self._tone_target[:] = self._tone_tables[snapshot]
             self._key_level[:] = self._key_level_tables[snapshot]
         self.program = program
         self.timbre.snapshot_recalled(program)
@@ -763,6 +799,7 @@ class Engine:
         alpha = 1.0 - math.exp(-n * self._alpha_per_sample)
         _glide(self.z_target, self.z_current, alpha)
         _glide(self._track_target, self._track_current, alpha)
+        _glide(self._tone_target, self._tone_current, alpha)
         self.level += (self.level_target - self.level) * alpha
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
@@ -782,7 +819,8 @@ class Engine:
             self.stats.nan_voices += bad
         # one push for the whole batch: a voice's rows come in frame order (see _plan_frames)
         self.phase.push(self._bidx[IDX_VOICE, :rows], self._blog[:rows], self._spec[:rows], bc[COL_F0, :rows])
-        nf = _queue_frames(rows, self._bidx, self._spec, self.hop_out, self._pad, self._fvoice, self._fpos)
+        nf = _queue_frames(rows, self._bidx, self._spec, self.hop_out, self._pad, self._fvoice, self._fpos,
+                           self._tone_weights, self._tone_current, self._tone_gain)
         if nf:
             np.fft.irfft(self._pad[:nf], n=self.n_out, axis=1, out=self._frames[:nf])
             _overlap_add(self._frames, nf, self._fvoice, self._fpos, self._window, self._ring)

@@ -13,6 +13,7 @@ One TOML file, ``library.toml``, in ``platformdirs.user_data_dir("vaesynth")`` o
     source = "bottle.wav"
     track_keys = [21, ...]   # optional: the capture's key tracking (synth.key_track), borrowed from
     track_z = [[...], ...]   # the instruments it sounds like: its latent at each track key
+    tone_db = [...]          # optional: its tone curve (synth.tone), one gain per TONE_HZ point
 
 Every write goes to a temp file in the same folder, is flushed to disk, then replaces the library
 in one ``os.replace``: a crash mid-write leaves the previous library whole. User programs are
@@ -31,10 +32,11 @@ import numpy as np
 import tomli_w
 from numpy.typing import NDArray
 
-from synth.contract import SNAPSHOT_TRACK_KEYS
+from synth.contract import MAX_TONE_DB, SNAPSHOT_TRACK_KEYS, TONE_HZ
 from synth.errors import VaesynthError
 from synth.key_track import offset_table, valid_track_keys
 from synth.preset import Preset
+from synth.tone import valid_tone
 
 LIBRARY_FILE = "library.toml"
 LIBRARY_FORMAT = 1
@@ -74,13 +76,20 @@ class UserSnapshot:
     source: str = ""
     track_keys: tuple[int, ...] = ()
     track_z: tuple[tuple[float, ...], ...] = ()  # the latent at each track key; () for none
+    tone_db: tuple[float, ...] = ()  # its tone curve at TONE_HZ (synth.tone); () for flat
 
     def to_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {"name": self.name, "preset": self.preset, "fingerprint": self.fingerprint,
                                   "program": self.program, "z": list(self.z), "pitch": self.pitch, "source": self.source}
         if self.track_keys:
             doc["track_keys"], doc["track_z"] = list(self.track_keys), [list(row) for row in self.track_z]
+        if self.tone_db:
+            doc["tone_db"] = list(self.tone_db)
         return doc
+
+    def tone(self) -> NDArray[np.float64] | None:
+        """``(P,)`` its tone curve (synth.tone); None: flat."""
+        return np.array(self.tone_db) if self.tone_db else None
 
     def track(self) -> NDArray[np.float32] | None:
         """``(128, L)``: what each key adds to ``z`` (synth.key_track); None without key tracking."""
@@ -148,13 +157,16 @@ class Library:
         return None
 
     def store(self, preset: Preset, name: str, z: NDArray[np.floating], pitch: float, source: str = "",
-              track: NDArray[np.floating] | None = None) -> UserSnapshot:
+              track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None) -> UserSnapshot:
         """Add (or replace, keeping its program) ``name`` for ``preset`` and write the library atomically.
-        ``track (128, L)``: its key tracking, kept as its latent at ``SNAPSHOT_TRACK_KEYS``."""
+        ``track (128, L)``: its key tracking, kept as its latent at ``SNAPSHOT_TRACK_KEYS``; ``tone_db (P,)``:
+        its tone curve (synth.tone)."""
         name = check_name(name)
         z = np.asarray(z, np.float64)
         if z.shape != (preset.latent_size,) or not np.isfinite(z).all():
             raise LibraryError(f"snapshot {name!r}: latent must be {preset.latent_size} finite values")
+        if tone_db is not None and not valid_tone(tone_db):
+            raise LibraryError(f"snapshot {name!r}: tone curve must be {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
         mine = self.for_preset(preset)
         old = next((s for s in mine if s.name == name), None)
         if old is not None:
@@ -172,7 +184,8 @@ class Library:
             keys = SNAPSHOT_TRACK_KEYS
             rows = tuple(tuple(float(v) for v in z + np.asarray(track, np.float64)[k]) for k in keys)
         snap = UserSnapshot(name, preset.name, preset_fingerprint(preset), program, tuple(float(v) for v in z),
-                            float(pitch), source, keys, rows)
+                            float(pitch), source, keys, rows,
+                            () if tone_db is None else tuple(float(v) for v in tone_db))
         kept = [s for s in self.snapshots if not (s.name == name and s.preset == preset.name)]
         self.write(kept + [snap])
         return snap
@@ -220,8 +233,12 @@ def _snapshot(entry: object, path: Path, i: int) -> UserSnapshot:
     if not (0 <= program < USER_PROGRAMS and all(math.isfinite(v) for v in values) and math.isfinite(pitch)):
         raise LibraryError(f"{where}: program must be 0..127 and z finite")
     keys, rows = _track(entry, len(values), where)
+    tone = entry.get("tone_db", [])
+    if not (isinstance(tone, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tone)
+            and (not tone or valid_tone(tone))):
+        raise LibraryError(f"{where}: tone_db must be {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
     return UserSnapshot(name, preset, str(entry.get("fingerprint", "")), program, values, pitch,
-                        str(entry.get("source", "")), keys, rows)
+                        str(entry.get("source", "")), keys, rows, tuple(float(v) for v in tone))
 
 
 def _track(entry: dict, size: int, where: str) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...]]:

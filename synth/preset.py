@@ -29,23 +29,29 @@ from synth.contract import (
     HELD_TIME_OFF,
     KNOB_TRAVEL_RANGE,
     MAX_KEY_LEVEL_DB,
+    MAX_TONE_DB,
     PRESET_FORMAT_VERSION,
+    TONE_HZ,
     SpectrogramParams,
     gm_group,
 )
 from synth.key_track import MAX_TRACK_KEYS, key_gain_table, latent_for_key, offset_table, valid_track_keys
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
+from synth.tone import valid_tone
 from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_session, preset_file, read_bounded,
                                read_model)
 
-READ_VERSIONS = (1, 2, 3, PRESET_FORMAT_VERSION)
+READ_VERSIONS = (1, 2, 3, 4, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``), 2
-(``[knobs]`` directions, optional ``[mix]``), 3 (2 plus snapshots' optional key tracking) and
-the current one, which export writes (3 plus snapshots' optional level per key)."""
+(``[knobs]`` directions, optional ``[mix]``), 3 (2 plus snapshots' optional key tracking), 4 (3
+plus snapshots' optional level per key) and the current one, which export writes (4 plus
+snapshots' optional tone curve)."""
 TRACK_VERSION = 3
 """The first format version whose snapshots may carry ``track_keys`` / ``track_z``."""
 KEY_LEVEL_VERSION = 4
 """The first format version whose snapshots may carry ``key_level_keys`` / ``key_level_db``."""
+TONE_VERSION = 5
+"""The first format version whose snapshots may carry ``tone_db``."""
 MAX_KNOBS = 8
 V1_MIX_GAIN = 1.65
 """Output gain for version-1 presets (they have no ``[mix]``): puts the shipped default preset's
@@ -84,6 +90,7 @@ class Snapshot:
     level: float = 1.0  # linear output trim that evens the snapshots' loudness (optional 'level')
     track: NDArray[np.float32] | None = None  # (128, L) what each key adds to z (synth.key_track); None: nothing
     key_level: NDArray[np.float32] | None = None  # (128,) linear gain of each key's notes (format 4); None: 1
+    tone_db: NDArray[np.float64] | None = None  # (P,) its tone curve at TONE_HZ (format 5, synth.tone); None: flat
 
     def z_at(self, key: float) -> NDArray[np.float32]:
         """``(L,)`` the latent this snapshot plays MIDI key ``key`` at (rounded, as the engine looks it up)."""
@@ -425,8 +432,21 @@ def _snapshots(doc: dict[str, Any], size: int, version: int, where: str) -> list
             raise PresetError(f"{w}: level {level} outside {MIN_SNAPSHOT_LEVEL}..{MAX_SNAPSHOT_LEVEL}")
         z = _vector(s, "z", size, w)
         snaps.append(Snapshot(_get(s, "name", str, w), program, z, level, _track(s, size, z, version, w),
-                              _key_level(s, version, w)))
+                              _key_level(s, version, w), _tone(s, version, w)))
     return snaps
+
+
+def _tone(s: dict[str, Any], version: int, w: str) -> NDArray[np.float64] | None:
+    """A snapshot's optional tone curve (``tone_db``: one gain per TONE_HZ point), None without."""
+    if "tone_db" not in s:
+        return None
+    if version < TONE_VERSION:
+        raise PresetError(f"{w}: 'tone_db' needs format_version {TONE_VERSION} or later")
+    values = _get(s, "tone_db", list, w)
+    if not (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and valid_tone(values)):
+        raise PresetError(f"{w}: 'tone_db' must hold {len(TONE_HZ)} gains in -{MAX_TONE_DB:g}..{MAX_TONE_DB:g} dB "
+                          f"(at {', '.join(f'{hz:g}' for hz in TONE_HZ)} Hz)")
+    return np.asarray(values, np.float64)
 
 
 def _key_level(s: dict[str, Any], version: int, w: str) -> NDArray[np.float32] | None:

@@ -39,6 +39,7 @@ from synth.model_file import cpu_session, read_model
 from synth.partials import PARTS_OUTPUTS, place_partials, place_partials_batch
 from synth.preset import Preset
 from synth.stft import log_magnitude
+from synth.tone import fit_tone_db, note_energy
 
 NOTE_SECONDS = 1.0  # the note's first second is matched (its key may be up after that)
 NOTE_FRAMES = 12  # frames of it, spread evenly over where it sounds
@@ -253,6 +254,16 @@ class Refiner:
         m = self.preset.latent_map
         there = (m.program == program) & (np.abs(m.pitch - key) <= NEIGHBOUR_SPAN)
         return (m.mu[there].mean(axis=0) if there.any() else np.asarray(snapshot_z)).astype(np.float64)
+
+    def tone_for(self, z: NDArray[np.floating]) -> NDArray[np.float64] | None:
+        """``(P,)`` the tone curve (``synth.tone``) that gives ``z (L,)``'s frames the band balance of the
+        note of the last call; None when that note had too little above its floor to match."""
+        if not self._terms:
+            return None
+        note = self._terms[0]
+        decoded = self._decode(np.asarray(z, np.float32)[None], note.pitch, note.time_on)[0]
+        floor = self.preset.params.log_floor
+        return fit_tone_db(note_energy(note.target, floor), note_energy(decoded, floor), self.preset.params)
 
     def loss_of(self, z: NDArray[np.floating]) -> float:
         """The loss of ``z (L,)`` against the note of the last call."""

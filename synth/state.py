@@ -13,6 +13,7 @@ or ``--state FILE``::
     snapshot = "guitar_acoustic_fluidr3_024"
     z = [ ... ]                 # the exact latent, knob moves included
     track = [[ ... ], ...]      # a capture's or morph's key tracking (128 rows of L), when it has one
+    tone_db = [ ... ]           # its tone curve (synth.tone), one gain per TONE_HZ point, when not flat
     [knobs]
     values = [ ... ]            # knob coordinates, -1..1 over each knob's travel
     [options]
@@ -179,6 +180,9 @@ def describe_timbre(engine: Any) -> dict[str, Any]:
     # from its neighbours, or a morph's) lives only in the engine, so it is saved with the latent.
     if table.get("kind", "snapshot") != "snapshot" and track is not None and np.any(track):
         table["track"] = [[float(v) for v in row] for row in np.asarray(track, np.float64)]
+    tone = getattr(engine, "timbre_tone_db", None)  # the same for its tone curve (synth.tone)
+    if table.get("kind", "snapshot") != "snapshot" and tone is not None and np.any(tone):
+        table["tone_db"] = [float(v) for v in np.asarray(tone, np.float64)]
     return table
 
 
@@ -223,10 +227,14 @@ def restore_timbre(engine: Any, state: LiveState | None) -> str | None:
         if track is not None and not (isinstance(track, list) and all(
                 isinstance(row, list) and all(_finite(v) for v in row) for row in track)):
             raise ValueError("track is not a list of rows of finite numbers")
+        tone = state.timbre.get("tone_db")
+        if tone is not None and not (isinstance(tone, list) and all(_finite(v) for v in tone)):
+            raise ValueError("tone_db is not a list of finite numbers")
         # Only a snapshot (with or without knob moves) has a level trim; other timbres play at 1.0.
         snapshot_level = state.timbre.get("kind", "snapshot") == "snapshot"
         engine.restore_timbre(program, None if z is None else np.asarray(z, np.float32), snapshot_level,
-                              None if track is None or snapshot_level else np.asarray(track, np.float32))
+                              None if track is None or snapshot_level else np.asarray(track, np.float32),
+                              None if tone is None or snapshot_level else np.asarray(tone, np.float64))
     except ValueError as exc:
         warn(f"saved timbre not restored ({exc})")
         return None

@@ -31,10 +31,12 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from synth.contract import MAX_TONE_DB, TONE_HZ
 from synth.events import ENGINE_EVENT
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
 from synth.preset import Preset
+from synth.tone import valid_tone
 
 CC_BANK_SELECT = 0
 USER_BANK = 1
@@ -101,6 +103,8 @@ class TimbreBank:
         self.z = np.zeros((SLOTS, preset.latent_size), np.float32)
         # each slot's key tracking (synth.key_track), flat (128 * L) rows as the engine reads them; zeros: none
         self.track = np.zeros((SLOTS, 128 * preset.latent_size), np.float32)
+        # each slot's tone curve at TONE_HZ (synth.tone); zeros: flat (random draws, old library entries)
+        self.tone = np.zeros((SLOTS, len(TONE_HZ)), np.float32)
         self.info: list[TimbreInfo | None] = [None] * SLOTS
         self.filled = np.zeros(SLOTS, np.bool_)
         self.knob_pickup = True  # False: a timbre change leaves every knob picked up (offline automation)
@@ -124,8 +128,10 @@ class TimbreBank:
         _lerp(scratch, scratch, 0.5, scratch)  # compile before any stream starts
 
     # ------------------------------------------------------------------ writers (not the audio thread)
-    def store(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None) -> int:
-        """Write ``z (L,)`` (and its key tracking ``track (128, L)``, a capture's) into the next scratch slot
+    def store(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None,
+              tone_db: NDArray[np.floating] | None = None) -> int:
+        """Write ``z (L,)`` (and its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``, a
+        capture's) into the next scratch slot
         (never the sounding one or a morph endpoint); returns the slot, to select with
         ``Engine.select_timbre`` or morph with ``Engine.morph_endpoints``."""
         with self._lock:
@@ -133,24 +139,28 @@ class TimbreBank:
                 slot = SCRATCH_BASE + self._scratch_next
                 self._scratch_next = (self._scratch_next + 1) % (SLOTS - SCRATCH_BASE)
                 if slot not in (self.current_slot, self.morph_a, self.morph_b):
-                    self._write(slot, z, info, track)
+                    self._write(slot, z, info, track, tone_db)
                     return slot
         raise RuntimeError("no free timbre slot")  # unreachable: three slots are busy at most
 
     def store_user(self, program: int, z: NDArray[np.floating], info: TimbreInfo,
-                   track: NDArray[np.floating] | None = None) -> int:
-        """User program ``program`` (0..127) recalls ``z`` and its ``track`` (Bank Select 1, then Program Change)."""
+                   track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None) -> int:
+        """User program ``program`` (0..127) recalls ``z``, its ``track`` and ``tone_db`` (Bank Select 1,
+        then Program Change)."""
         if not 0 <= program < USER_SLOTS:
             raise ValueError(f"user program {program} outside 0..{USER_SLOTS - 1}")
         with self._lock:
-            self._write(program, z, info, track)
+            self._write(program, z, info, track, tone_db)
         return program
 
     def _write(self, slot: int, z: NDArray[np.floating], info: TimbreInfo,
-               track: NDArray[np.floating] | None = None) -> None:
+               track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None) -> None:
         z = np.asarray(z, np.float32)
         if z.shape != (self.z.shape[1],) or not np.isfinite(z).all():
             raise ValueError(f"a timbre needs {self.z.shape[1]} finite latent values")
+        if tone_db is not None and not valid_tone(tone_db):
+            raise ValueError(f"a tone curve needs {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
+        self.tone[slot] = 0.0 if tone_db is None else np.asarray(tone_db, np.float32)
         self.track[slot] = 0.0 if track is None else checked_track(track, self.z.shape[1]).reshape(-1)
         self.z[slot] = z
         self.info[slot] = info
@@ -252,10 +262,18 @@ class TimbreBank:
     def track_into(self, out: NDArray[np.float32]) -> None:
         """The sounding slot's key tracking into ``out (128 * L,)``: a morph's, between its endpoints' at the
         wheel's position; zeros while a preset snapshot sounds (the engine has those)."""
+        self._sounding_into(self.track, out)
+
+    def tone_into(self, out: NDArray[np.float32]) -> None:
+        """The sounding slot's tone curve into ``out (P,)``, as :meth:`track_into` does its key tracking."""
+        self._sounding_into(self.tone, out)
+
+    def _sounding_into(self, table: NDArray[np.float32], out: NDArray[np.float32]) -> None:
+        """Row of ``table (SLOTS, N)`` for the sounding slot (a morph: its endpoints' rows interpolated) into ``out``."""
         if self.morph_a != NO_SLOT:
-            _lerp(self.track[self.morph_a], self.track[self.morph_b], self.morph_value / 127.0, out)
+            _lerp(table[self.morph_a], table[self.morph_b], self.morph_value / 127.0, out)
         elif self.current_slot != NO_SLOT:
-            out[:] = self.track[self.current_slot]
+            out[:] = table[self.current_slot]
         else:
             out.fill(0.0)
 

@@ -88,7 +88,8 @@ def run_capture(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     library = Library.open(args.library)
     cap, z = _capture(preset, args.capture, args)
-    snap = library.store(preset, args.name, z, cap.pitch, source=str(Path(args.capture).name), track=cap.track)
+    snap = library.store(preset, args.name, z, cap.pitch, source=str(Path(args.capture).name), track=cap.track,
+                         tone_db=cap.tone_db)
     pulled = f", pulled {args.pull:g} toward the data" if args.pull else ""
     print(f"captured {snap.name!r} from {args.capture} in {cap.seconds:.2f} s: {cap.describe(preset)}{pulled}",
           file=sys.stderr)
@@ -118,7 +119,7 @@ def load_user_programs(engine: Any, library: Library | None, say: Callable[[str]
         say(f"warning: {', '.join(stale[:3])}{'...' if len(stale) > 3 else ''} captured with another version of "
             f"preset {preset.name!r}; they may sound different (capture them again)")
     for s in mine:
-        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track())
+        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track(), s.tone())
 
 
 def _random_seed(text: str) -> int | None:
@@ -153,13 +154,13 @@ def resolve(engine: Any, source: str, library: Library | None, args: argparse.Na
     if is_audio_path(source) or Path(source).is_file():
         cap, z = _capture(preset, source, args)
         say(f"captured {source} in {cap.seconds:.2f} s: {cap.describe(preset)}")
-        return bank.store(z, TimbreInfo(CAPTURE, Path(source).stem), cap.track)
+        return bank.store(z, TimbreInfo(CAPTURE, Path(source).stem), cap.track, cap.tone_db)
     snap = library.find(preset, source) if library is not None else None
     if snap is not None:
         return snap.program  # loaded as its user program
     for i, s in enumerate(preset.snapshots):
         if s.name == source:
-            return bank.store(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track)
+            return bank.store(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track, s.tone_db)
     where = f"library {library.path}" if library is not None else "the library (unreadable)"
     raise TimbreOptionError(f"timbre {source!r}: not a recording, random[:SEED], a snapshot in {where}, "
                             f"or one of the preset's {len(preset.snapshots)} snapshots")

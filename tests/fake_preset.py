@@ -9,11 +9,11 @@ and ``z`` tilts the harmonic amplitudes (timbre): harmonic h is scaled by
 ``exp(z @ timbre_weights(L))[h]``. ``nan_above_pitch`` makes the decoder return NaN for
 pitches above it (to test the engine's NaN guard).
 
-``preset.toml`` is format version 4 by default: ``[knobs]`` with random orthonormal,
+``preset.toml`` is format version 5 by default: ``[knobs]`` with random orthonormal,
 non-axis-aligned directions (``knob_directions``) and ``[mix] gain = MIX_GAIN``;
 ``format_version=1`` writes the old ``[latent] knob_order`` instead. ``key_track=True`` gives every
 snapshot key tracking (``TRACK_KEYS``): its latent at each, ``z`` plus a random offset that
-is zero at key 60.
+is zero at key 60. ``tones`` gives the snapshots of some programs a tone curve (``tone_db``).
 
 The encoder inverts the decoder at key ``ENCODER_PITCH`` (see ``make_encoder``), so a capture of a
 note the engine renders there from a latent in ``capture_subspace`` recovers it. Only the latent directions that change
@@ -201,11 +201,12 @@ def make_fake_preset(
     nan_above_pitch: float | None = None,
     time_on_max: float = 2.5,
     release_seconds: float = 0.5,
-    format_version: int = 4,
+    format_version: int = 5,
     programs: tuple[int, ...] = PROGRAMS,
     mix_gain: float | None = MIX_GAIN,
     latent_map: bool = True,
     key_track: bool = False,
+    tones: dict[int, list[float]] | None = None,
 ) -> Path:
     """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``.
 
@@ -239,6 +240,9 @@ def make_fake_preset(
             z = np.array(snap["z"])
             track = [z + rng.uniform(-1.5, 1.5, latent) * (key != 60) for key in TRACK_KEYS]
             snap["track_keys"], snap["track_z"] = list(TRACK_KEYS), [[float(x) for x in row] for row in track]
+    for snap in doc["snapshots"]:
+        if tones and snap["program"] in tones:
+            snap["tone_db"] = [float(v) for v in tones[snap["program"]]]
     if latent_map:
         make_latent_map(latent).save(root / LATENT_MAP_FILE)
         doc["map"] = {"file": LATENT_MAP_FILE}

@@ -20,7 +20,8 @@ from export.onnx import (
     random_decoder_inputs,
     validate_doc,
 )
-from synth.contract import PRESET_FORMAT_VERSION, SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, SpectrogramParams
+from synth.contract import (MAX_TONE_DB, PRESET_FORMAT_VERSION, SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, TONE_HZ,
+                            SpectrogramParams)
 from synth.preset import load_preset
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
@@ -37,9 +38,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
 
 
 def read_v2(folder: Path) -> dict:
-    """preset.toml of an exported folder, checked against the version-4 layout (version 2 plus key tracking and levels per key)."""
+    """preset.toml of an exported folder, checked against the version-5 layout (version 2 plus key tracking, levels per key and tone curves)."""
     doc = tomllib.loads((folder / "preset.toml").read_text())
-    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 4
+    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 5
     assert "knob_order" not in doc["latent"]
     validate_doc(doc)
     size = doc["latent"]["size"]
@@ -96,6 +97,13 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     assert lmap is not None and lmap.mu.shape[1] == trainer.run.model.latent_size
     assert 1 <= lmap.size <= len(trainer.train_idx) and set(lmap.families) == set(cache.families)
     assert lmap.distance(lmap.mu[0])[0] == pytest.approx(0.0, abs=1e-6)
+    # with snapshot_tone every fitted snapshot carries a fitted tone curve (training.snapshots.fit_snapshot_tones)
+    toned = [s for s in snaps if "tone_db" in s]
+    assert bool(toned) == trainer.run.train.snapshot_tone
+    loaded_tones = [s.tone_db for s in load_preset(tmp_path / "preset").snapshots if s.tone_db is not None]
+    assert len(loaded_tones) == len(toned)
+    assert all(len(t) == len(TONE_HZ) and np.abs(t).max() <= MAX_TONE_DB for t in loaded_tones)
+    assert not toned or max(np.abs(t).max() for t in loaded_tones) > 0.5  # fitted, not left flat
     # with snapshot_key_track every fitted snapshot is key-tracked (training.snapshots), z its latent at the home key
     fitted = [s for s in snaps if "track_z" in s]
     if not trainer.run.train.snapshot_key_track:

@@ -35,6 +35,17 @@ def test_store_find_and_program_numbers(preset: Preset, tmp_path: Path) -> None:
     assert again.find(preset, "nothing") is None
 
 
+def test_a_capture_s_tone_curve_is_kept(preset: Preset, tmp_path: Path) -> None:
+    """A capture's tone curve (synth.tone) is part of its sound: stored, read back, refused when out of bounds."""
+    tone = np.array([0.0, 1.5, -3.0, 2.0, 4.0, 7.5, 11.0])
+    Library.open(tmp_path).store(preset, "bright", np.ones(8), 60.0, tone_db=tone)
+    again = Library.open(tmp_path)
+    np.testing.assert_allclose(again.find(preset, "bright").tone(), tone)
+    assert again.store(preset, "flat", np.ones(8), 60.0).tone() is None
+    with pytest.raises(LibraryError, match="tone curve"):
+        again.store(preset, "loud", np.ones(8), 60.0, tone_db=np.full(7, 30.0))
+
+
 def test_another_presets_snapshot_is_refused(preset: Preset, tmp_path: Path) -> None:
     other = load_preset(make_fake_preset(tmp_path / "other", latent=4))
     lib = Library.open(tmp_path)
@@ -95,6 +106,10 @@ def test_library_survives_a_crash_mid_write(preset: Preset, tmp_path: Path, wher
      'track_z = [[1.0], [2.0]]\n', "track_keys must be increasing"),
     ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\ntrack_keys = [36]\n'
      'track_z = [[inf]]\n', "one finite latent per key"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\ntone_db = [1.0, 2.0]\n',
+     "tone_db must be 7 gains"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\n'
+     'tone_db = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 99.0]\n', "tone_db must be 7 gains"),
 ])
 def test_hostile_library_files_get_one_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / LIBRARY_FILE).write_text(text)

@@ -32,7 +32,7 @@ def v1_dir(tmp_path: Path) -> Path:
 
 def test_fake_preset_loads(preset_dir: Path) -> None:
     p = load_preset(preset_dir)
-    assert p.format_version == 4
+    assert p.format_version == 5
     assert p.latent_size == len(p.latent_mean) == p.knobs.directions.shape[1]
     assert p.knobs.count == len(p.knob_order) == 8
     np.testing.assert_allclose(p.knobs.directions, knob_directions(p.latent_size), atol=1e-6)
@@ -55,13 +55,13 @@ def test_mix_table_is_optional(tmp_path: Path) -> None:
     assert load_preset(make_fake_preset(tmp_path / "p", mix_gain=None)).mix_gain == 1.0
 
 
-@pytest.mark.parametrize("version", [0, 5, 9])
+@pytest.mark.parametrize("version", [0, 6, 9])
 def test_unknown_version_says_what_is_read(preset_dir: Path, version: int) -> None:
     _edit(preset_dir, lambda d: d["preset"].update(format_version=version))
     with pytest.raises(PresetError) as info:
         load_preset(preset_dir)
     message = str(info.value)
-    assert f"format_version {version}" in message and "reads 1, 2, 3 and 4" in message and "re-export" in message
+    assert f"format_version {version}" in message and "reads 1, 2, 3, 4 and 5" in message and "re-export" in message
     assert "\n" not in message
 
 
@@ -162,6 +162,13 @@ DAMAGE = {
     "key level keys": (lambda d: d["snapshots"][0].update(key_level_keys=[60, 60], key_level_db=[1.0, 1.0]),
                        "increasing keys"),
     "key level without keys": (lambda d: d["snapshots"][0].update(key_level_db=[1.0]), "'key_level_keys'"),
+    "tone in version 4": (lambda d: (d["preset"].update(format_version=4), d["snapshots"][0].update(
+        tone_db=[0.0] * 7)), "needs format_version 5"),
+    "tone too loud": (lambda d: d["snapshots"][0].update(tone_db=[0.0] * 6 + [40.0]), "'tone_db' must hold 7 gains"),
+    "tone nan": (lambda d: d["snapshots"][0].update(tone_db=[float("nan")] * 7), "'tone_db' must hold 7 gains"),
+    "tone count": (lambda d: d["snapshots"][0].update(tone_db=[1.0] * 3), "'tone_db' must hold 7 gains"),
+    "tone text": (lambda d: d["snapshots"][0].update(tone_db=["bright"] * 7), "'tone_db' must hold 7 gains"),
+    "tone bool": (lambda d: d["snapshots"][0].update(tone_db=[True] * 7), "'tone_db' must hold 7 gains"),
     "map outside the folder": (lambda d: d.update(map={"file": "../m.npz"}), "inside the preset folder"),
     "map missing": (lambda d: d.update(map={"file": "m.npz"}), "file missing"),
     "missing onnx": (lambda d: d["decoder"].update(file="nope.onnx"), "file missing"),

@@ -137,32 +137,38 @@ def test_the_engine_s_own_timbre_description_is_saved(preset) -> None:  # noqa: 
 
 
 def test_restored_capture_keeps_its_key_tracking(preset, tmp_path: Path) -> None:  # noqa: ANN001
-    """A capture's key tracking (borrowed from its neighbours) lives only in the engine: a restart
-    must bring it back with the latent, or every key but the captured one sounds different."""
+    """A capture's key tracking (borrowed from its neighbours) and tone curve live only in the engine:
+    a restart must bring them back with the latent, or the capture sounds different."""
     from synth.timbre import CAPTURE, TimbreInfo
 
     engine = _played(preset)
     rng = np.random.default_rng(3)
     track = rng.normal(0.0, 0.3, (128, preset.latent_size)).astype(np.float32)
     z = rng.normal(0.0, 1.0, preset.latent_size).astype(np.float32)
-    engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(CAPTURE, "take 1"), track))
+    tone = np.array([1.0, -2.0, 0.5, 3.0, -4.0, 6.0, 9.5])
+    engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(CAPTURE, "take 1"), track, tone))
     path = tmp_path / "state.toml"
     state.save_state(path, state.capture(engine, argparse.Namespace(output=None, midi_in=None)))
 
     fresh = Engine(preset)
-    assert not np.any(fresh.timbre_track)
+    assert not np.any(fresh.timbre_track) and not np.any(fresh.timbre_tone_db)
     assert state.restore_timbre(fresh, state.load_state(path)) is not None
     np.testing.assert_allclose(fresh.timbre_track, track, atol=1e-6)
+    np.testing.assert_allclose(fresh.timbre_tone_db, tone, atol=1e-5)
     np.testing.assert_allclose(fresh.z_target, z, atol=1e-6)
     assert fresh.level_target == 1.0
 
 
-@pytest.mark.parametrize("track", [[[1.0, "a"]], [[float("nan")] * 4] * 128, [[0.0] * 3] * 5, "x"])
-def test_broken_saved_tracking_is_one_warning(preset, tmp_path: Path, track, capsys) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("field, value", [
+    ("track", [[1.0, "a"]]), ("track", [[float("nan")] * 4] * 128), ("track", [[0.0] * 3] * 5), ("track", "x"),
+    ("tone_db", [1.0, "a"]), ("tone_db", [float("nan")] * 7), ("tone_db", [0.0] * 3), ("tone_db", [40.0] * 7),
+    ("tone_db", "x")])
+def test_broken_saved_tracking_or_tone_is_one_warning(preset, tmp_path: Path, field, value, capsys) -> None:  # noqa: ANN001
     engine = _played(preset)
     saved = state.capture(engine, argparse.Namespace(output=None, midi_in=None))
-    saved.timbre.update(kind="capture", track=track)
+    saved.timbre.update(kind="capture", **{field: value})
     fresh = Engine(preset)
     assert state.restore_timbre(fresh, saved) is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "saved timbre not restored" in err[0]
+

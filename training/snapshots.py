@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synth.contract import BRIGHT_BAND_HZ, SNAPSHOT_TRACK_KEYS
+from synth.contract import BRIGHT_BAND_HZ, SNAPSHOT_TRACK_KEYS, TONE_HZ
 from synth.key_track import track_weights
 
 SNAPSHOT_KEYS = (48, 72)
@@ -221,3 +221,53 @@ def fit_snapshot_latents(model: Any, cache: Any, idx: np.ndarray, labels: np.nda
         model.train(was_training)
     fitted = z.detach().float().cpu()
     return {i: fitted[k] for k, i in enumerate(ids)}
+
+
+TONE_FRAME_STEP = 4
+"""The tone fit reads every 4th stored frame of a note (attack, body and release alike, as the ear
+and the brightness figure take them): the curve is a sum over frames, and four times fewer
+decoder rows keep it under a minute on two cores."""
+
+
+@torch.no_grad()
+def fit_snapshot_tones(model: Any, cache: Any, idx: np.ndarray, labels: np.ndarray, run: Any,
+                       device: torch.device, fitted: dict[int, torch.Tensor],
+                       track_keys: tuple[int, ...] = SNAPSHOT_TRACK_KEYS) -> dict[int, np.ndarray]:
+    """Each label's tone curve (``synth.tone``): the graphic EQ that gives its fitted snapshot
+    (``fitted``: label -> ``track_z (A, L)``, as ``fit_snapshot_latents`` returns) the band balance of
+    its own notes among ``idx`` at keys ``BAND_KEYS`` (``synth.tone.fit_tone_db``: per band, the median over
+    notes) -> label -> ``tone_db (P,)``.
+    A label without notes in that range keeps a flat curve."""
+    from synth.tone import fit_tone_db
+    from training.model import frame_times
+    from training.train import note_holds
+
+    floor = run.audio.log_floor
+    idx, labels = np.asarray(idx), np.asarray(labels)
+    frames = torch.arange(0, cache.logmag.shape[1], TONE_FRAME_STEP)
+    tones: dict[int, np.ndarray] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for label, track_z in fitted.items():
+            notes = np.sort(idx[(labels == label) & (cache.pitch[idx] >= BAND_KEYS[0]) & (cache.pitch[idx] <= BAND_KEYS[1])])
+            if notes.size == 0:
+                tones[label] = np.zeros(len(TONE_HZ))
+                continue
+            weights = torch.from_numpy(track_weights(track_keys or (0,), cache.pitch[notes])).float()
+            note_z = (weights @ track_z.float()).to(device)  # (n, L)
+            time_on, time_off = frame_times(run.audio, frames[None].expand(len(notes), -1), run.train.frame_stride,
+                                            run.model.time_on_max, note_holds(cache, notes)[:, None])
+            t = len(frames)
+            rep = lambda v: torch.as_tensor(np.asarray(v, np.float32))[:, None].expand(-1, t).reshape(-1)  # noqa: E731
+            inputs = (note_z.repeat_interleave(t, dim=0), rep(cache.pitch[notes]).to(device),
+                      rep(cache.velocity[notes]).to(device), time_on.reshape(-1).to(device), time_off.reshape(-1).to(device))
+            decoded = torch.cat([model.decoder(*(x[a:a + FIT_CHUNK_ROWS] for x in inputs)).double().cpu()
+                                 for a in range(0, len(notes) * t, FIT_CHUNK_ROWS)]).view(len(notes), t, -1)
+            real = torch.from_numpy(np.asarray(cache.logmag[notes][:, frames.numpy()], np.float64))
+            real_e = (torch.exp(real) - floor).clamp(min=0.0).pow(2).sum(1)  # (n, F)
+            decoded_e = (torch.exp(decoded) - floor).clamp(min=0.0).pow(2).sum(1)
+            tones[label] = fit_tone_db(real_e.numpy(), decoded_e.numpy(), run.audio)
+    finally:
+        model.train(was_training)
+    return tones

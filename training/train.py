@@ -43,7 +43,7 @@ from training.model import (
     vae_loss,
 )
 from training.inharmonicity import inharmonicity_loss, measured_inharmonicity
-from training.snapshots import SNAPSHOT_KEYS, fit_snapshot_latents, reference_soundfont
+from training.snapshots import SNAPSHOT_KEYS, fit_snapshot_latents, fit_snapshot_tones, reference_soundfont
 
 LOG_FIELDS = ("step", "loss", "recon", "grad", "pool", "sc", "inharm", "kl", "beta", "val_loss", "lr", "notes_per_s")
 
@@ -82,6 +82,9 @@ class TrainConfig:
     """Weight of the spectral-convergence term in the snapshot fit, apart from ``[model] sc_weight``:
     the fit places a few latents on one instrument's notes, and a heavy SC term there trades the
     chorale's onsets of one instrument for another's (README, Training); 0 = off."""
+    snapshot_tone: bool = False
+    """Fit each snapshot's tone curve (``training.snapshots.fit_snapshot_tones``, ``synth.tone``) after its
+    latent: the graphic EQ that gives it its instrument's band balance, which export writes as ``tone_db``."""
     snapshot_band_weight: float = 0.0
     """Weight of the snapshot fit's brightness term (``training.snapshots.band_share_gap_grad``): the
     gap in dB between a snapshot's 4-12 kHz energy share and its notes', per register; 0 = off."""
@@ -590,8 +593,12 @@ def fit_snapshots(trainer: Trainer, stats: dict[str, Any]) -> None:
                                   trainer.run.train.seed, torch.tensor(stats["std"]), keys,
                                   band_weight=trainer.run.train.snapshot_band_weight,
                                   sc_weight=trainer.run.train.snapshot_sc_weight)
+    tones = (fit_snapshot_tones(trainer.model, cache, idx, labels, trainer.run, trainer.device, fitted, keys)
+             if trainer.run.train.snapshot_tone else {})
     for i, track_z in fitted.items():
         entry = table[names[i]]
+        if i in tones:
+            entry["tone_db"] = [round(float(v), 2) for v in tones[i]]
         home = latent_at(keys, track_z.numpy(), [SNAPSHOT_HOME_KEY])[0] if keys else track_z[0].numpy()
         entry["mean_z"], entry["z"], entry["fit_steps"] = entry["z"], home.tolist(), steps
         if keys:

@@ -158,7 +158,7 @@ class ControlSurface:
                 return int(u["program"])
         for s in self.preset.snapshots:
             if s.name == name:
-                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track)
+                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track, s.tone_db)
         raise ControlError(f"morph endpoint {name!r}: not a user or preset snapshot")
 
     def morph_endpoints(self, a: str, b: str) -> None:
@@ -177,9 +177,9 @@ class ControlSurface:
         with self._capture_lock:
             cap = capture_file(self.preset, path)
             library = Library.open(self.library_dir)
-            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source, track=cap.track)
+            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source, track=cap.track, tone_db=cap.tone_db)
             self.synth.engine.timbre.store_user(snap.program, cap.z, TimbreInfo(USER, snap.name, program=snap.program),
-                                                cap.track)
+                                                cap.track, cap.tone_db)
             self.user_version += 1
         return {"name": snap.name, "program": snap.program, "summary": cap.describe(self.preset),
                 "library": str(library.path)}
