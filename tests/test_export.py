@@ -212,10 +212,11 @@ def test_relevel_puts_the_median_snapshot_c4_at_the_target_through_the_engine(tm
 
 
 def test_key_levels_bring_each_measured_note_into_the_band(tmp_path: Path) -> None:
-    """``export.onnx.key_levels``: a snapshot whose v100 notes peak outside KEY_LEVEL_BAND_DBFS
-    gets a level per key that brings each measured key to the band's nearer edge; one inside is
-    left without (its registers kept as they are)."""
-    from export.onnx import KEY_LEVEL_BAND_DBFS, KEY_LEVEL_KEYS, _write_doc, engine_note_peaks, key_levels
+    """``export.onnx.key_levels``: a snapshot whose v100 notes peak outside the band gets a level per
+    key that brings each measured key to the band's nearer edge; one inside is left without (its
+    registers kept as they are). The band is 4 dB wide here: the fake preset's registers spread over
+    more than export's 2 dB (KEY_LEVEL_BAND_DBFS), so none of its snapshots would lie inside that."""
+    from export.onnx import KEY_LEVEL_KEYS, _write_doc, engine_note_peaks, key_levels
     from tests.fake_preset import make_fake_preset
 
     preset_dir = make_fake_preset(tmp_path / "fake", mix_gain=1.0)
@@ -223,11 +224,13 @@ def test_key_levels_bring_each_measured_note_into_the_band(tmp_path: Path) -> No
     doc["snapshots"][0]["level"], doc["snapshots"][1]["level"] = 1.4, 0.3  # +2.9 dB, -10.5 dB
     _write_doc(preset_dir, doc)
     unity = engine_note_peaks(preset_dir, doc["snapshots"], KEY_LEVEL_KEYS)
-    gain = 10 ** (-8.0 / 20) / unity[:, 2].max()  # the third snapshot's notes at -8 dBFS and below, inside the band
+    lo, hi = band = (-11.0, -7.0)
+    spread = 20 * np.log10(unity.max(0) / unity.min(0))  # each snapshot's registers, dB apart
+    fits = next(j for j in range(2, unity.shape[1]) if spread[j] < hi - lo - 0.2)
+    gain = 10 ** ((hi - 0.1) / 20) / unity[:, fits].max()  # that snapshot's notes just inside the band's top
     before = 20 * np.log10(unity * gain)
-    lo, hi = KEY_LEVEL_BAND_DBFS
     assert before[:, 0].max() > hi and before[:, 1].max() < lo, "the test needs notes outside the band"
-    keyed = key_levels(preset_dir, doc["snapshots"], gain)
+    keyed = key_levels(preset_dir, doc["snapshots"], gain, band)
     inside = [j for j in range(len(keyed)) if np.all((before[:, j] >= lo) & (before[:, j] <= hi))]
     assert inside and all(keyed[j] == {} for j in inside)
     doc["snapshots"] = [{**snap, **k} for snap, k in zip(doc["snapshots"], keyed)]
