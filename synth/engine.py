@@ -37,7 +37,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from synth import events as ev
-from synth.contract import HELD_TIME_OFF, MAX_TONE_DB, TONE_HZ
+from synth.contract import HELD_TIME_OFF, TONE_HZ
 from synth.decoder import FrameDecoder
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
@@ -46,7 +46,7 @@ from synth.overload import SPIKE_LOAD, LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
 from synth.stft import hann, magnitude_scale
-from synth.tone import tone_weights, valid_tone
+from synth.tone import TONE_RULE, tone_weights, valid_tone
 from synth.voices import (
     FADING,
     FREE,
@@ -344,7 +344,7 @@ class Engine:
         self._key_level = np.ones(128, np.float32)
         # Each snapshot's tone curve (synth.tone; zeros: flat); slot timbres bring their own. It glides
         # with the timbre, as the key tracking does, and shapes every frame (_queue_frames).
-        self._tone_tables = np.zeros((len(preset.snapshots) or 1, len(TONE_HZ)), np.float32)
+        self._tone_tables = np.zeros((len(preset.snapshots), len(TONE_HZ)), np.float32)
         for i, snap in enumerate(preset.snapshots):
             if snap.tone_db is not None:
                 self._tone_tables[i] = snap.tone_db
@@ -444,7 +444,7 @@ class Engine:
         if track is not None:
             track = checked_track(track, self.preset.latent_size)
         if tone_db is not None and not valid_tone(tone_db):
-            raise ValueError(f"tone curve must be {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
+            raise ValueError(f"tone curve must be {TONE_RULE}")
         self._program_change(program)
         if not snapshot_level:
             self.level_target = 1.0

@@ -32,11 +32,11 @@ import numpy as np
 import tomli_w
 from numpy.typing import NDArray
 
-from synth.contract import MAX_TONE_DB, SNAPSHOT_TRACK_KEYS, TONE_HZ
+from synth.contract import SNAPSHOT_TRACK_KEYS
 from synth.errors import VaesynthError
 from synth.key_track import offset_table, valid_track_keys
 from synth.preset import Preset
-from synth.tone import valid_tone
+from synth.tone import TONE_RULE, valid_tone
 
 LIBRARY_FILE = "library.toml"
 LIBRARY_FORMAT = 1
@@ -166,7 +166,7 @@ class Library:
         if z.shape != (preset.latent_size,) or not np.isfinite(z).all():
             raise LibraryError(f"snapshot {name!r}: latent must be {preset.latent_size} finite values")
         if tone_db is not None and not valid_tone(tone_db):
-            raise LibraryError(f"snapshot {name!r}: tone curve must be {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
+            raise LibraryError(f"snapshot {name!r}: tone curve must be {TONE_RULE}")
         mine = self.for_preset(preset)
         old = next((s for s in mine if s.name == name), None)
         if old is not None:
@@ -234,9 +234,8 @@ def _snapshot(entry: object, path: Path, i: int) -> UserSnapshot:
         raise LibraryError(f"{where}: program must be 0..127 and z finite")
     keys, rows = _track(entry, len(values), where)
     tone = entry.get("tone_db", [])
-    if not (isinstance(tone, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tone)
-            and (not tone or valid_tone(tone))):
-        raise LibraryError(f"{where}: tone_db must be {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
+    if not (isinstance(tone, list) and (not tone or valid_tone(tone))):
+        raise LibraryError(f"{where}: tone_db must be {TONE_RULE}")
     return UserSnapshot(name, preset, str(entry.get("fingerprint", "")), program, values, pitch,
                         str(entry.get("source", "")), keys, rows, tuple(float(v) for v in tone))
 

@@ -29,7 +29,6 @@ from synth.contract import (
     HELD_TIME_OFF,
     KNOB_TRAVEL_RANGE,
     MAX_KEY_LEVEL_DB,
-    MAX_TONE_DB,
     PRESET_FORMAT_VERSION,
     TONE_HZ,
     SpectrogramParams,
@@ -37,9 +36,9 @@ from synth.contract import (
 )
 from synth.key_track import MAX_TRACK_KEYS, key_gain_table, latent_for_key, offset_table, valid_track_keys
 from synth.latent_map import LatentMap, LatentMapError, load_latent_map
-from synth.tone import valid_tone
 from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_session, preset_file, read_bounded,
                                read_model)
+from synth.tone import TONE_RULE, valid_tone
 
 READ_VERSIONS = (1, 2, 3, 4, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``), 2
@@ -443,9 +442,8 @@ def _tone(s: dict[str, Any], version: int, w: str) -> NDArray[np.float64] | None
     if version < TONE_VERSION:
         raise PresetError(f"{w}: 'tone_db' needs format_version {TONE_VERSION} or later")
     values = _get(s, "tone_db", list, w)
-    if not (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and valid_tone(values)):
-        raise PresetError(f"{w}: 'tone_db' must hold {len(TONE_HZ)} gains in -{MAX_TONE_DB:g}..{MAX_TONE_DB:g} dB "
-                          f"(at {', '.join(f'{hz:g}' for hz in TONE_HZ)} Hz)")
+    if not valid_tone(values):
+        raise PresetError(f"{w}: 'tone_db' must hold {TONE_RULE} (at {', '.join(f'{hz:g}' for hz in TONE_HZ)} Hz)")
     return np.asarray(values, np.float64)
 
 

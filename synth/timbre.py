@@ -31,12 +31,12 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from synth.contract import MAX_TONE_DB, TONE_HZ
+from synth.contract import TONE_HZ
 from synth.events import ENGINE_EVENT
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
 from synth.preset import Preset
-from synth.tone import valid_tone
+from synth.tone import TONE_RULE, valid_tone
 
 CC_BANK_SELECT = 0
 USER_BANK = 1
@@ -159,7 +159,7 @@ class TimbreBank:
         if z.shape != (self.z.shape[1],) or not np.isfinite(z).all():
             raise ValueError(f"a timbre needs {self.z.shape[1]} finite latent values")
         if tone_db is not None and not valid_tone(tone_db):
-            raise ValueError(f"a tone curve needs {len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB")
+            raise ValueError(f"a tone curve needs {TONE_RULE}")
         self.tone[slot] = 0.0 if tone_db is None else np.asarray(tone_db, np.float32)
         self.track[slot] = 0.0 if track is None else checked_track(track, self.z.shape[1]).reshape(-1)
         self.z[slot] = z

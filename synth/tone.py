@@ -5,7 +5,8 @@ under 90 minutes it leaves the piano's and the chromatic percussion's 4-12 kHz s
 the real notes' (README, Training), because the highs come only with many passes over each note.
 A tone curve puts that balance back where the decoder cannot: one gain in dB at each of
 ``synth.contract.TONE_HZ`` (octaves), straight lines between them on a log-frequency axis, held
-beyond the ends, added to each frame's log-magnitude before phase reconstruction. Training fits
+beyond the ends, scaling each frame's magnitudes after phase reconstruction (``synth.engine``;
+before it, on the log-magnitudes, a boost would lift the log floor with the band). Training fits
 each snapshot's curve to its instrument's real notes (``training.snapshots``), capture fits a
 capture's to the recorded note (``synth.capture``); the engine glides it with the timbre.
 
@@ -27,6 +28,8 @@ FIT_ROUNDS = 6
 neighbours' bands, so one round leaves each band up to a third off; six leave under 0.1 dB on a
 single note (``tests/test_tone.py``)."""
 ENERGY_EPS = 1e-20  # keeps an empty band's ratio finite (it is clipped to MAX_TONE_DB anyway)
+TONE_RULE = f"{len(TONE_HZ)} gains within ±{MAX_TONE_DB:g} dB"
+"""What every reader of a tone curve (preset, library, saved state, engine) says it must be."""
 
 
 def tone_weights(params: SpectrogramParams) -> NDArray[np.float64]:
@@ -56,7 +59,10 @@ def band_of_bins(params: SpectrogramParams) -> NDArray[np.int64]:
 
 
 def valid_tone(tone_db: object) -> bool:
-    """True for ``P`` finite gains within +-MAX_TONE_DB (a list or an array)."""
+    """True for ``P`` finite gains within +-MAX_TONE_DB (a list of numbers, not booleans, or an array)."""
+    if isinstance(tone_db, (list, tuple)) and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in tone_db):
+        return False
     try:
         values = np.asarray(tone_db, np.float64)
     except (TypeError, ValueError):
@@ -100,7 +106,7 @@ def fit_tone_db(real_energy: NDArray, decoded_energy: NDArray, params: Spectrogr
 
 
 def note_energy(log_mag: NDArray, log_floor: float) -> NDArray[np.float64]:
-    """``(F,)`` the energy per bin of one note's frames ``log_mag (T, F)`` (ln(magnitude + floor)),
-    summed over its frames."""
+    """The energy per bin of a note's frames ``log_mag (..., T, F)`` (ln(magnitude + floor)), summed
+    over its frames -> ``(..., F)``: ``(F,)`` for one note, ``(N, F)`` for ``N`` notes."""
     mag = np.maximum(np.exp(np.asarray(log_mag, np.float64)) - log_floor, 0.0)
-    return (mag * mag).sum(0)
+    return (mag * mag).sum(-2)

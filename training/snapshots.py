@@ -238,7 +238,7 @@ def fit_snapshot_tones(model: Any, cache: Any, idx: np.ndarray, labels: np.ndarr
     its own notes among ``idx`` at keys ``BAND_KEYS`` (``synth.tone.fit_tone_db``: per band, the median over
     notes) -> label -> ``tone_db (P,)``.
     A label without notes in that range keeps a flat curve."""
-    from synth.tone import fit_tone_db
+    from synth.tone import fit_tone_db, note_energy
     from training.model import frame_times
     from training.train import note_holds
 
@@ -264,10 +264,8 @@ def fit_snapshot_tones(model: Any, cache: Any, idx: np.ndarray, labels: np.ndarr
                       rep(cache.velocity[notes]).to(device), time_on.reshape(-1).to(device), time_off.reshape(-1).to(device))
             decoded = torch.cat([model.decoder(*(x[a:a + FIT_CHUNK_ROWS] for x in inputs)).double().cpu()
                                  for a in range(0, len(notes) * t, FIT_CHUNK_ROWS)]).view(len(notes), t, -1)
-            real = torch.from_numpy(np.asarray(cache.logmag[notes][:, frames.numpy()], np.float64))
-            real_e = (torch.exp(real) - floor).clamp(min=0.0).pow(2).sum(1)  # (n, F)
-            decoded_e = (torch.exp(decoded) - floor).clamp(min=0.0).pow(2).sum(1)
-            tones[label] = fit_tone_db(real_e.numpy(), decoded_e.numpy(), run.audio)
+            real = np.asarray(cache.logmag[notes][:, frames.numpy()], np.float64)
+            tones[label] = fit_tone_db(note_energy(real, floor), note_energy(decoded.numpy(), floor), run.audio)
     finally:
         model.train(was_training)
     return tones
