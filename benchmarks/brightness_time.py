@@ -66,7 +66,7 @@ def main() -> int:
             log_mag = np.asarray(cache.logmag[i], np.float32)
             real = magnitude_from_log(log_mag, params).astype(np.float64) ** 2
             on, off = frame_times(params, len(log_mag), cache.frame_stride, preset.time_on_max, float(cache.hold[i]))
-            ours = magnitude_from_log(decode_frames(models, models.encode(log_mag), float(cache.pitch[i]),
+            ours = magnitude_from_log(decode_frames(models, models.encode(log_mag, float(cache.pitch[i])), float(cache.pitch[i]),
                                                     float(cache.velocity[i]), on, off), params).astype(np.float64) ** 2
             t = np.array([params.frame_time(j * cache.frame_stride) for j in range(len(log_mag))])
             for a, b in SEGMENTS_S:

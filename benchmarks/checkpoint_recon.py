@@ -1,7 +1,7 @@
 """Held-out reconstruction of training runs' checkpoints, in PyTorch: no finish step, no export.
 
     python -m benchmarks.checkpoint_recon RUN [RUN ...] [--data data/gm4] [--split-run RUN]
-        [--max-notes 64] [--breakdown]
+        [--max-notes 64] [--breakdown] [--fit-latent STEPS]
 
 For comparing training runs part-way, or short trial runs, on the figure the issue sets for the
 decoder (held-out spectral convergence). It scores exactly as ``timbre_space --sections recon``
@@ -20,6 +20,12 @@ Prints one row per run: the checkpoint's step and the median SC and LSD per grou
 - level over time: SC with each decoded frame scaled to the real frame's energy;
 - attack (the first 0.1 s) and body (from 0.1 s to note-off) on their own;
 - per instrument family.
+
+``--fit-latent STEPS`` adds, per run and group, the SC when each note's latent is not the encoder's
+but fitted to the note itself, through the decoder (Adam from the encoder's point, ``STEPS`` steps on
+the training loss's L1 and SC terms over every stored frame): what the decoder can draw, and so how
+much of the figure the encoder (inference) leaves, and how far from the training notes' latents
+(in their spread, per dim) the fitted ones lie.
 """
 from __future__ import annotations
 
@@ -44,6 +50,9 @@ class _TorchSession:
     def __init__(self, module: Any, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         self.module, self.inputs, self.outputs = module, tuple(inputs), tuple(outputs)
 
+    def get_inputs(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=n) for n in self.inputs]
+
     def run(self, names: Sequence[str], feeds: dict[str, NDArray]) -> list[NDArray]:
         import torch
 
@@ -58,18 +67,18 @@ def checkpoint_models(run_dir: Path) -> tuple[SimpleNamespace, int, float]:
     import torch
 
     from training.model import TimbreVAE
-    from training.train import TrainError, load_config
+    from training.train import TrainError, encoder_at, load_config
 
     try:
         run = load_config(run_dir / "config.toml")
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        model = TimbreVAE(run.model, run.audio)
+        model = TimbreVAE(run.model, run.audio, encoder_at(run, int(state.get("step", -1))))
         model.load_state_dict(state["model"])
     except (OSError, KeyError, RuntimeError, TrainError) as exc:
         raise BenchmarkError(f"{run_dir}: not a readable training run ({str(exc).splitlines()[0]})") from None
     model.eval()
     models = SimpleNamespace(params=run.audio,
-                             _enc=_TorchSession(model.encoder, ["log_mag"], ["mu", "logvar"]),
+                             _enc=_TorchSession(model.encoder, model.encoder.inputs, ["mu", "logvar"]),
                              _dec=_TorchSession(model.decoder, DECODER_INPUTS, ["log_mag"]))
     return models, int(state.get("step", -1)), run.model.time_on_max
 
@@ -126,6 +135,50 @@ def breakdown_rows(run_dir: Path, models, time_on_max: float, data, n: int) -> l
     return rows
 
 
+FIT_RATE = 0.05  # --fit-latent: Adam's step, in latent units
+FIT_SC_WEIGHT = 3.0  # ... and the SC term's weight beside the L1 on log-magnitudes (the default config's)
+
+
+def fitted_latent_rows(run_dir: Path, model, data, n: int, steps: int, time_on_max: float) -> list[list[object]]:
+    """Per group: median SC with the encoder's latent and with a latent fitted to each note, and the
+    fitted latent's median distance from the encoder's (RMS over dims, in the training latents' std)."""
+    import torch
+
+    from training.model import spectral_convergence
+
+    params, cache, rows = model.params, data.cache, []
+    decoder = model._dec.module.requires_grad_(False)  # only the latent moves
+    spread = encode_batch(model, cache, subset(data.train, 256, seed=1))[0].std(axis=0) + 1e-6
+    for label, idx in (("seen", subset(data.val, n)), ("unseen programs", subset(data.unseen, n))):
+        if len(idx) == 0:  # a split with no notes in this group (a small dataset)
+            continue
+        mu, _ = encode_batch(model, cache, idx)
+        scores = []
+        for z0, i in zip(mu, idx):
+            target = torch.from_numpy(np.asarray(cache.logmag[i], np.float32))
+            on, off = frame_times(params, len(target), cache.frame_stride, time_on_max, float(cache.hold[i]))
+            t = len(on)
+            inputs = [torch.full((t,), float(cache.pitch[i])), torch.full((t,), float(cache.velocity[i])),
+                      torch.from_numpy(on.astype(np.float32)), torch.from_numpy(off.astype(np.float32))]
+            z = torch.from_numpy(z0.copy()).requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=FIT_RATE)
+            for _ in range(steps):
+                pred = decoder(z[None].expand(t, -1), *inputs)
+                loss = (pred - target).abs().mean() + FIT_SC_WEIGHT * spectral_convergence(pred[None], target[None])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            ref = magnitude_from_log(target.numpy(), params)
+            with torch.no_grad():
+                fitted = magnitude_from_log(decoder(z[None].expand(t, -1), *inputs).numpy(), params)
+                start = magnitude_from_log(decoder(torch.from_numpy(z0)[None].expand(t, -1), *inputs).numpy(), params)
+            moved = float(np.sqrt(np.mean(((z.detach().numpy() - z0) / spread) ** 2)))
+            scores.append((magnitude_convergence_db(ref, start), magnitude_convergence_db(ref, fitted), moved))
+        med = np.median(np.array(scores), axis=0)
+        rows.append([str(run_dir), label, len(scores), f"{med[0]:.1f}", f"{med[1]:.1f}", f"{med[2]:.2f}"])
+    return rows
+
+
 def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.checkpoint_recon", description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="training run folders (config.toml + checkpoint.pt)")
@@ -134,6 +187,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--split-run", default=None, help="run folder whose config.toml gives the split (default: the first RUN)")
     ap.add_argument("--max-notes", type=int, default=64, help="notes per group")
     ap.add_argument("--breakdown", action="store_true", help="also where the SC is lost (see above)")
+    ap.add_argument("--fit-latent", type=int, default=0, metavar="STEPS",
+                    help="also the SC with each note's latent fitted to it in STEPS steps (see above; 100 is enough)")
     return ap.parse_args(argv)
 
 
@@ -153,13 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         if not split.is_file():
             raise BenchmarkError(f"{split.parent}: no config.toml (a training run folder)")
         data = open_data(Path(args.features) if args.features else d.parent / f"{d.name}_features", split, None)
-        rows, breakdown = [], []
+        if args.fit_latent < 0:
+            raise BenchmarkError("--fit-latent needs a number of steps (0: off)")
+        rows, breakdown, fitted = [], [], []
         for r in map(Path, args.runs):
-            models, step, time_on_max = checkpoint_models(r)  # loaded once for both tables
+            models, step, time_on_max = checkpoint_models(r)  # loaded once for every table
             log(f"{r}: step {step}")
             rows.append(run_row(r, models, step, time_on_max, data, args.max_notes))
             if args.breakdown:
                 breakdown += breakdown_rows(r, models, time_on_max, data, args.max_notes)
+            if args.fit_latent:
+                fitted += fitted_latent_rows(r, models, data, args.max_notes, args.fit_latent, time_on_max)
         print(markdown_table(
             ["run", "step", f"SC seen (goal ≤ {GOALS['sc_seen']:g})", f"SC unseen programs (goal ≤ {GOALS['sc_unseen']:g})",
              "release SC seen", "release SC unseen", "LSD seen", "LSD unseen"], rows))
@@ -167,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + markdown_table(
                 ["run", "notes", "family", "count", "SC", f"SC, partials ±{POOL_BINS} bins off count",
                  "SC, each frame's level matched", f"SC, first {ATTACK_SECONDS:g} s", "SC, body to note-off"], breakdown))
+        if args.fit_latent:
+            print("\n" + markdown_table(
+                ["run", "notes", "count", "SC, the encoder's latent", f"SC, latent fitted to the note ({args.fit_latent} steps)",
+                 "fitted latent's move (RMS, in training latents' std)"], fitted))
         return 0
 
     return run_main(body)

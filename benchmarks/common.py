@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
+from synth.capture import encoder_feeds
 from synth.contract import SpectrogramParams
 from synth.errors import VaesynthError, run_command
 from synth.preset import Preset, PresetError, load_preset
@@ -131,9 +132,10 @@ class PresetModels:
         self._enc = _session(preset.encoder_path, threads)
         self._dec = _session(preset.decoder_path, threads)
 
-    def encode(self, log_mag: NDArray) -> NDArray[np.float32]:
-        """Whole-note log-mag at the encoder's frame stride ``(T, F)`` -> ``mu (L,)``."""
-        mu, _ = self._enc.run(["mu", "logvar"], {"log_mag": np.asarray(log_mag, np.float32)[None]})
+    def encode(self, log_mag: NDArray, pitch: float) -> NDArray[np.float32]:
+        """Whole-note log-mag at the encoder's frame stride ``(T, F)`` at MIDI ``pitch`` -> ``mu (L,)``."""
+        feeds = encoder_feeds(self._enc, np.asarray(log_mag, np.float32)[None], np.array([pitch]))
+        mu, _ = self._enc.run(["mu", "logvar"], feeds)
         return np.asarray(mu[0], np.float32)
 
     def decode(self, z: NDArray, pitch: float, velocity: float, time_on: NDArray,

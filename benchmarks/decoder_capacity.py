@@ -127,7 +127,7 @@ def preset_frames(models: PresetModels, run, cache, idx) -> list[NDArray]:
     time_on, time_off = note_times(run, cache, idx)
     out = []
     for k, i in enumerate(idx):
-        z = models.encode(np.asarray(cache.logmag[i], np.float32))
+        z = models.encode(np.asarray(cache.logmag[i], np.float32), float(cache.pitch[i]))
         out.append(magnitude_from_log(models.decode(z, float(cache.pitch[i]), float(cache.velocity[i]),
                                                     time_on[k].numpy(), time_off[k].numpy()), models.params))
     return out

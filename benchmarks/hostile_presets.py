@@ -371,6 +371,7 @@ CASES: tuple[Case, ...] = (
     Case("decoder returns NaN", edit_model("decoder.onnx", append_to_output("log_mag", nan_output))),
     Case("decoder returns one bin short", edit_model("decoder.onnx", append_to_output("log_mag", short_output))),
     Case("encoder lacks its logvar output", edit_model("encoder.onnx", drop_output("logvar"))),
+    Case("format 5 with an encoder that takes the pitch (format 6's)", toml_set("preset", "format_version", 5)),
 )
 CASE_NAMES = tuple(c.name for c in CASES)
 

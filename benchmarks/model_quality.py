@@ -47,7 +47,7 @@ def evaluate_note(models: PresetModels, audio: NDArray, pitch: float, velocity: 
     audio = audio[:n] if len(audio) >= n else np.pad(audio, (0, n - len(audio)))
     mag = np.abs(stft(audio, params))  # (T, F), every frame
     log_mag = np.log(mag + params.log_floor).astype(np.float32)
-    mu = models.encode(log_mag[::models.preset.encoder_frame_stride])
+    mu = models.encode(log_mag[::models.preset.encoder_frame_stride], pitch)
     est = magnitude_from_log(models.decode_note(mu, pitch, velocity, len(mag)), params)
     return NoteScore(magnitude_convergence_db(mag, est), log_spectral_distance_db(mag, est, params.log_floor))
 

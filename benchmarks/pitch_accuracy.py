@@ -54,7 +54,7 @@ def heldout_latents(models: PresetModels, features: Path, count: int, val_fracti
                              f"{models.preset.encoder_frame_stride}")
     _, val = cache.split(val_fraction, seed=seed)
     pick = np.random.default_rng(1).choice(val, min(count, len(val)), replace=False)
-    return [models.encode(np.asarray(cache.logmag[i], np.float32)) for i in pick]
+    return [models.encode(np.asarray(cache.logmag[i], np.float32), float(cache.pitch[i])) for i in pick]
 
 
 def make_trials(preset: Preset, n: int, encoded: list[NDArray[np.float32]], seed: int = 0) -> list[Trial]:

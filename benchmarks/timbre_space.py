@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, frame_times, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
 from export.knob_travel import CLIFF_RATIO, KnobProbe, cents_at, cliff_ratio, family_snapshots
+from synth.capture import encoder_feeds
 from synth.contract import BRIGHT_BAND_HZ, GM_GROUPS, gm_group
 from synth.preset import KnobMap, Preset
 from synth.stft import log_spectral_distance_db, magnitude_from_log
@@ -109,7 +110,7 @@ def encode_batch(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.in
     mus, logvars = [], []
     for a in range(0, len(idx), batch):
         x = np.asarray(cache.logmag[idx[a:a + batch]], np.float32)
-        mu, logvar = models._enc.run(["mu", "logvar"], {"log_mag": x})
+        mu, logvar = models._enc.run(["mu", "logvar"], encoder_feeds(models._enc, x, cache.pitch[idx[a:a + batch]]))
         mus.append(mu)
         logvars.append(logvar)
     return np.concatenate(mus), np.concatenate(logvars)
@@ -241,7 +242,7 @@ def bright_section(models: PresetModels, preset: Preset, data: Data, reference: 
         est = flat if snap.tone_db is None else flat * np.exp(tone_ln(snap.tone_db, params))
         lsd.setdefault(gm_group(parsed[1]), []).append((log_spectral_distance_db(ref, est),
                                                         log_spectral_distance_db(ref, flat)))
-        mu = models.encode(np.asarray(cache.logmag[i], np.float32))
+        mu = models.encode(np.asarray(cache.logmag[i], np.float32), float(cache.pitch[i]))
         rec = magnitude_from_log(decode_frames(models, mu, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
         groups.setdefault(gm_group(parsed[1]), []).append((band_share_db(est, params) - real,
                                                            band_share_db(rec, params) - real))

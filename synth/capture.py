@@ -25,12 +25,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
 from numpy.typing import NDArray
 
-from synth.contract import ENCODER_INPUT, ENCODER_OUTPUTS
+from synth.contract import ENCODER_INPUT, ENCODER_OUTPUTS, ENCODER_PITCH
 from synth.errors import VaesynthError
 from synth.key_track import latent_for_key
 from synth.model_file import cpu_session, read_model
@@ -244,14 +245,23 @@ def _check_one_pitched_note(note: NDArray[np.float32], rate: int, preset: Preset
     return harmonic_pitch(steady if len(steady) >= skip else note[skip:], rate, midi, POLY_MAX_HZ)
 
 
+def encoder_feeds(session: Any, log_mag: NDArray, pitch: NDArray) -> dict[str, NDArray[np.float32]]:
+    """An encoder.onnx session's feeds for notes ``log_mag (B, T, F)`` at MIDI ``pitch (B,)``: the
+    pitch only where the encoder takes it (preset format 6, ``ENCODER_PITCH``)."""
+    feeds = {ENCODER_INPUT: np.asarray(log_mag, np.float32), ENCODER_PITCH: np.asarray(pitch, np.float32).reshape(-1)}
+    return {a.name: feeds[a.name] for a in session.get_inputs()}
+
+
 class Encoder:
-    """The preset's encoder.onnx on the CPU, one thread (deterministic): ``(T, F)`` frames -> ``mu (L,)``."""
+    """The preset's encoder.onnx on the CPU, one thread (deterministic): ``(T, F)`` frames of a note
+    at MIDI ``pitch`` -> ``mu (L,)``."""
 
     def __init__(self, preset: Preset) -> None:
         self._session = cpu_session(read_model(preset.encoder_path))
 
-    def __call__(self, frames: NDArray[np.float32]) -> NDArray[np.float32]:
-        mu, _ = self._session.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: np.asarray(frames, np.float32)[None]})
+    def __call__(self, frames: NDArray[np.float32], pitch: float) -> NDArray[np.float32]:
+        feeds = encoder_feeds(self._session, np.asarray(frames, np.float32)[None], np.array([pitch]))
+        mu, _ = self._session.run(list(ENCODER_OUTPUTS), feeds)
         return np.asarray(mu[0], np.float32)
 
 
@@ -282,7 +292,7 @@ def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = Non
     if pitch is None:
         pitch = _check_one_pitched_note(note, rate, preset, where)
     note = note * np.float32(10 ** (CAPTURE_PEAK_DBFS / 20) / float(np.abs(note).max()))
-    z = (encoder or Encoder(preset))(encoder_frames(note, params, preset.encoder_frame_stride))
+    z = (encoder or Encoder(preset))(encoder_frames(note, params, preset.encoder_frame_stride), float(pitch))
     if not np.isfinite(z).all():
         raise CaptureError(f"{where}: the encoder returned NaN for this recording")
     track = tone_db = None

@@ -97,19 +97,24 @@ DECODER_CONTRACT = "framewise-v1"
 DECODER_INPUTS = ("z", "pitch", "velocity", "time_on", "time_off")
 DECODER_OUTPUT = "log_mag"
 ENCODER_INPUT = "log_mag"
+"""The encoder's whole note ``(B, T, F)`` (every ``[encoder] frame_stride``-th frame)."""
+ENCODER_PITCH = "pitch"
+"""The note's MIDI pitch ``(B,)``: a second input from preset format 6, for an encoder that reads
+the note at its partials (``training.model.HarmonicEncoder``)."""
 ENCODER_OUTPUTS = ("mu", "logvar")
 HELD_TIME_OFF = -1.0
 """``time_off`` while the key is still down (the decoder's 'not released' value)."""
 
 # ---------------------------------------------------------------------------- preset format
-PRESET_FORMAT_VERSION = 5
+PRESET_FORMAT_VERSION = 6
 """Version 2 adds the ``[knobs]`` table (PCA directions of the aggregate posterior) and
 resolves every General MIDI program to a snapshot. Version 3 lets a snapshot carry its latent at
 several keys (``track_keys``, ``track_z``: ``synth.key_track``). Version 4 lets it carry a level
 per key (``key_level_keys``, ``key_level_db``: ``synth.key_track.key_gain_table``). Version 5 lets
-it carry a tone curve (``tone_db``: one gain per ``TONE_HZ`` point, ``synth.tone``). The engine
-still reads versions 1-4 (version 1's knobs derived from ``[latent] knob_order``); any other
-version gets a one-line message that says to re-export the preset."""
+it carry a tone curve (``tone_db``: one gain per ``TONE_HZ`` point, ``synth.tone``). Version 6 lets
+the encoder take the note's pitch as a second input (``ENCODER_PITCH``). The engine still reads
+versions 1-5 (version 1's knobs derived from ``[latent] knob_order``); any other version gets a
+one-line message that says to re-export the preset."""
 MAX_KEY_LEVEL_DB = 12.0
 """A snapshot's per-key level stays within +-12 dB (as its level trim): enough to even out an
 instrument's registers, never enough to turn a near-silent decode into a burst of noise."""

@@ -26,6 +26,7 @@ from synth.contract import (
     DEFAULT_KNOB_TRAVEL,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
+    ENCODER_PITCH,
     HELD_TIME_OFF,
     KNOB_TRAVEL_RANGE,
     MAX_KEY_LEVEL_DB,
@@ -40,17 +41,19 @@ from synth.model_file import (MAX_MODEL_BYTES, MAX_TOML_BYTES, PresetError, cpu_
                                read_model)
 from synth.tone import TONE_RULE, valid_tone
 
-READ_VERSIONS = (1, 2, 3, 4, PRESET_FORMAT_VERSION)
+READ_VERSIONS = (1, 2, 3, 4, 5, PRESET_FORMAT_VERSION)
 """Preset format versions this loader reads: 1 (knobs derived from ``[latent] knob_order``), 2
 (``[knobs]`` directions, optional ``[mix]``), 3 (2 plus snapshots' optional key tracking), 4 (3
-plus snapshots' optional level per key) and the current one, which export writes (4 plus
-snapshots' optional tone curve)."""
+plus snapshots' optional level per key), 5 (4 plus snapshots' optional tone curve) and the
+current one, which export writes (5 plus the encoder's optional pitch input)."""
 TRACK_VERSION = 3
 """The first format version whose snapshots may carry ``track_keys`` / ``track_z``."""
 KEY_LEVEL_VERSION = 4
 """The first format version whose snapshots may carry ``key_level_keys`` / ``key_level_db``."""
 TONE_VERSION = 5
 """The first format version whose snapshots may carry ``tone_db``."""
+ENCODER_PITCH_VERSION = 6
+"""The first format version whose encoder may take the note's pitch (``ENCODER_PITCH``)."""
 MAX_KNOBS = 8
 V1_MIX_GAIN = 1.65
 """Output gain for version-1 presets (they have no ``[mix]``): puts the shipped default preset's
@@ -362,12 +365,15 @@ def _check_models(preset: "Preset") -> None:
         _trial_run(sess, path, feeds, {amp: (rows, harmonics), inharm: (rows,), noise: (rows, bins)})
     path = preset.encoder_path
     sess = _session(path)
-    _check_io(sess, path, {ENCODER_INPUT: (3, bins)}, {name: (2, size) for name in ENCODER_OUTPUTS},
-              dynamic_batch=False)
+    enc_inputs: dict[str, TensorSpec] = {ENCODER_INPUT: (3, bins)}
+    if preset.format_version >= ENCODER_PITCH_VERSION and ENCODER_PITCH in {a.name for a in sess.get_inputs()}:
+        enc_inputs[ENCODER_PITCH] = (1, None)
+    _check_io(sess, path, enc_inputs, {name: (2, size) for name in ENCODER_OUTPUTS}, dynamic_batch=False)
     frames = -(-preset.params.frames_per_note // preset.encoder_frame_stride)
     note = np.full((1, frames, bins), math.log(preset.params.log_floor), np.float32)
     note[0, :, 1 : bins // 8] += 3.0  # some energy, so a real encoder sees a note rather than silence
-    _trial_run(sess, path, {ENCODER_INPUT: note}, {name: (1, size) for name in ENCODER_OUTPUTS})
+    feeds = {ENCODER_INPUT: note, ENCODER_PITCH: np.full(1, 60.0, np.float32)}
+    _trial_run(sess, path, {name: feeds[name] for name in enc_inputs}, {name: (1, size) for name in ENCODER_OUTPUTS})
 
 
 def _model_file(root: Path, table: dict[str, Any], key: str, where: str, max_bytes: int = MAX_MODEL_BYTES) -> Path:

@@ -9,7 +9,7 @@ and ``z`` tilts the harmonic amplitudes (timbre): harmonic h is scaled by
 ``exp(z @ timbre_weights(L))[h]``. ``nan_above_pitch`` makes the decoder return NaN for
 pitches above it (to test the engine's NaN guard).
 
-``preset.toml`` is format version 5 by default: ``[knobs]`` with random orthonormal,
+``preset.toml`` is format version 6 by default (its encoder takes the pitch): ``[knobs]`` with random orthonormal,
 non-axis-aligned directions (``knob_directions``) and ``[mix] gain = MIX_GAIN``;
 ``format_version=1`` writes the old ``[latent] knob_order`` instead. ``key_track=True`` gives every
 snapshot key tracking (``TRACK_KEYS``): its latent at each, ``z`` plus a random offset that
@@ -165,13 +165,15 @@ def make_decoder(path: Path, params: SpectrogramParams, latent: int = LATENT, na
     _save(graph, path)
 
 
-def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT, decoder: Path | None = None) -> None:
+def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT, decoder: Path | None = None,
+                 pitched: bool = True) -> None:
     """Write an encoder; logvar = 0. With ``decoder`` it inverts that decoder at ``ENCODER_PITCH`` (see
     the module doc): the mean log-level over time at the harmonic bins, centred (the recording's level
     and the note's envelope go: they are common to every harmonic), minus the lobes' own levels, times
     the pseudo-inverse of the centred timbre weights. Exact while the note stays well above the log
     floor (a note held through its 4 s).
-    Without, a fixed random projection of the mean frame."""
+    Without, a fixed random projection of the mean frame. ``pitched``: it also takes the note's pitch
+    ``(B,)`` (format 6, as an exported harmonic encoder does), which it needs but does not use."""
     f = params.n_bins
     n = helper.make_node
     if decoder is None:
@@ -188,8 +190,14 @@ def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT, de
             n("Sub", ["levels", "level"], ["centred"]), n("Sub", ["centred", "offset"], ["tilt"]),
             n("MatMul", ["tilt", "inverse"], ["mu"]),
         ]
-    nodes += [_const("zero", np.float32(0.0)), n("Mul", ["mu", "zero"], ["logvar"])]
+    nodes.append(_const("zero", np.float32(0.0)))
     inp = [helper.make_tensor_value_info("log_mag", TensorProto.FLOAT, ["B", "T", f])]
+    if pitched:  # mu + 0 * pitch: a session run without the pitch fails
+        nodes[-2].output[0] = "mu_free"  # the MatMul that gave mu
+        nodes += [_const("column", np.array([-1, 1], np.int64)), n("Reshape", ["pitch", "column"], ["p1"]),
+                  n("Mul", ["p1", "zero"], ["p0"]), n("Add", ["mu_free", "p0"], ["mu"])]
+        inp.append(helper.make_tensor_value_info("pitch", TensorProto.FLOAT, ["B"]))
+    nodes.append(n("Mul", ["mu", "zero"], ["logvar"]))
     outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", latent]) for name in ("mu", "logvar")]
     _save(helper.make_graph(nodes, "fake_encoder", inp, outs), path)
 
@@ -201,7 +209,7 @@ def make_fake_preset(
     nan_above_pitch: float | None = None,
     time_on_max: float = 2.5,
     release_seconds: float = 0.5,
-    format_version: int = 5,
+    format_version: int = 6,
     programs: tuple[int, ...] = PROGRAMS,
     mix_gain: float | None = MIX_GAIN,
     latent_map: bool = True,
@@ -218,7 +226,7 @@ def make_fake_preset(
     root.mkdir(parents=True, exist_ok=True)
     make_decoder(root / "decoder.onnx", params, latent, nan_above_pitch)
     inverts = root / "decoder.onnx" if nan_above_pitch is None else None  # a NaN decoder has nothing to invert
-    make_encoder(root / "encoder.onnx", params, latent, decoder=inverts)
+    make_encoder(root / "encoder.onnx", params, latent, decoder=inverts, pitched=format_version >= 6)
     rng = np.random.default_rng(11)
     doc = {
         "preset": {"name": "fake", "format_version": format_version,

@@ -30,7 +30,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     for steps in (0, 60):
         run = load_config(TINY)
         run.model.time_on_max = run.audio.hold_seconds - 0.1
-        run.train.steps = steps
+        run.train.steps, run.train.encoder_refit_steps = steps, 0  # untrained means untrained: no refit either
         out = root.parent / f"run{steps}"
         out.mkdir()
         trainer = Trainer(run, cache, out, torch.device("cpu"))
@@ -71,6 +71,19 @@ def test_cli_prints_a_row_per_run_and_one_line_for_a_bad_folder(runs, tmp_path: 
     assert err.strip().splitlines()[-1].startswith("error: ") and "not a readable training run" in err
 
 
+def test_fitted_latent_shows_what_the_decoder_can_draw(runs, capsys: pytest.CaptureFixture[str]) -> None:
+    """--fit-latent: each note's latent fitted through the decoder reconstructs it at least as well as
+    the encoder's latent, and the row says how far it moved."""
+    cache, folders = runs
+    features = str(folders[0][0].parent / "syn_features")
+    run = str(folders[60][0])
+    assert cr.main([run, "--features", features, "--max-notes", "4", "--fit-latent", "100"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {run} | seen")]
+    assert len(rows) == 1
+    encoder_sc, fitted_sc, moved = (float(rows[0][i]) for i in (4, 5, 6))
+    assert fitted_sc <= encoder_sc - 0.2 and moved > 0.0  # measured: -4.2 against -3.8 dB, moved 4.2 std
+
+
 class _Fake:
     """Sessions that 'decode' each note as its own stored frames, changed by ``alter``."""
 
@@ -78,6 +91,9 @@ class _Fake:
         self.cache, self.alter = cache, alter
         self.params = SpectrogramParams()
         self._enc, self._dec = self, self
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="log_mag")]
 
     def run(self, names, feeds):
         if "log_mag" in feeds:  # encoder: the note's index as its latent

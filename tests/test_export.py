@@ -22,6 +22,7 @@ from export.onnx import (
 )
 from synth.contract import (MAX_TONE_DB, PRESET_FORMAT_VERSION, SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, TONE_HZ,
                             SpectrogramParams)
+from synth.capture import Encoder, encoder_feeds
 from synth.preset import load_preset
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
@@ -38,9 +39,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
 
 
 def read_v2(folder: Path) -> dict:
-    """preset.toml of an exported folder, checked against the version-5 layout (version 2 plus key tracking, levels per key and tone curves)."""
+    """preset.toml of an exported folder, checked against the version-6 layout (version 2 plus key tracking, levels
+    per key, tone curves and an encoder that may take the pitch)."""
     doc = tomllib.loads((folder / "preset.toml").read_text())
-    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 5
+    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION == 6
     assert "knob_order" not in doc["latent"]
     validate_doc(doc)
     size = doc["latent"]["size"]
@@ -61,6 +63,7 @@ def _train_run(config: Path, cache: FeatureCache, out: Path) -> Trainer:
     run = load_config(config)
     run.model.time_on_max = run.audio.hold_seconds - 0.1
     run.train.steps, run.train.batch_notes, run.train.frames_per_note = 2, 2, 4
+    run.train.encoder_refit_steps = min(run.train.encoder_refit_steps, 2)  # a refit still runs, shortly
     run.train.val_notes, run.train.report_notes = 2, 1
     run.data = {"command": f"python -m training.train --config {config}"}
     out.mkdir(parents=True)
@@ -84,6 +87,13 @@ def test_every_config_trains_and_exports(config: Path, cache: FeatureCache, tmp_
     assert all(0.25 <= s["level"] <= 4.0 for s in snaps)  # measured per snapshot through the engine
     travel = doc["knobs"]["travel"]  # measured per knob on the exported decoder (export.knob_travel)
     assert len(travel) == min(8, doc["latent"]["size"]) and all(3.0 <= t <= 6.0 for t in travel)
+    # the encoder the run ended with, in the engine's capture as in PyTorch (the harmonic one reads the pitch)
+    assert doc["preset"]["format_version"] == PRESET_FORMAT_VERSION
+    preset = load_preset(tmp_path / "preset")
+    note, pitch = np.asarray(cache.logmag[0], np.float32), float(cache.pitch[0])
+    with torch.no_grad():
+        ref_mu, _ = trainer.model.encoder(torch.from_numpy(note[None]), torch.tensor([pitch]))
+    np.testing.assert_allclose(Encoder(preset)(note, pitch), ref_mu[0].numpy(), atol=1e-4)
     kept = tomllib.loads((tmp_path / "preset" / "train_config.toml").read_text())  # the run's resolved config
     assert kept["model"]["latent_size"] == trainer.run.model.latent_size
     assert not any(str(v).startswith("/") for v in kept.get("data", {}).values())  # no machine's folders
@@ -131,9 +141,11 @@ def test_onnx_matches_pytorch_on_new_batch_sizes(cache: FeatureCache, tmp_path: 
             ref = model.decoder(*args).numpy()
         assert got.shape == (batch, 513) and np.abs(got - ref).max() < INHARMONIC_TOLERANCE
     x = np.asarray(cache.logmag[:2], dtype=np.float32)[:, :123]  # any number of frames
-    mu, logvar = enc.run(["mu", "logvar"], {"log_mag": x})
+    pitch = np.asarray(cache.pitch[:2], np.float32)
+    assert [a.name for a in enc.get_inputs()] == list(trainer.model.encoder.inputs)
+    mu, logvar = enc.run(["mu", "logvar"], encoder_feeds(enc, x, pitch))
     with torch.no_grad():
-        ref_mu, _ = model.encoder(torch.from_numpy(x))
+        ref_mu, _ = model.encoder(torch.from_numpy(x), torch.from_numpy(pitch))
     assert mu.shape == logvar.shape == (2, trainer.run.model.latent_size)
     assert np.abs(mu - ref_mu.numpy()).max() < 1e-4
 

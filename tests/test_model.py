@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from synth.contract import SpectrogramParams
-from training.model import (FrameDecoder, TimbreVAE, VAEConfig, beta_at, frame_times, hann_main_lobe,
-                            rank_latents, spectral_convergence, vae_loss)
+from training.model import (ENCODERS, FrameDecoder, HarmonicEncoder, TimbreVAE, VAEConfig, beta_at, frame_times,
+                            hann_main_lobe, rank_latents, spectral_convergence, vae_loss)
 
 PARAMS = SpectrogramParams()
 
@@ -19,18 +19,55 @@ def test_hann_main_lobe_known_values() -> None:
     assert 0.8 < float(w[1, 1]) < 0.9
 
 
-def test_shapes_and_variable_length_encoder() -> None:
-    cfg = VAEConfig(latent_size=6, enc_channels=16, dec_hidden=32, n_harmonics=16, n_noise_bands=8)
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_shapes_and_variable_length_encoder(encoder: str) -> None:
+    cfg = VAEConfig(latent_size=6, enc_channels=16, dec_hidden=32, n_harmonics=16, n_noise_bands=8, encoder=encoder)
     model = TimbreVAE(cfg, PARAMS)
+    assert isinstance(model.encoder, ENCODERS[encoder])
     for t in (1, 7, 376):
-        mu, logvar = model.encoder(torch.randn(2, t, PARAMS.n_bins))
-        assert mu.shape == logvar.shape == (2, 6)
+        mu, logvar = model.encoder(torch.randn(2, t, PARAMS.n_bins), torch.tensor([21.0, 108.0]))
+        assert mu.shape == logvar.shape == (2, 6) and torch.isfinite(mu).all()
     b, s = 3, 5
     pred, mu, _, inharm = model(torch.randn(b, 40, PARAMS.n_bins), torch.full((b,), 60.0), torch.full((b,), 90.0),
                                 torch.rand(b, s), -torch.ones(b, s), torch.randn(b, 6))
     assert pred.shape == (b, s, PARAMS.n_bins) and torch.isfinite(pred).all()
     assert inharm.shape == (b, s)
     assert float(pred.min()) >= torch.log(torch.tensor(PARAMS.log_floor)) - 1e-5
+
+
+def _partial_frames(pitch: float, levels: torch.Tensor, cents: float = 0.0) -> torch.Tensor:
+    """Two frames of log-magnitudes with partial k of MIDI ``pitch`` at ln level ``levels[k-1]``
+    (detuned by ``cents``) on the log floor -> ``(1, 2, F)``."""
+    x = torch.full((1, 2, PARAMS.n_bins), torch.log(torch.tensor(PARAMS.log_floor)).item())
+    f0 = 440.0 * 2.0 ** ((pitch - 69.0) / 12.0) * 2.0 ** (cents / 1200.0)
+    for k, level in enumerate(levels.tolist(), start=1):
+        b = round(k * f0 * PARAMS.n_fft / PARAMS.sample_rate)
+        if b < PARAMS.n_bins:
+            x[0, :, b] = level
+    return x
+
+
+def test_harmonic_encoder_reads_one_instrument_alike_at_every_key() -> None:
+    """The harmonic encoder's input is partial k's level, wherever its key puts it: one set of
+    partial levels at two keys (and 10 cents off) gives the same partials' inputs, where the spectrum
+    encoder would see other bins; above Nyquist it reads silence."""
+    cfg = VAEConfig(latent_size=4, enc_channels=8, enc_partials=24, enc_bands=8, encoder="harmonic")
+    enc = HarmonicEncoder(cfg, PARAMS)
+    levels = -2.0 - 0.3 * torch.arange(24, dtype=torch.float32)
+    seen = {}
+    for pitch, cents in ((48.0, 0.0), (55.0, 0.0), (55.0, 10.0)):
+        feats = enc.frame_features(_partial_frames(pitch, levels, cents), torch.tensor([pitch]))  # (1, C, T)
+        assert feats.shape == (1, 24 + 8 + 1, 2)
+        seen[(pitch, cents)] = feats[0, :24, 0]
+    floor = (levels - torch.log(torch.tensor(PARAMS.log_floor))) * 0.25  # what the encoder scales a level to
+    torch.testing.assert_close(seen[(48.0, 0.0)], floor)
+    torch.testing.assert_close(seen[(55.0, 0.0)], floor)
+    torch.testing.assert_close(seen[(55.0, 10.0)], floor)  # partial 24 lies 1.2 bins off: still found
+    high = enc.frame_features(_partial_frames(96.0, levels), torch.tensor([96.0]))[0, :24, 0]
+    f0 = 440.0 * 2.0 ** ((96.0 - 69.0) / 12.0)
+    audible = torch.arange(1, 25) * f0 * PARAMS.n_fft / PARAMS.sample_rate < PARAMS.n_bins - 3
+    assert not audible.all() and torch.equal(high[~audible], torch.zeros(int((~audible).sum())))
+    torch.testing.assert_close(high[audible], floor[audible])
 
 
 @pytest.mark.parametrize("pitch", [33.0, 45.5, 60.0, 69.0, 81.25, 96.0])

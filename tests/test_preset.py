@@ -32,7 +32,7 @@ def v1_dir(tmp_path: Path) -> Path:
 
 def test_fake_preset_loads(preset_dir: Path) -> None:
     p = load_preset(preset_dir)
-    assert p.format_version == 5
+    assert p.format_version == 6
     assert p.latent_size == len(p.latent_mean) == p.knobs.directions.shape[1]
     assert p.knobs.count == len(p.knob_order) == 8
     np.testing.assert_allclose(p.knobs.directions, knob_directions(p.latent_size), atol=1e-6)
@@ -51,17 +51,34 @@ def test_version_1_preset_still_loads(v1_dir: Path) -> None:
     assert p.mix_gain == V1_MIX_GAIN
 
 
+def test_encoder_takes_the_pitch_from_format_6_only(tmp_path: Path) -> None:
+    """A format-6 encoder may read the note's pitch (the harmonic encoder) or not (as every format-5
+    export); a format-5 preset whose encoder wants a pitch is refused in one line, as an older engine
+    refuses it."""
+    pitched = make_fake_preset(tmp_path / "v6", format_version=6)
+    older = make_fake_preset(tmp_path / "v5", format_version=5)
+    unpitched_encoder = (older / "encoder.onnx").read_bytes()
+    assert load_preset(pitched).format_version == 6 and load_preset(older).format_version == 5
+    (older / "encoder.onnx").write_bytes((pitched / "encoder.onnx").read_bytes())
+    with pytest.raises(PresetError) as info:
+        load_preset(older)
+    message = str(info.value)
+    assert "encoder.onnx" in message and "pitch" in message and "\n" not in message
+    (pitched / "encoder.onnx").write_bytes(unpitched_encoder)
+    assert load_preset(pitched).format_version == 6
+
+
 def test_mix_table_is_optional(tmp_path: Path) -> None:
     assert load_preset(make_fake_preset(tmp_path / "p", mix_gain=None)).mix_gain == 1.0
 
 
-@pytest.mark.parametrize("version", [0, 6, 9])
+@pytest.mark.parametrize("version", [0, 7, 9])
 def test_unknown_version_says_what_is_read(preset_dir: Path, version: int) -> None:
     _edit(preset_dir, lambda d: d["preset"].update(format_version=version))
     with pytest.raises(PresetError) as info:
         load_preset(preset_dir)
     message = str(info.value)
-    assert f"format_version {version}" in message and "reads 1, 2, 3, 4 and 5" in message and "re-export" in message
+    assert f"format_version {version}" in message and "reads 1, 2, 3, 4, 5 and 6" in message and "re-export" in message
     assert "\n" not in message
 
 

@@ -16,7 +16,8 @@ from synth.contract import SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, SpectrogramPa
 from synth.key_track import latent_at
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
-from training.train import Trainer, finish, fit, load_config, main
+from training.model import HarmonicEncoder, SpectrumEncoder
+from training.train import Trainer, encoder_at, finish, fit, load_config, main
 
 TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.toml"
 
@@ -47,7 +48,8 @@ def test_tiny_training_lowers_val_loss(data, tmp_path: Path) -> None:
     _check_snapshot_fit(trainer, stats)
     assert (tmp_path / "run" / "report.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
-    assert [int(r["step"]) for r in rows][-1] == 30 and float(rows[-1]["notes_per_s"]) > 0
+    assert [int(r["step"]) for r in rows][-1] == 30 + trainer.run.train.encoder_refit_steps
+    assert float(rows[-1]["notes_per_s"]) > 0
     # the synthetic tones are exact harmonics: the measured B is ~0 and the decoder's follows it
     assert all(r["inharm"] != "" for r in rows) and float(rows[-1]["inharm"]) < float(rows[0]["inharm"])
     # the spectral convergence term is logged and falls with the rest
@@ -68,14 +70,16 @@ def test_tiny_model_has_more_than_one_live_dim(data, tmp_path: Path) -> None:
     assert k["scale"] == sorted(k["scale"], reverse=True) and k["scale"][0] > 0.1
 
 
-def test_resume_matches_uninterrupted_run(data, tmp_path: Path) -> None:
+@pytest.mark.parametrize("killed_at", [10, 20, 35])  # in the joint phase, at its end, in the encoder refit
+def test_resume_matches_uninterrupted_run(data, tmp_path: Path, killed_at: int) -> None:
     full = _trainer(data[1], tmp_path / "full")
     fit(full, progress=False)
     part = _trainer(data[1], tmp_path / "part")
-    fit(part, progress=False, until=10)  # "killed" right after the step-10 checkpoint
+    part.run.train.ckpt_every = 5
+    fit(part, progress=False, until=killed_at)  # "killed" right after that step's checkpoint
     resumed = _trainer(data[1], tmp_path / "part")
     resumed.load(tmp_path / "part" / "checkpoint.pt")
-    assert resumed.step == 10
+    assert resumed.step == killed_at
     fit(resumed, progress=False)
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -83,11 +87,37 @@ def test_resume_matches_uninterrupted_run(data, tmp_path: Path) -> None:
     assert [r["val_loss"] for r in full.rows] == [r["val_loss"] for r in resumed.rows]
 
 
+def test_encoder_refit_trains_a_fresh_encoder_against_the_frozen_decoder(data, tmp_path: Path) -> None:
+    """After ``steps`` the joint phase's spectrum encoder is replaced by a fresh harmonic one and only it
+    trains: the decoder ends exactly as the joint phase left it, the new encoder moves, and the run's
+    loss on the validation notes comes back down from the fresh encoder's."""
+    trainer = _trainer(data[1], tmp_path / "run")
+    tc = trainer.run.train
+    assert tc.encoder_refit_steps > 0 and tc.joint_encoder == "spectrum" and trainer.run.model.encoder == "harmonic"
+    fit(trainer, progress=False, until=tc.steps)
+    assert isinstance(trainer.model.encoder, SpectrumEncoder)
+    decoder = {k: v.clone() for k, v in trainer.model.decoder.state_dict().items()}
+    joint_val = trainer.validate()
+    trainer.begin_refit()
+    fresh = {k: v.clone() for k, v in trainer.model.encoder.state_dict().items()}
+    fresh_val = trainer.validate()
+    fit(trainer, progress=False)
+    assert trainer.step == tc.steps + tc.encoder_refit_steps and isinstance(trainer.model.encoder, HarmonicEncoder)
+    for k, v in trainer.model.decoder.state_dict().items():
+        assert torch.equal(v, decoder[k]), k
+    assert any(not torch.equal(v, fresh[k]) for k, v in trainer.model.encoder.state_dict().items())
+    assert trainer.validate() < fresh_val and fresh_val != joint_val
+    # the checkpoint and its config say what it holds, and export reads it as one model
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == tc.steps + tc.encoder_refit_steps
+    assert encoder_at(trainer.run, ckpt["step"]) == "harmonic" and encoder_at(trainer.run, tc.steps) == "spectrum"
+
+
 def test_checkpoint_loads_with_weights_only(data, tmp_path: Path) -> None:
     trainer = _trainer(data[1], tmp_path / "run", steps=10)
     fit(trainer, progress=False)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert ckpt["step"] == 10 and set(ckpt) >= {"model", "optimizer", "rng", "torch_rng"}
+    assert ckpt["step"] == 10 + trainer.run.train.encoder_refit_steps and set(ckpt) >= {"model", "optimizer", "rng", "torch_rng"}
     cfg = load_config(tmp_path / "run" / "config.toml")
     assert cfg.audio == SpectrogramParams() and cfg.model.time_on_max == trainer.run.model.time_on_max
     assert not list((tmp_path / "run").glob("*.tmp"))
@@ -100,7 +130,7 @@ def test_cli_trains_resumes_and_reports_errors(data, tmp_path: Path, capsys) -> 
     cfg = load_config(out / "config.toml")
     assert cfg.data["features"] == str(cache.root.resolve()) and cfg.train.steps == 10
     assert main(["--out", str(out), "--resume", "--steps", "15", "--quiet"]) == 0
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 15
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 15 + cfg.train.encoder_refit_steps
     assert json.loads((out / "latent_stats.json").read_text())["n_notes"] > 0
     assert main(["--out", str(tmp_path / "nothing"), "--resume"]) == 2
     assert main(["--config", str(TINY), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
@@ -119,7 +149,7 @@ def test_ddp_two_processes(data, tmp_path: Path) -> None:
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ckpt["step"] == 6 and len(ckpt["rng"]) == 2
+    assert ckpt["step"] == 6 + load_config(TINY).train.encoder_refit_steps and len(ckpt["rng"]) == 2  # the refit runs on both
     assert not torch.equal(ckpt["rng"][0], ckpt["rng"][1])  # each rank samples its own notes
 
 
@@ -159,4 +189,5 @@ def _check_snapshot_fit(trainer: Trainer, stats: dict) -> None:
         np.testing.assert_allclose(latent_at(SNAPSHOT_TRACK_KEYS, track_z, [SNAPSHOT_HOME_KEY])[0], entry["z"], atol=1e-5)
         tracked = latent_at(SNAPSHOT_TRACK_KEYS, track_z, trainer.cache.pitch[notes])  # each note at its key
         assert _l1_over_notes(trainer, notes, tracked) < 0.99 * _l1_over_notes(trainer, notes, entry["mean_z"])
-        assert _l1_over_notes(trainer, notes, tracked) < _l1_over_notes(trainer, notes, entry["z"])
+        # never worse than the home key's latent at every key (as good where one latent fits the family's keys)
+        assert _l1_over_notes(trainer, notes, tracked) <= 1.001 * _l1_over_notes(trainer, notes, entry["z"])

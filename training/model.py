@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synth.contract import SpectrogramParams
+from synth.contract import ENCODER_INPUT, ENCODER_PITCH, SpectrogramParams
 
 TIME_TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # seconds; exp(-t/tau) features for onset and release
 N_TIME_FEATURES = 2 * len(TIME_TAUS) + 3
@@ -47,6 +47,12 @@ class VAEConfig:
     sc_weight: float = 0.0
     # weight of |log B - log B measured on the target| (training.inharmonicity_loss); 0 = off
     inharm_weight: float = 0.0
+    # what the encoder reads (ENCODERS): "spectrum", the whole log-magnitude spectrum; "harmonic",
+    # the spectrum at the note's partials plus a band envelope, so one instrument at another key
+    # reads alike (README, Training: the encoder)
+    encoder: str = "spectrum"
+    enc_partials: int = 96  # "harmonic": partials read (k = 1..enc_partials; those above Nyquist read silence)
+    enc_bands: int = 32  # "harmonic": mel bands of the envelope it reads beside them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,36 +63,98 @@ class VAEConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown [model] option(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(d))
+        cfg = cls(**dict(d))
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"[model] encoder = {cfg.encoder!r}: one of {', '.join(ENCODERS)}")
+        return cfg
 
 
-class Encoder(nn.Module):
-    """Whole note ``(B, T, F)`` log-mag -> ``mu, logvar (B, L)``; any T >= 1."""
+class _NoteEncoder(nn.Module):
+    """The encoders' common end: frame features ``(B, C_in, T)`` -> ``mu, logvar (B, L)`` by strided
+    convs over time, then the mean and the max over what is left of it (any T >= 1)."""
 
-    def __init__(self, cfg: VAEConfig, n_bins: int, log_floor: float = 1e-5) -> None:
+    def __init__(self, cfg: VAEConfig, in_channels: int) -> None:
         super().__init__()
-        self.floor_ln = math.log(log_floor)
         c = cfg.enc_channels
-        # The first conv is the expensive one (513 input channels): stride 4 keeps a step cheap.
-        layers: list[nn.Module] = [nn.Conv1d(n_bins, c, kernel_size=4, stride=4), nn.GELU()]
+        layers: list[nn.Module] = [nn.Conv1d(in_channels, c, kernel_size=4, stride=4), nn.GELU()]
         for _ in range(cfg.enc_layers - 1):
             layers += [nn.Conv1d(c, c, kernel_size=5, stride=2, padding=2), nn.GELU()]
         self.convs = nn.Sequential(*layers)
         self.head = nn.Linear(2 * c, 2 * cfg.latent_size)
-        self.latent_size = cfg.latent_size
 
-    def forward(self, log_mag: Tensor) -> tuple[Tensor, Tensor]:
-        # Silence (the log floor, most of every note) -> 0, a loud partial -> ~3: raw log-mags sit
-        # near -11.5, which drove the first conv's pre-activations far negative and killed every
-        # GELU within a few hundred steps (a constant mu: collapse by a dead encoder).
-        x = ((log_mag - self.floor_ln) * 0.25).transpose(1, 2)  # (B, F, T)
+    def summarise(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # Always pad 3 frames (no shape-dependent branch: ONNX export would freeze it), so the
         # stride-4 conv gives ceil(T/4) >= 1 frames for any T.
-        x = F.pad(x, (0, 3), mode="replicate")
-        h = self.convs(x)  # (B, C, T')
-        pooled = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=-1)
-        mu, logvar = self.head(pooled).chunk(2, dim=-1)
+        h = self.convs(F.pad(x, (0, 3), mode="replicate"))  # (B, C, T')
+        mu, logvar = self.head(torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=-1)).chunk(2, dim=-1)
         return mu, logvar.clamp(-12.0, 6.0)
+
+
+def _encoder_input(log_mag: Tensor, floor_ln: float) -> Tensor:
+    # Silence (the log floor, most of every note) -> 0, a loud partial -> ~3: raw log-mags sit
+    # near -11.5, which drove the first conv's pre-activations far negative and killed every
+    # GELU within a few hundred steps (a constant mu: collapse by a dead encoder).
+    return (log_mag - floor_ln) * 0.25
+
+
+class SpectrumEncoder(_NoteEncoder):
+    """Whole note ``log_mag (B, T, F)`` -> ``mu, logvar (B, L)``, reading every bin (``pitch`` unused).
+
+    It reads a note's partials at the bins of its key, and on held-out notes it generalises
+    worse than ``HarmonicEncoder`` (README, Training: the encoder)."""
+
+    inputs = (ENCODER_INPUT,)
+
+    def __init__(self, cfg: VAEConfig, params: SpectrogramParams) -> None:
+        # The first conv is the expensive one (513 input channels): stride 4 keeps a step cheap.
+        super().__init__(cfg, params.n_bins)
+        self.floor_ln = math.log(params.log_floor)
+
+    def forward(self, log_mag: Tensor, pitch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.summarise(_encoder_input(log_mag, self.floor_ln).transpose(1, 2))
+
+
+class HarmonicEncoder(_NoteEncoder):
+    """Whole note ``log_mag (B, T, F)`` at MIDI ``pitch (B,)`` -> ``mu, logvar (B, L)``.
+
+    Each frame is read at its partials: partial k's level is the largest of the 5 bins around
+    k*f0 (±2 bins, so a stretched or detuned partial is still found; 0, silence, above Nyquist),
+    beside a mel-band envelope of the whole frame (noise, formants) and the pitch itself. One
+    instrument then reads alike at every key, where the spectrum encoder sees other bins at
+    every key and learns the training notes' keys (README, Training: the encoder)."""
+
+    inputs = (ENCODER_INPUT, ENCODER_PITCH)
+
+    def __init__(self, cfg: VAEConfig, params: SpectrogramParams) -> None:
+        super().__init__(cfg, cfg.enc_partials + cfg.enc_bands + 1)
+        self.floor_ln = math.log(params.log_floor)
+        self.bins_per_hz = params.n_fft / params.sample_rate
+        bands = noise_band_matrix(cfg.enc_bands, params.n_bins, params.sample_rate)
+        self.register_buffer("band_mean", bands / bands.sum(dim=1, keepdim=True).clamp(min=1e-6))  # (bands, F)
+        self.register_buffer("harm_k", torch.arange(1, cfg.enc_partials + 1, dtype=torch.float32))
+        self.register_buffer("around", torch.arange(-2, 3, dtype=torch.float32))
+
+    def forward(self, log_mag: Tensor, pitch: Tensor) -> tuple[Tensor, Tensor]:
+        return self.summarise(self.frame_features(log_mag, pitch))
+
+    def frame_features(self, log_mag: Tensor, pitch: Tensor) -> Tensor:
+        """What the convs read: ``(B, K + bands + 1, T)``: the partials' levels, the band envelope and
+        the pitch, per frame (levels as ``_encoder_input`` scales them)."""
+        x = _encoder_input(log_mag, self.floor_ln)  # (B, T, F)
+        b, t, f = x.shape
+        k = self.harm_k.shape[0]
+        f0 = 440.0 * torch.pow(2.0, (pitch.float() - 69.0) / 12.0)
+        centre = f0[:, None] * self.harm_k * self.bins_per_hz  # (B, K) in bins
+        audible = (centre < f - 3).to(x.dtype)
+        idx = (torch.round(centre)[..., None] + self.around).clamp(0, f - 1).long()  # (B, K, 5)
+        partials = torch.gather(x, 2, idx.reshape(b, 1, k * 5).expand(b, t, k * 5))
+        partials = partials.reshape(b, t, k, 5).amax(dim=-1) * audible[:, None, :]  # (B, T, K)
+        envelope = x @ self.band_mean.T  # (B, T, bands)
+        key = ((pitch.float() - 64.0) / 24.0).to(x.dtype)[:, None, None].expand(b, t, 1)
+        return torch.cat([partials, envelope, key], dim=-1).transpose(1, 2)
+
+
+ENCODERS = {"spectrum": SpectrumEncoder, "harmonic": HarmonicEncoder}
 
 
 def hann_main_lobe(delta_frac: Tensor, offsets: Tensor) -> Tensor:
@@ -211,10 +279,12 @@ class FrameDecoder(nn.Module):
 class TimbreVAE(nn.Module):
     """Encoder + frame decoder; ``forward`` is the training pass on sampled frames."""
 
-    def __init__(self, cfg: VAEConfig, params: SpectrogramParams) -> None:
+    def __init__(self, cfg: VAEConfig, params: SpectrogramParams, encoder: str | None = None) -> None:
+        """``encoder``: the encoder kind, when not ``cfg.encoder`` (a run's joint phase before its
+        encoder refit: ``training.train.encoder_at``)."""
         super().__init__()
         self.cfg, self.params = cfg, params
-        self.encoder = Encoder(cfg, params.n_bins, params.log_floor)
+        self.encoder = ENCODERS[encoder or cfg.encoder](cfg, params)
         self.decoder = FrameDecoder(cfg, params)
 
     def forward(self, log_mag: Tensor, pitch: Tensor, velocity: Tensor, time_on: Tensor,
@@ -225,7 +295,7 @@ class TimbreVAE(nn.Module):
         stretching B per frame); ``noise (B, L)`` is the reparameterisation noise (None -> use
         mu, for validation).
         """
-        mu, logvar = self.encoder(log_mag)
+        mu, logvar = self.encoder(log_mag, pitch)
         z = mu if noise is None else mu + noise * torch.exp(0.5 * logvar)
         b, s = time_on.shape
         rep = lambda x: x[:, None].expand(b, s).reshape(-1)  # noqa: E731

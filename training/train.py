@@ -35,6 +35,7 @@ from synth.errors import VaesynthError, run_command
 from synth.key_track import latent_at
 from synth.latent_map import LatentMap
 from training.model import (
+    ENCODERS,
     TimbreVAE,
     VAEConfig,
     beta_at,
@@ -85,6 +86,14 @@ class TrainConfig:
     snapshot_tone: bool = False
     """Fit each snapshot's tone curve (``training.snapshots.fit_snapshot_tones``, ``synth.tone``) after its
     latent: the graphic EQ that gives it its instrument's band balance, which export writes as ``tone_db``."""
+    joint_encoder: str = ""
+    """The encoder kind (``training.model.ENCODERS``) trained with the decoder for ``steps`` when
+    ``encoder_refit_steps`` replaces it afterwards; empty: ``[model] encoder`` throughout."""
+    encoder_refit_steps: int = 0
+    """After ``steps``, a fresh ``[model] encoder`` is trained alone against the frozen decoder for
+    this many steps (``Trainer.begin_refit``): it learns the finished decoder's latents, and it
+    generalises to held-out notes better than the encoder trained beside the decoder (README,
+    Training: the encoder); 0 = off."""
     snapshot_band_weight: float = 0.0
     """Weight of the snapshot fit's brightness term (``training.snapshots.band_share_gap_grad``): the
     gap in dB between a snapshot's 4-12 kHz energy share and its notes', per register; 0 = off."""
@@ -118,7 +127,23 @@ class RunConfig:
             model = VAEConfig.from_dict(d.get("model", {}))
         except (TypeError, ValueError) as exc:
             raise TrainError(f"bad config: {exc}") from None
-        return cls(model, TrainConfig(**d.get("train", {})), audio, dict(d.get("data", {})))
+        train = TrainConfig(**d.get("train", {}))
+        if train.joint_encoder and train.joint_encoder not in ENCODERS:
+            raise TrainError(f"bad config: [train] joint_encoder = {train.joint_encoder!r}: one of {', '.join(ENCODERS)}")
+        return cls(model, train, audio, dict(d.get("data", {})))
+
+
+def total_steps(tc: TrainConfig) -> int:
+    """Steps of a whole run: the decoder's ``steps`` and the encoder refit after them."""
+    return tc.steps + max(0, tc.encoder_refit_steps)
+
+
+def encoder_at(run: RunConfig, step: int) -> str:
+    """The encoder kind a checkpoint at ``step`` holds: the joint phase's until the refit has run a
+    step (a checkpoint at exactly ``steps`` is the joint phase's last)."""
+    if run.train.encoder_refit_steps > 0 and step <= run.train.steps:
+        return run.train.joint_encoder or run.model.encoder
+    return run.model.encoder
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -143,10 +168,14 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``; the encoder refit after ``steps``
+    (``encoder_refit_steps``) has a schedule of its own, the same shape."""
+    length = cfg.steps
+    if cfg.encoder_refit_steps > 0 and step >= cfg.steps:
+        step, length = step - cfg.steps, cfg.encoder_refit_steps
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
-    frac = (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps)
+    frac = (step - cfg.lr_warmup_steps) / max(1, length - cfg.lr_warmup_steps)
     cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cos)
 
@@ -159,6 +188,11 @@ def load_notes(cache: Any, idx: np.ndarray) -> torch.Tensor:
     out = np.empty((len(idx),) + tuple(cache.logmag.shape[1:]), dtype=np.float32)
     out[order] = cache.logmag[idx[order]]
     return torch.from_numpy(out)
+
+
+def note_pitches(cache: Any, idx: np.ndarray) -> torch.Tensor:
+    """MIDI pitches of notes ``idx`` -> ``(B,)`` float32."""
+    return torch.from_numpy(np.asarray(cache.pitch[idx], dtype=np.float32))
 
 
 def note_holds(cache: Any, idx: np.ndarray) -> torch.Tensor:
@@ -182,7 +216,7 @@ def make_batch(cache: Any, notes: np.ndarray, run: RunConfig, gen: torch.Generat
                                     note_holds(cache, pick)[:, None])
     target = torch.gather(log_mag, 1, frames[..., None].expand(-1, -1, f))
     return {"log_mag": log_mag, "target": target, "time_on": time_on, "time_off": time_off,
-            "pitch": torch.from_numpy(np.asarray(cache.pitch[pick], dtype=np.float32)),
+            "pitch": note_pitches(cache, pick),
             "velocity": torch.from_numpy(np.asarray(cache.velocity[pick], dtype=np.float32)),
             "noise": torch.randn(b, run.model.latent_size, generator=gen)}
 
@@ -246,10 +280,8 @@ class Trainer:
         self.run, self.cache, self.out = run, cache, out
         self.device, self.rank, self.world = device, rank, world
         torch.manual_seed(run.train.seed)  # identical initial weights on every rank
-        self.model = TimbreVAE(run.model, run.audio).to(device)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-                    if world > 1 else self.model)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=run.train.lr, weight_decay=0.0)
+        self.model = TimbreVAE(run.model, run.audio, encoder_at(run, 0)).to(device)
+        self._optimise(self.model.parameters())
         self.gen = torch.Generator().manual_seed(run.train.seed * 1000 + rank)
         self.train_idx, self.val_idx = (np.asarray(a, dtype=np.int64) for a in
                                         cache.split(run.train.val_fraction, seed=run.train.seed,
@@ -257,8 +289,30 @@ class Trainer:
         if len(self.train_idx) == 0:
             raise TrainError("the training split is empty (too few notes)")
         self.step = 0
+        self.in_refit = False
         self.rows: list[dict[str, float]] = []
         self.val_batch = self._fixed_val_batch()
+
+    def _optimise(self, params: Any) -> None:
+        """(Re)wrap the model for DDP and build the optimiser over ``params``."""
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world > 1 else self.model)
+        self.opt = torch.optim.AdamW(params, lr=self.run.train.lr, weight_decay=0.0)
+
+    @property
+    def refitting(self) -> bool:
+        """Past ``steps`` with an encoder refit: only a fresh encoder trains (``begin_refit``)."""
+        return self.run.train.encoder_refit_steps > 0 and self.step >= self.run.train.steps
+
+    def begin_refit(self) -> None:
+        """Replace the encoder with a fresh ``[model] encoder`` and train only it from here on: the
+        decoder is frozen, so the new encoder learns the finished decoder's latents."""
+        torch.manual_seed(self.run.train.seed + 1)  # identical initial weights on every rank
+        self.model.encoder = ENCODERS[self.run.model.encoder](self.run.model, self.run.audio).to(self.device)
+        self.model.decoder.requires_grad_(False)
+        self._optimise(self.model.encoder.parameters())
+        self.in_refit = True
 
     def _fixed_val_batch(self) -> dict[str, torch.Tensor] | None:
         notes = self.val_idx[: self.run.train.val_notes]
@@ -290,6 +344,8 @@ class Trainer:
         return parts
 
     def train_step(self) -> dict[str, float]:
+        if self.refitting and not self.in_refit:
+            self.begin_refit()
         lr = lr_at(self.step, self.run.train)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -298,7 +354,7 @@ class Trainer:
         parts = self._forward(self.ddp, batch, sample=True)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.run.train.grad_clip)
         self.opt.step()
         self.step += 1
         return {k: float(v.detach()) for k, v in parts.items()} | {"lr": lr}
@@ -317,9 +373,11 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        self.step = int(ckpt["step"])
+        if self.run.train.encoder_refit_steps > 0 and self.step > self.run.train.steps:
+            self.begin_refit()  # the checkpoint holds the refit's encoder and its optimiser
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.step = int(ckpt["step"])
         if len(ckpt["rng"]) != self.world:
             raise TrainError(f"{path}: saved by {len(ckpt['rng'])} process(es), resumed with {self.world}")
         self.gen.set_state(ckpt["rng"][self.rank])
@@ -344,10 +402,12 @@ def write_log(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def fit(trainer: Trainer, progress: bool = True, until: int | None = None) -> None:
-    """Run from ``trainer.step`` to ``train.steps`` (or stop early at ``until``): log, validate, checkpoint."""
+    """Run from ``trainer.step`` to the run's end (``total_steps``: the decoder's steps, then any
+    encoder refit) or stop early at ``until``: log, validate, checkpoint."""
     tc = trainer.run.train
-    end = tc.steps if until is None else min(until, tc.steps)
-    bar = tqdm(total=tc.steps, initial=trainer.step, disable=not progress or trainer.rank != 0,
+    last = total_steps(tc)
+    end = last if until is None else min(until, last)
+    bar = tqdm(total=last, initial=trainer.step, disable=not progress or trainer.rank != 0,
                dynamic_ncols=True, desc="train")
     acc: dict[str, float] = {}
     n_acc, t0 = 0, time.perf_counter()
@@ -357,17 +417,18 @@ def fit(trainer: Trainer, progress: bool = True, until: int | None = None) -> No
         n_acc += 1
         bar.update(1)
         step = trainer.step
-        if step % tc.log_every == 0 or step == tc.steps or step % tc.val_every == 0:
+        phase_end = step in (tc.steps, last)
+        if step % tc.log_every == 0 or phase_end or step % tc.val_every == 0:
             dt = time.perf_counter() - t0
             row = {k: v / n_acc for k, v in acc.items()} | {
                 "step": step, "beta": beta_at(step, trainer.run.model),
                 "notes_per_s": n_acc * tc.batch_notes * trainer.world / max(dt, 1e-9), "val_loss": ""}
-            if step % tc.val_every == 0 or step == tc.steps:
+            if step % tc.val_every == 0 or phase_end:
                 row["val_loss"] = trainer.validate()
             trainer.rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_loss']:.3f}" if row["val_loss"] != "" else "-")
             acc, n_acc, t0 = {}, 0, time.perf_counter()
-        if step % tc.ckpt_every == 0 or step == tc.steps:
+        if step % tc.ckpt_every == 0 or phase_end:
             trainer.save()
     bar.close()
 
@@ -381,7 +442,7 @@ def encode_notes(model: TimbreVAE, cache: Any, idx: np.ndarray, device: torch.de
     model.eval()
     mus, logvars = [], []
     for i in range(0, len(idx), batch):
-        mu, logvar = model.encoder(load_notes(cache, idx[i:i + batch]).to(device))
+        mu, logvar = model.encoder(load_notes(cache, idx[i:i + batch]).to(device), note_pitches(cache, idx[i:i + batch]).to(device))
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     return torch.cat(mus), torch.cat(logvars)
@@ -465,7 +526,7 @@ def latent_map(cache: Any, idx: np.ndarray, encoded: tuple[torch.Tensor, torch.T
 def reconstruct(model: TimbreVAE, cache: Any, note: int, run: RunConfig, device: torch.device) -> np.ndarray:
     """Decode every stored frame of note ``note`` from its mean latent -> ``(T, F)``."""
     x = load_notes(cache, np.array([note])).to(device)
-    mu, _ = model.encoder(x)
+    mu, _ = model.encoder(x, note_pitches(cache, np.array([note])).to(device))
     t = x.shape[1]
     time_on, time_off = frame_times(run.audio, torch.arange(t), run.train.frame_stride, run.model.time_on_max,
                                     float(cache.hold[note]))
