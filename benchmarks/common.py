@@ -21,8 +21,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from synth.capture import encoder_feeds
-from synth.contract import SpectrogramParams
+from synth.contract import SpectrogramParams, encoder_feeds
 from synth.errors import VaesynthError, run_command
 from synth.preset import Preset, PresetError, load_preset
 

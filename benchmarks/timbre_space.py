@@ -46,8 +46,7 @@ from numpy.typing import NDArray
 from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, frame_times, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
 from export.knob_travel import CLIFF_RATIO, KnobProbe, cents_at, cliff_ratio, family_snapshots
-from synth.capture import encoder_feeds
-from synth.contract import BRIGHT_BAND_HZ, GM_GROUPS, gm_group
+from synth.contract import BRIGHT_BAND_HZ, GM_GROUPS, encoder_feeds, gm_group
 from synth.preset import KnobMap, Preset
 from synth.stft import log_spectral_distance_db, magnitude_from_log
 from synth.tone import tone_ln

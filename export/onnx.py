@@ -194,9 +194,10 @@ def export_models(run: RunConfig, model: TimbreVAE, out: Path, fp16: bool = Fals
         dec, enc = _Half(dec, cast_first=False), _Half(enc, cast_first=True)
     batch = {n: {0: "batch"} for n in (*DECODER_INPUTS, "log_mag")}
     _export(dec, random_decoder_inputs(run, 2), out / "decoder.onnx", DECODER_INPUTS, ["log_mag"], batch)
-    enc_inputs = encoder_inputs(model)
+    enc_inputs = tuple(model.encoder.inputs)  # ENCODER_INPUT, and ENCODER_PITCH where the encoder reads it (format 6)
+    enc_axes = {"log_mag": {0: "batch", 1: "frames"}, ENCODER_PITCH: {0: "batch"}, "mu": {0: "batch"}, "logvar": {0: "batch"}}
     _export(enc, encoder_args(enc_inputs, run.audio.n_bins, 2, 40), out / "encoder.onnx", enc_inputs, ["mu", "logvar"],
-            {"log_mag": {0: "batch", 1: "frames"}, ENCODER_PITCH: {0: "batch"}, "mu": {0: "batch"}, "logvar": {0: "batch"}})
+            {name: axes for name, axes in enc_axes.items() if name in (*enc_inputs, "mu", "logvar")})
     # Compare with the float32 model, on other batch sizes / lengths than the traced ones.
     errors = {"decoder": check_parity(out / "decoder.onnx", model.decoder, random_decoder_inputs(run, 64, seed=1),
                                       DECODER_INPUTS, dec_tol)}
@@ -210,12 +211,6 @@ def export_models(run: RunConfig, model: TimbreVAE, out: Path, fp16: bool = Fals
     errors["encoder"] = check_parity(out / "encoder.onnx", model.encoder, encoder_args(enc_inputs, run.audio.n_bins, 3, 376, seed=2),
                                      enc_inputs, tol)
     return errors
-
-
-def encoder_inputs(model: TimbreVAE) -> tuple[str, ...]:
-    """encoder.onnx's inputs: ``ENCODER_INPUT``, and ``ENCODER_PITCH`` for an encoder that reads the
-    note at its partials (preset format 6, ``synth.contract``)."""
-    return tuple(model.encoder.inputs)
 
 
 def encoder_args(inputs: Sequence[str], n_bins: int, notes: int, frames: int, seed: int = 0) -> tuple[Tensor, ...]:

@@ -25,13 +25,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soxr
 from numpy.typing import NDArray
 
-from synth.contract import ENCODER_INPUT, ENCODER_OUTPUTS, ENCODER_PITCH
+from synth.contract import ENCODER_OUTPUTS, encoder_feeds
 from synth.errors import VaesynthError
 from synth.key_track import latent_for_key
 from synth.model_file import cpu_session, read_model
@@ -243,13 +242,6 @@ def _check_one_pitched_note(note: NDArray[np.float32], rate: int, preset: Preset
                            "--pitch N")
     steady = note[int(STEADY_S[0] * rate): int(STEADY_S[1] * rate)]
     return harmonic_pitch(steady if len(steady) >= skip else note[skip:], rate, midi, POLY_MAX_HZ)
-
-
-def encoder_feeds(session: Any, log_mag: NDArray, pitch: NDArray) -> dict[str, NDArray[np.float32]]:
-    """An encoder.onnx session's feeds for notes ``log_mag (B, T, F)`` at MIDI ``pitch (B,)``: the
-    pitch only where the encoder takes it (preset format 6, ``ENCODER_PITCH``)."""
-    feeds = {ENCODER_INPUT: np.asarray(log_mag, np.float32), ENCODER_PITCH: np.asarray(pitch, np.float32).reshape(-1)}
-    return {a.name: feeds[a.name] for a in session.get_inputs()}
 
 
 class Encoder:

@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class SpectrogramParams:
@@ -102,6 +104,14 @@ ENCODER_PITCH = "pitch"
 """The note's MIDI pitch ``(B,)``: a second input from preset format 6, for an encoder that reads
 the note at its partials (``training.model.HarmonicEncoder``)."""
 ENCODER_OUTPUTS = ("mu", "logvar")
+
+
+def encoder_feeds(session: Any, log_mag: Any, pitch: Any) -> dict[str, Any]:
+    """An encoder.onnx session's feeds for notes ``log_mag (B, T, F)`` at MIDI ``pitch (B,)``, float32:
+    the pitch only where the encoder takes it (preset format 6, ``ENCODER_PITCH``)."""
+    feeds = {ENCODER_INPUT: np.asarray(log_mag, np.float32), ENCODER_PITCH: np.asarray(pitch, np.float32).reshape(-1)}
+    return {a.name: feeds[a.name] for a in session.get_inputs()}
+
 HELD_TIME_OFF = -1.0
 """``time_off`` while the key is still down (the decoder's 'not released' value)."""
 

@@ -33,6 +33,7 @@ from synth.contract import (
     PRESET_FORMAT_VERSION,
     TONE_HZ,
     SpectrogramParams,
+    encoder_feeds,
     gm_group,
 )
 from synth.key_track import MAX_TRACK_KEYS, key_gain_table, latent_for_key, offset_table, valid_track_keys
@@ -372,8 +373,7 @@ def _check_models(preset: "Preset") -> None:
     frames = -(-preset.params.frames_per_note // preset.encoder_frame_stride)
     note = np.full((1, frames, bins), math.log(preset.params.log_floor), np.float32)
     note[0, :, 1 : bins // 8] += 3.0  # some energy, so a real encoder sees a note rather than silence
-    feeds = {ENCODER_INPUT: note, ENCODER_PITCH: np.full(1, 60.0, np.float32)}
-    _trial_run(sess, path, {name: feeds[name] for name in enc_inputs}, {name: (1, size) for name in ENCODER_OUTPUTS})
+    _trial_run(sess, path, encoder_feeds(sess, note, [60.0]), {name: (1, size) for name in ENCODER_OUTPUTS})
 
 
 def _model_file(root: Path, table: dict[str, Any], key: str, where: str, max_bytes: int = MAX_MODEL_BYTES) -> Path:

@@ -176,10 +176,11 @@ def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT, de
     ``(B,)`` (format 6, as an exported harmonic encoder does), which it needs but does not use."""
     f = params.n_bins
     n = helper.make_node
+    mu = "mu_free" if pitched else "mu"  # a pitched encoder adds 0 * pitch to it below
     if decoder is None:
         proj = (np.random.default_rng(3).standard_normal((f, latent)) / f).astype(np.float32)
         nodes = [_const("proj", proj), n("ReduceMean", ["log_mag"], ["m"], axes=[1], keepdims=0),
-                 n("MatMul", ["m", "proj"], ["mu"])]
+                 n("MatMul", ["m", "proj"], [mu])]
     else:
         offset, inverse = _encoder_inverse(decoder, params, latent)
         nodes = [
@@ -188,12 +189,11 @@ def make_encoder(path: Path, params: SpectrogramParams, latent: int = LATENT, de
             n("Gather", ["mean", "bins"], ["levels"], axis=1),
             n("ReduceMean", ["levels"], ["level"], axes=[1], keepdims=1),
             n("Sub", ["levels", "level"], ["centred"]), n("Sub", ["centred", "offset"], ["tilt"]),
-            n("MatMul", ["tilt", "inverse"], ["mu"]),
+            n("MatMul", ["tilt", "inverse"], [mu]),
         ]
     nodes.append(_const("zero", np.float32(0.0)))
     inp = [helper.make_tensor_value_info("log_mag", TensorProto.FLOAT, ["B", "T", f])]
     if pitched:  # mu + 0 * pitch: a session run without the pitch fails
-        nodes[-2].output[0] = "mu_free"  # the MatMul that gave mu
         nodes += [_const("column", np.array([-1, 1], np.int64)), n("Reshape", ["pitch", "column"], ["p1"]),
                   n("Mul", ["p1", "zero"], ["p0"]), n("Add", ["mu_free", "p0"], ["mu"])]
         inp.append(helper.make_tensor_value_info("pitch", TensorProto.FLOAT, ["B"]))

@@ -21,8 +21,8 @@ from export.onnx import (
     validate_doc,
 )
 from synth.contract import (MAX_TONE_DB, PRESET_FORMAT_VERSION, SNAPSHOT_HOME_KEY, SNAPSHOT_TRACK_KEYS, TONE_HZ,
-                            SpectrogramParams)
-from synth.capture import Encoder, encoder_feeds
+                            SpectrogramParams, encoder_feeds)
+from synth.capture import Encoder
 from synth.preset import load_preset
 from training.data import make_synthetic_dataset
 from training.features import FeatureCache, build_feature_cache
