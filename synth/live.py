@@ -57,6 +57,7 @@ FAULT_EXIT_BLOCKS = 400
 LATE_WAIT_PERIODS = 0.5
 # How often the MIDI source watcher looks for sources that went away or came back.
 SOURCE_POLL_S = 0.5
+WATCHER_JOIN_S = 5.0  # a look at the sources takes milliseconds; a loaded host can stall it for seconds
 ALSA_SEQUENCER = "/dev/snd/seq"
 # On a clean stop, held notes are released and their tails play for at most this long, then
 # whatever still sounds fades out (all sound off: 5 ms) before the stream stops: no click.
@@ -420,7 +421,9 @@ class MidiInputs:
     def close(self) -> None:
         self._stop.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=2 * SOURCE_POLL_S)
+            self._watcher.join(timeout=WATCHER_JOIN_S)
+            if self._watcher.is_alive():  # still inside a JACK call: closing its client under it could crash
+                self._wiring = None  # (the process is ending; the server drops the client with it)
         if self._wiring is not None:
             self._wiring.close()
         for port in self.ports:

@@ -46,7 +46,9 @@ class SynthProcess:
 
     def __init__(self, args: list[str], server: str, command: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        env = dict(os.environ, **(env or {}), JACK_DEFAULT_SERVER=server)
+        # PYTHONFAULTHANDLER: a crash in native code (one CI run saw a SIGSEGV on stop) prints every
+        # thread's Python stack into the stderr a failing assertion shows.
+        env = dict(os.environ, PYTHONFAULTHANDLER="1", **(env or {}), JACK_DEFAULT_SERVER=server)
         # Never the user's saved session, MIDI mapping or snapshot library: a measurement starts from the
         # defaults.
         self._home = None if "VAESYNTH_CONFIG_DIR" in env else tempfile.mkdtemp(prefix="vaesynth-home-")
