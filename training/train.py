@@ -138,6 +138,11 @@ def total_steps(tc: TrainConfig) -> int:
     return tc.steps + max(0, tc.encoder_refit_steps)
 
 
+def is_refit_step(tc: TrainConfig, index: int) -> bool:
+    """Whether step ``index`` (0-based) trains the encoder refit (past the decoder's ``steps``)."""
+    return tc.encoder_refit_steps > 0 and index >= tc.steps
+
+
 def encoder_at(run: RunConfig, step: int) -> str:
     """The encoder kind a checkpoint at ``step`` holds: the joint phase's until the refit has run a
     step (a checkpoint at exactly ``steps`` is the joint phase's last)."""
@@ -171,7 +176,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``; the encoder refit after ``steps``
     (``encoder_refit_steps``) has a schedule of its own, the same shape."""
     length = cfg.steps
-    if cfg.encoder_refit_steps > 0 and step >= cfg.steps:
+    if is_refit_step(cfg, step):
         step, length = step - cfg.steps, cfg.encoder_refit_steps
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
@@ -303,7 +308,7 @@ class Trainer:
     @property
     def refitting(self) -> bool:
         """Past ``steps`` with an encoder refit: only a fresh encoder trains (``begin_refit``)."""
-        return self.run.train.encoder_refit_steps > 0 and self.step >= self.run.train.steps
+        return is_refit_step(self.run.train, self.step)
 
     def begin_refit(self) -> None:
         """Replace the encoder with a fresh ``[model] encoder`` and train only it from here on: the
@@ -374,7 +379,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
         self.step = int(ckpt["step"])
-        if self.run.train.encoder_refit_steps > 0 and self.step > self.run.train.steps:
+        if is_refit_step(self.run.train, self.step - 1):
             self.begin_refit()  # the checkpoint holds the refit's encoder and its optimiser
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
