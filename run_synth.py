@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def exit_now(status: int) -> None:
-    """Leave without the interpreter's teardown. By then every stream, MIDI port and JACK client is
-    closed and the session is saved; what is left are native libraries' threads and pools
-    (PortAudio, JACK, onnxruntime, numba) that the teardown frees in no set order: one CI run
-    saw the synth crash (SIGSEGV) there, after a clean stop."""
+    """Leave without the interpreter's teardown. By then the session is saved and the stream
+    stopped. What is left to the process's end: under JACK our audio stream and rtmidi ports,
+    which may not be closed safely (``synth.jack_setup.may_unregister_ports``); and native
+    libraries' threads and pools (PortAudio, JACK, onnxruntime, numba), which the teardown would
+    free in no set order."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -141,5 +143,18 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
+def main_then_exit() -> None:
+    """``main``, then :func:`exit_now`; an unexpected exception (a bug) still prints its traceback
+    and leaves with status 1 the same way, so that no destructor closes a JACK port."""
+    try:
+        status = main()
+    except SystemExit:  # argparse (--help, a usage error): nothing native is open yet
+        raise
+    except BaseException:  # noqa: BLE001 - reported in full, then the same exit as a clean stop
+        traceback.print_exc()
+        status = 1
+    exit_now(status)
+
+
 if __name__ == "__main__":
-    exit_now(main())
+    main_then_exit()

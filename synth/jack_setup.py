@@ -130,6 +130,23 @@ def disconnect_client_outputs(client_name: str = AUDIO_CLIENT_NAME) -> int:
     return removed
 
 
+def may_unregister_ports(under_jack: bool) -> bool:
+    """Whether the session may close its audio stream and rtmidi ports when it ends; not under JACK.
+
+    Both close by unregistering ports from a client that is still active (rtmidi's closePort,
+    PortAudio's CloseStream). jack2 (1.9.21, Debian 12) erases the port from the client's list
+    on the calling thread while its notification thread may be walking that list, unlocked, to
+    recompute latencies after a graph change elsewhere (a source leaving, our own other ports
+    closing): the process crashes (SIGSEGV). CI saw the synth crash on stop with its main thread
+    inside rtmidi's closePort; it is rare, and a stress loop provoked it only twice in about
+    1 400 closes. So under JACK the stream is only stopped and the ports stay until the process
+    ends (run_synth leaves through ``os._exit``); the server drops the clients with it. Closing a
+    whole client (jack_client_close) deactivates it first and is safe: JACK-Client clients are
+    still closed.
+    """
+    return not under_jack
+
+
 class JackWatch:
     """JACK's own xrun count, freewheel mode and the server's shutdown, seen by a small JACK client of ours.
 

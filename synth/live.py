@@ -419,6 +419,12 @@ class MidiInputs:
         self._watcher.start()
 
     def close(self) -> None:
+        """Stop the watcher and close the wiring client; then close the rtmidi ports, except under JACK.
+
+        Under JACK the ports stay open until the process ends, and the server drops their client
+        with it (``run_synth`` leaves through ``os._exit``): see :func:`jack_setup.may_unregister_ports`.
+        Their callback may still queue a late message meanwhile; nothing plays it.
+        """
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=WATCHER_JOIN_S)
@@ -426,9 +432,10 @@ class MidiInputs:
                 self._wiring = None  # (the process is ending; the server drops the client with it)
         if self._wiring is not None:
             self._wiring.close()
-        for port in self.ports:
-            port.close_port()
-            port.delete()
+        if jack_setup.may_unregister_ports(self.use_jack):
+            for port in self.ports:
+                port.close_port()
+                port.delete()
         self.ports.clear()
 
 
@@ -822,7 +829,8 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
                 except KeyboardInterrupt:  # a second Ctrl-C: stop at once, but still close cleanly
                     pass
             stream.stop()
-            stream.close()
+            if jack_setup.may_unregister_ports(audio.under_jack):
+                stream.close()
         synth.stop_render_ahead()
         midi.close()
         if watch is not None:

@@ -197,6 +197,23 @@ class JackProbe:
         self.client.close()
 
 
+def ports_left_behind(server: str, timeout: float = 5.0) -> list[str]:
+    """The synth's audio and MIDI ports the server still holds ``timeout`` s after it exited.
+
+    A stopped synth never closes its ports under JACK (synth.jack_setup.may_unregister_ports):
+    the server must drop them with the process, or the next synth would find its names taken."""
+    client = jack.Client("vaesynth-gone-check", servername=server, no_start_server=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [p.name for p in client.get_ports() if p.name in AUDIO_PORTS + (MIDI_PORT,)]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def wired_synth(args: list[str], server: str, env: dict[str, str] | None = None) -> Iterator[JackProbe]:
     """``run_synth.py ARGS`` under ``server``, wired to a fresh probe; on leaving, stops the synth
@@ -211,6 +228,7 @@ def wired_synth(args: list[str], server: str, env: dict[str, str] | None = None)
         probe.close()
         status, err = synth.stop()
     assert status == 0 and "Traceback" not in err, err
+    assert not ports_left_behind(server), "the server kept the stopped synth's ports"
 
 def kill_server_under_synth(preset: Path, server: str, home: Path, wait: float) -> tuple[float, int, str]:
     """Start a private jackd and the synth on ``preset``, play a note, SIGTERM the server while
