@@ -10,6 +10,12 @@ interpolation between measured keys as well as the engine applying it. Rendered 
 engine exactly as ``run_synth.py --render`` would (default master gain, the preset's [mix]
 gain, the snapshot's level and its level per key). Goal: the single note peaks between -12 and -6 dBFS; chords (8 notes at velocity 127, on
 the loudest programs) never pass 0 dBFS.
+
+The ``captures`` section (``--skip captures`` leaves it out) plays the same seven keys with a
+capture of each held-out GM program's FluidR3 C4 (as ``--timbre PATH.wav`` would: its latent, the
+key tracking it borrowed and its tone curve), against the same band. A capture plays at level 1.0
+with no level per key (export measures those for snapshots only), so this says how far a captured
+sound's loudness strays from the snapshots' band across the keyboard.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_PRESET, RENDER_RATE, log, markdown_table, open_preset, run_main
+from benchmarks.common import DEFAULT_PRESET, RENDER_RATE, chosen_sections, log, markdown_table, open_preset, run_main
 from synth.contract import GM_GROUPS, gm_group
 from synth.engine import Engine
 from synth.preset import Preset
@@ -43,6 +49,36 @@ def render_peak(preset: Preset, program: int, keys: tuple[int, ...], velocity: i
     return float(np.max(np.abs(out)))
 
 
+def render_timbre_peak(preset: Preset, slot_timbre: tuple, key: int, velocity: int) -> float:
+    """Peak |sample| of ``key`` played on a stored timbre ``(z, info, track, tone_db)``, as a slot plays it."""
+    eng = Engine(preset, device="cpu")
+    eng.set_timbre_now(eng.store_timbre(*slot_timbre))
+    eng.prepare(RENDER_RATE, 1024, warm=False)
+    eng.push(0, 0x90, key, velocity)
+    eng.push(int(HOLD_S * RENDER_RATE), 0x80, key, 0)
+    out = np.zeros((int((HOLD_S + TAIL_S) * RENDER_RATE), 2), np.float32)
+    eng.process(out)
+    return float(np.max(np.abs(out)))
+
+
+def capture_rows(preset: Preset, programs: list[int] | None = None) -> list[list[object]]:
+    """Per program (default: the preset's held-out ones): the v100 peaks (dBFS) at ``KEYS`` of a
+    capture of its FluidR3 C4."""
+    from benchmarks.capture_fidelity import CAPTURE_KEY, FluidNotes, holdout_programs
+    from synth.capture import Encoder, capture
+    from synth.refine import Refiner
+    from synth.timbre import CAPTURE, TimbreInfo
+
+    rate = preset.params.sample_rate
+    fluid, encoder, refiner = FluidNotes(rate, HOLD_S), Encoder(preset), Refiner(preset)
+    rows = []
+    for program in holdout_programs(preset) if programs is None else programs:
+        cap = capture(preset, fluid.note(program, CAPTURE_KEY), rate, encoder=encoder, refiner=refiner)
+        timbre = (cap.z, TimbreInfo(CAPTURE, f"GM {program}"), cap.track, cap.tone_db)
+        rows.append([program, *[dbfs(render_timbre_peak(preset, timbre, key, 100)) for key in KEYS]])
+    return rows
+
+
 def dbfs(peak: float) -> float:
     return 20.0 * np.log10(max(peak, 1e-9))
 
@@ -50,6 +86,7 @@ def dbfs(peak: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=str(DEFAULT_PRESET))
+    ap.add_argument("--skip", default="", help="sections to leave out: captures")
     args = ap.parse_args(argv)
 
     def body() -> int:
@@ -80,6 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n### 8-note chord at velocity 127 on the loudest programs (goal <= 0 dBFS)\n")
         print(markdown_table(["program", "group", "peak dBFS"],
                              [[p, gm_group(p), f"{v:.3f}"] for p, v in chords]))
+        if "captures" not in chosen_sections(args.skip, ["captures"]):
+            rows = capture_rows(preset)
+            peaks = np.array([r[1:] for r in rows], np.float64)
+            inside = (peaks >= lo) & (peaks <= hi)
+            print(f"\n### v100 notes of a C4 capture of each held-out program (dBFS; the snapshots' band {lo:g}..{hi:g})\n")
+            print(markdown_table(["program", *[f"key {k}" for k in KEYS], "inside"],
+                                 [[r[0], *[f"{v:.1f}" for v in r[1:]], f"{int(ok.sum())}/{len(KEYS)}"]
+                                  for r, ok in zip(rows, inside)]))
+            print(f"\ncaptures: {int(inside.sum())}/{inside.size} notes inside {lo:g}..{hi:g}; "
+                  f"median {np.median(peaks):.1f}, min {peaks.min():.1f}, max {peaks.max():.1f} dBFS")
         return 0
 
     return run_main(body)

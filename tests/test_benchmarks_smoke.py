@@ -173,6 +173,18 @@ def test_capture_fidelity_runs_on_the_fake_preset(tmp_path: Path) -> None:
     assert all(0 < t < 40 for t in times)
 
 
+def test_loudness_of_a_capture_on_the_fake_preset(tmp_path: Path) -> None:
+    """A real FluidR3 C4 captured with the fake preset plays audibly at every key, the limiter keeping it
+    at or below 0 dBFS."""
+    from benchmarks import loudness
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake"))
+    (row,) = loudness.capture_rows(preset, [56])
+    assert row[0] == 56 and len(row) == 1 + len(loudness.KEYS)
+    peaks = np.array(row[1:], np.float64)
+    assert np.all(np.isfinite(peaks)) and np.all(peaks <= 0.0) and np.all(peaks > -60.0), peaks
+
+
 def test_timbre_space_knobs_and_engine_tuning_on_the_fake_preset(fake: common.PresetModels) -> None:
     from benchmarks import timbre_space
     from export.knob_travel import KnobProbe, cents_at, held_notes
