@@ -35,28 +35,21 @@ CHORD = (48, 52, 55, 60, 64, 67, 72, 76)
 KEYS = (42, 48, 54, 60, 66, 72, 78)  # F#2 .. F#5 by half octaves: even keys, never measured by export
 
 
-def render_peak(preset: Preset, program: int, keys: tuple[int, ...], velocity: int) -> float:
-    """Peak |sample| of ``keys`` played together on ``program`` (after the glide to its snapshot)."""
+def render_peak(preset: Preset, program: int | None, keys: tuple[int, ...], velocity: int,
+                timbre: tuple | None = None) -> float:
+    """Peak |sample| of ``keys`` played together on ``program`` (after the glide to its snapshot), or
+    on a stored ``timbre (z, info, track, tone_db)`` as a slot plays it (``program`` None)."""
     eng = Engine(preset, device="cpu")
+    if timbre is not None:
+        eng.set_timbre_now(eng.store_timbre(*timbre))
     eng.prepare(RENDER_RATE, 1024, warm=False)
     start = RENDER_RATE // 10
-    eng.push(0, 0xC0, program, 0)
+    if program is not None:
+        eng.push(0, 0xC0, program, 0)
     for key in keys:
         eng.push(start, 0x90, key, velocity)
         eng.push(start + int(HOLD_S * RENDER_RATE), 0x80, key, 0)
     out = np.zeros((start + int((HOLD_S + TAIL_S) * RENDER_RATE), 2), np.float32)
-    eng.process(out)
-    return float(np.max(np.abs(out)))
-
-
-def render_timbre_peak(preset: Preset, slot_timbre: tuple, key: int, velocity: int) -> float:
-    """Peak |sample| of ``key`` played on a stored timbre ``(z, info, track, tone_db)``, as a slot plays it."""
-    eng = Engine(preset, device="cpu")
-    eng.set_timbre_now(eng.store_timbre(*slot_timbre))
-    eng.prepare(RENDER_RATE, 1024, warm=False)
-    eng.push(0, 0x90, key, velocity)
-    eng.push(int(HOLD_S * RENDER_RATE), 0x80, key, 0)
-    out = np.zeros((int((HOLD_S + TAIL_S) * RENDER_RATE), 2), np.float32)
     eng.process(out)
     return float(np.max(np.abs(out)))
 
@@ -75,7 +68,7 @@ def capture_rows(preset: Preset, programs: list[int] | None = None) -> list[list
     for program in holdout_programs(preset) if programs is None else programs:
         cap = capture(preset, fluid.note(program, CAPTURE_KEY), rate, encoder=encoder, refiner=refiner)
         timbre = (cap.z, TimbreInfo(CAPTURE, f"GM {program}"), cap.track, cap.tone_db)
-        rows.append([program, *[dbfs(render_timbre_peak(preset, timbre, key, 100)) for key in KEYS]])
+        rows.append([program, *[dbfs(render_peak(preset, None, (key,), 100, timbre)) for key in KEYS]])
     return rows
 
 

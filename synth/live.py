@@ -436,7 +436,7 @@ class MidiInputs:
             for port in self.ports:
                 port.close_port()
                 port.delete()
-        self.ports.clear()
+        self.ports.clear()  # (dropping an rtmidi input leaves its port: python-rtmidi 1.5.8 unregisters only in delete())
 
 
 def _native_midi_api(rtmidi: Any) -> int:
