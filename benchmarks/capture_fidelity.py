@@ -21,9 +21,10 @@ Prints markdown tables:
   each is captured as a user would capture it, and the capture's C4 is compared with that note by
   the same distance, against every other snapshot's C4: on how many programs is the capture the
   closest? (A capture should find its way back to a sound the synth itself made.)
-- **capture speed**: reading a 4 s recording (WAV) through to its latent, the first capture of a
-  process (model sessions started) and the median of later ones, as a user gets it and the encoder
-  alone. Goal: <= 1 s.
+- **capture speed**: reading a 4 s recording (WAV) through to its latent, then its level per key
+  (``synth.loudness``: five notes played by the engine), the first capture of a process (model
+  sessions started) and the median of later ones, as a user gets it and the encoder alone.
+  Goal: <= 1 s.
 - **change-to-sound**: the engine's response to the morph wheel (CC 1, 0 -> 127 between two
   snapshots) and to the random button (CC 80) under a held chord, measured offline exactly as
   ``benchmarks.live_latency`` measures knob-to-sound: the first output sample that differs (by
@@ -52,6 +53,7 @@ from benchmarks.common import DEFAULT_PRESET, SOUNDFONT, BenchmarkError, log, ma
 from synth.capture import CaptureError, Encoder, capture, read_recording
 from synth.contract import gm_group
 from synth.engine import Engine
+from synth.loudness import measure_key_level
 from synth.preset import Preset, load_preset
 from synth.refine import VALLEY_WEIGHT, Refiner, ValleyWeight
 from synth.stft import log_spectral_distance_db, stft
@@ -245,43 +247,55 @@ def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALL
             f"{pitch_given} note(s) refused without their pitch (the message asks for it)")
 
 
-def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> float:
-    """Seconds from reading ``path`` to its latent in a fresh process, as ``run_synth.py --capture`` meets
-    it: model sessions started, nothing (numba's first call included) warmed by an engine."""
+def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> tuple[float, float]:
+    """Seconds from reading ``path`` to its latent, then to its level per key (``synth.loudness``), in a
+    fresh process, as ``run_synth.py --capture`` meets them: model sessions started, nothing (numba's
+    first call included) warmed by an engine."""
     code = ("import sys, time\n"
             "from synth.capture import capture, read_recording\n"
+            "from synth.loudness import measure_key_level\n"
             "from synth.preset import load_preset\n"
             "preset = load_preset(sys.argv[1])\n"
             "started = time.perf_counter()\n"
-            "capture(preset, *read_recording(sys.argv[2]), refine=sys.argv[3] == 'refine')\n"
-            "print(time.perf_counter() - started)\n")
+            "cap = capture(preset, *read_recording(sys.argv[2]), refine=sys.argv[3] == 'refine')\n"
+            "captured = time.perf_counter()\n"
+            "measure_key_level(preset, cap.z, cap.track, cap.tone_db)\n"
+            "print(captured - started, time.perf_counter() - captured)\n")
     done = subprocess.run([sys.executable, "-c", code, str(preset.root), str(path), "refine" if refine else "plain"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
     if done.returncode != 0:
         raise BenchmarkError(f"first capture in a fresh process failed: {done.stderr.strip()[-300:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    first, level = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+    return first, level
 
 
 def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
-    """A 4 s WAV to its latent: the first capture of a fresh process (model sessions started, as
-    ``--capture`` meets it), and the median of later ones in one process (sessions kept, as a running
-    synth would; this one has run the engine, as a synth has)."""
+    """A 4 s WAV to its latent, then its level per key (the engine plays five notes of it): the first
+    capture of a fresh process (model sessions started, as ``--capture`` meets it), and the median of
+    later ones in one process (sessions kept, as a running synth would; this one has run the engine,
+    as a synth has)."""
     fluid = FluidNotes(preset.params.sample_rate, 3.0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "take.wav"
         sf.write(path, fluid.note(program, CAPTURE_KEY)[: 4 * preset.params.sample_rate], preset.params.sample_rate)
         for label, refine in (("", True), (", encoder alone", False)):
-            first = _first_capture_seconds(preset, path, refine)
+            first, first_level = _first_capture_seconds(preset, path, refine)
             encoder, refiner = Encoder(preset), Refiner(preset)
-            later = []
+            later, later_level = [], []
             for _ in range(repeats):
                 started = time.perf_counter()
                 audio, rate = read_recording(path)
-                capture(preset, audio, rate, encoder=encoder, refiner=refiner, refine=refine)
-                later.append(time.perf_counter() - started)
-            rows.append([f"program {program}{label}", f"{first:.3f} s", f"{np.median(later):.3f} s", "<= 1 s"])
-    return markdown_table(["capture of a 4 s WAV", "first, fresh process", "median of later", "goal"], rows)
+                cap = capture(preset, audio, rate, encoder=encoder, refiner=refiner, refine=refine)
+                captured = time.perf_counter()
+                measure_key_level(preset, cap.z, cap.track, cap.tone_db)
+                later.append(captured - started)
+                later_level.append(time.perf_counter() - captured)
+            mid, mid_level = float(np.median(later)), float(np.median(later_level))
+            rows.append([f"program {program}{label}", f"{first:.3f} + {first_level:.3f} = {first + first_level:.3f} s",
+                         f"{mid:.3f} + {mid_level:.3f} = {mid + mid_level:.3f} s", "<= 1 s"])
+    return markdown_table(["capture of a 4 s WAV", "first, fresh process: latent + level", "median of later: latent + level",
+                           "goal"], rows)
 
 
 def _change_time(preset: Preset, control: tuple[int, int] | None, morph: bool, at: int) -> np.ndarray:

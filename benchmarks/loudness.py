@@ -12,10 +12,13 @@ gain, the snapshot's level and its level per key). Goal: the single note peaks b
 the loudest programs) never pass 0 dBFS.
 
 The ``captures`` section (``--skip captures`` leaves it out) plays the same seven keys with a
-capture of each held-out GM program's FluidR3 C4 (as ``--timbre PATH.wav`` would: its latent, the
-key tracking it borrowed and its tone curve), against the same band. A capture plays at level 1.0
-with no level per key (export measures those for snapshots only), so this says how far a captured
-sound's loudness strays from the snapshots' band across the keyboard.
+capture of each held-out GM program's FluidR3 C4 as ``--timbre PATH.wav`` plays it: its latent, the
+key tracking it borrowed, its tone curve and the level per key measured at capture
+(``synth.loudness.measure_key_level``, at C2..C6 by octaves: none of these seven keys either),
+against the same band; and, for comparison, the same captures without that level (as every
+capture played before it was measured). The ``random`` section plays the random button's timbres
+(seeds 0..9) the same way: they are drawn while the synth plays and are not measured, so they play
+at level 1.0.
 """
 from __future__ import annotations
 
@@ -54,22 +57,45 @@ def render_peak(preset: Preset, program: int | None, keys: tuple[int, ...], velo
     return float(np.max(np.abs(out)))
 
 
-def capture_rows(preset: Preset, programs: list[int] | None = None) -> list[list[object]]:
-    """Per program (default: the preset's held-out ones): the v100 peaks (dBFS) at ``KEYS`` of a
-    capture of its FluidR3 C4."""
+def capture_rows(preset: Preset, programs: list[int] | None = None) -> tuple[list[list[float]], list[list[float]]]:
+    """Per program (default: the preset's held-out ones), ``[program, peak at each of KEYS]`` (v100,
+    dBFS) of a capture of its FluidR3 C4: with its measured level per key, and without it."""
     from benchmarks.capture_fidelity import CAPTURE_KEY, FluidNotes, holdout_programs
     from synth.capture import Encoder, capture
+    from synth.loudness import measure_key_level
     from synth.refine import Refiner
     from synth.timbre import CAPTURE, TimbreInfo
 
     rate = preset.params.sample_rate
     fluid, encoder, refiner = FluidNotes(rate, HOLD_S), Encoder(preset), Refiner(preset)
-    rows = []
+    levelled, plain = [], []
     for program in holdout_programs(preset) if programs is None else programs:
         cap = capture(preset, fluid.note(program, CAPTURE_KEY), rate, encoder=encoder, refiner=refiner)
         timbre = (cap.z, TimbreInfo(CAPTURE, f"GM {program}"), cap.track, cap.tone_db)
-        rows.append([program, *[dbfs(render_peak(preset, None, (key,), 100, timbre)) for key in KEYS]])
-    return rows
+        gains = measure_key_level(preset, cap.z, cap.track, cap.tone_db).gains()
+        levelled.append([program, *[dbfs(render_peak(preset, None, (key,), 100, (*timbre, gains))) for key in KEYS]])
+        plain.append([program, *[dbfs(render_peak(preset, None, (key,), 100, timbre)) for key in KEYS]])
+    return levelled, plain
+
+
+def random_rows(preset: Preset, seeds: range = range(10)) -> list[list[float]]:
+    """Per seed, ``[seed, peak at each of KEYS]`` (v100, dBFS) of the random timbre ``random:SEED``."""
+    from synth.timbre import RANDOM, TimbreInfo, draw_random
+
+    return [[seed, *[dbfs(render_peak(preset, None, (key,), 100, (draw_random(preset, seed), TimbreInfo(RANDOM, "r"))))
+                     for key in KEYS]] for seed in seeds]
+
+
+def band_table(rows: list[list[float]], title: str, label: str) -> str:
+    """``rows`` of ``[name, peak at each of KEYS]`` as a table with the share inside NOTE_RANGE_DBFS, and a summary."""
+    lo, hi = NOTE_RANGE_DBFS
+    peaks = np.array([r[1:] for r in rows], np.float64)
+    inside = (peaks >= lo) & (peaks <= hi)
+    table = markdown_table([label, *[f"key {k}" for k in KEYS], "inside"],
+                           [[int(r[0]), *[f"{v:.1f}" for v in r[1:]], f"{int(ok.sum())}/{len(KEYS)}"]
+                            for r, ok in zip(rows, inside)])
+    return (f"### {title} (dBFS; the snapshots' band {lo:g}..{hi:g})\n\n{table}\n\n{int(inside.sum())}/{inside.size} "
+            f"notes inside {lo:g}..{hi:g}; median {np.median(peaks):.1f}, min {peaks.min():.1f}, max {peaks.max():.1f} dBFS")
 
 
 def dbfs(peak: float) -> float:
@@ -79,7 +105,7 @@ def dbfs(peak: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=str(DEFAULT_PRESET))
-    ap.add_argument("--skip", default="", help="sections to leave out: captures")
+    ap.add_argument("--skip", default="", help="sections to leave out: captures,random")
     args = ap.parse_args(argv)
 
     def body() -> int:
@@ -110,16 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n### 8-note chord at velocity 127 on the loudest programs (goal <= 0 dBFS)\n")
         print(markdown_table(["program", "group", "peak dBFS"],
                              [[p, gm_group(p), f"{v:.3f}"] for p, v in chords]))
-        if "captures" not in chosen_sections(args.skip, ["captures"]):
-            rows = capture_rows(preset)
-            peaks = np.array([r[1:] for r in rows], np.float64)
-            inside = (peaks >= lo) & (peaks <= hi)
-            print(f"\n### v100 notes of a C4 capture of each held-out program (dBFS; the snapshots' band {lo:g}..{hi:g})\n")
-            print(markdown_table(["program", *[f"key {k}" for k in KEYS], "inside"],
-                                 [[r[0], *[f"{v:.1f}" for v in r[1:]], f"{int(ok.sum())}/{len(KEYS)}"]
-                                  for r, ok in zip(rows, inside)]))
-            print(f"\ncaptures: {int(inside.sum())}/{inside.size} notes inside {lo:g}..{hi:g}; "
-                  f"median {np.median(peaks):.1f}, min {peaks.min():.1f}, max {peaks.max():.1f} dBFS")
+        skipped = chosen_sections(args.skip, ["captures", "random"])
+        if "captures" not in skipped:
+            levelled, plain = capture_rows(preset)
+            print("\n" + band_table(levelled, "v100 notes of a C4 capture of each held-out program, with the level per "
+                                   "key measured at capture", "program"))
+            print("\n" + band_table(plain, "the same captures without it (level 1.0, as before captures were "
+                                   "measured)", "program"))
+        if "random" not in skipped:
+            print("\n" + band_table(random_rows(preset), "v100 notes of the random timbres random:0 .. random:9 "
+                                   "(not measured: level 1.0)", "seed"))
         return 0
 
     return run_main(body)

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from export.engine_notes import play_in_turn
+from synth.loudness import play_in_turn
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, DEFAULT_KNOB_TRAVEL, HELD_TIME_OFF, KNOB_TRAVEL_RANGE, gm_group
 from synth.knobs import CC_COORDINATES
 from synth.model_file import cpu_session, read_model
@@ -155,7 +155,7 @@ def held_notes(preset: Preset, z: NDArray, keys: Sequence[int], seconds: float =
     """Held velocity-100 notes of ``keys`` on the latent ``z (L,)`` (played as its own timbre: level
     1, no key tracking) through the engine, as a player hears them (the phase step's pitch hint,
     the resampler and all), in NOTE_BLOCK blocks at NOTE_RATE, one engine for all of them
-    (export.engine_notes) -> one mono ``(samples,)`` per key."""
+    (synth.loudness) -> one mono ``(samples,)`` per key."""
     from synth.engine import Engine
 
     eng = Engine(preset, device="cpu")

@@ -28,12 +28,13 @@ import tomli_w
 import torch
 from torch import Tensor, nn
 
-from export.engine_notes import play_in_turn
 from export.knob_travel import guarded_travel
 from synth.contract import DECODER_CONTRACT as CONTRACT
-from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, ENCODER_PITCH, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE, MAX_KEY_LEVEL_DB,
+from synth.contract import (DECODER_INPUTS, DEFAULT_KNOB_TRAVEL, ENCODER_PITCH, KNOB_TRAVEL_RANGE, LATENT_MAP_FILE,
                              PRESET_FORMAT_VERSION)
 from synth.errors import VaesynthError, report
+from synth.loudness import (KEY_LEVEL_BAND_DBFS, MEASURE_HEADROOM, MIX_RENDER_RATE, TARGET_PEAK_DBFS, into_band,
+                             measured_peaks)
 from synth.partials import PARTS_OUTPUTS
 from synth.preset import MAX_SNAPSHOT_LEVEL, MIN_SNAPSHOT_LEVEL, load_preset
 from synth.tone import valid_tone
@@ -51,21 +52,9 @@ INHARMONIC_TOLERANCE = 3e-3
 FP16_TOLERANCE = 5e-2
 MIN_SNAPSHOTS = 8
 MEDIAN_PEAK_TEXT = "median peak at unity gain {:.3g}"  # in the description (export.relevel rewrites it)
-TARGET_PEAK_DBFS = -9.0  # a velocity-100 C4 of the median snapshot, after [mix] gain and master gain
-MIX_NOTE_SECONDS = (1.0, 0.6)  # held, then released: the note whose peak [mix] gain sets
-MIX_RENDER_RATE = 48000
 MIX_GAIN_KEY = 60  # C4: the note whose median peak [mix] gain sets
 MIX_LEVEL_KEYS = (48, MIX_GAIN_KEY, 72)  # C3, C4, C5: the keys a snapshot's level trim evens out
-MEASURE_HEADROOM = 0.1  # export measures note peaks 20 dB down: the limiter (from -1 dBFS) stays out of them
 KEY_LEVEL_KEYS = tuple(range(37, 84, 2))  # C#2 .. B5, every other key: where a snapshot's level per key is measured
-KEY_LEVEL_BAND_DBFS = (-9.5, -8.5)
-"""A v100 note measured outside this band (after the [mix] gain and the snapshot's trim) is brought
-to its nearer edge by the snapshot's level at that key; one inside is left alone, so an instrument
-keeps the louder and softer registers it has within the band. The loudness goal is -12..-6 dBFS:
-the 2.5 dB to spare cover the keys between, which are never measured (a plucked note's peak moves
-by up to 2 dB from one key to the next: the harp, F2 -5.3 dBFS, F#2 -5.2, G2 -6.7; with 1.5 dB
-to spare, two of the 896 notes `benchmarks.loudness` plays fell outside once the tone curves came,
-and with 2 dB two at -12.1 dBFS once the snapshots were fitted again after the encoder refit)."""
 PARTS_FILE = "decoder_parts.onnx"
 # NSynth family -> a General MIDI program (0-based, as in MIDI program-change messages).
 FAMILY_PROGRAMS = {"keyboard": 0, "mallet": 12, "organ": 19, "guitar": 24, "bass": 33,
@@ -295,18 +284,12 @@ def engine_note_peaks(preset_dir: Path, snaps: Sequence[dict[str, Any]], pitches
     from synth.engine import Engine
 
     preset = load_preset(preset_dir)
-    rate = MIX_RENDER_RATE
-    hold, tail = (int(s * rate) for s in MIX_NOTE_SECONDS)
-    # one engine per snapshot, its notes in turn (export.engine_notes)
-    first, gap = rate // 10, rate // 20  # the first note after the glide to the snapshot
     peaks = np.zeros((len(pitches), len(snaps)))
-    for j, snap in enumerate(snaps):
+    for j, snap in enumerate(snaps):  # one engine per snapshot, its notes in turn (synth.loudness)
         eng = Engine(preset, device="cpu", master_gain=MEASURE_HEADROOM / preset.mix_gain)
-        eng.prepare(rate, 1024, warm=False)
-        eng.push(0, 0xC0, int(snap["program"]), 0)
-        out, starts = play_in_turn(eng, pitches, velocity, first, hold, hold + tail, gap)
-        for i, start in enumerate(starts):
-            peaks[i, j] = float(np.max(np.abs(out[start:start + hold + tail]))) / MEASURE_HEADROOM
+        eng.prepare(MIX_RENDER_RATE, 1024, warm=False)
+        eng.push(0, 0xC0, int(snap["program"]), 0)  # the first note starts after the glide to the snapshot
+        peaks[:, j] = measured_peaks(eng, pitches, velocity)
     return peaks
 
 
@@ -335,7 +318,7 @@ def key_levels(preset_dir: Path, snaps: Sequence[dict[str, Any]], gain: float,
     preset = load_preset(preset_dir)
     keys = [k for k in KEY_LEVEL_KEYS if preset.pitch_min <= k <= preset.pitch_max] or [MIX_GAIN_KEY]  # trained keys
     heard = 20.0 * np.log10(np.maximum(engine_note_peaks(preset_dir, snaps, keys) * gain, 1e-12))
-    correction = np.clip(np.clip(heard, *band) - heard, -MAX_KEY_LEVEL_DB, MAX_KEY_LEVEL_DB)
+    correction = into_band(heard, band)
     return [{"key_level_keys": list(keys), "key_level_db": [round(float(v), 2) for v in column]}
             if np.any(np.abs(column) >= 0.005) else {} for column in correction.T]
 

@@ -42,6 +42,7 @@ from synth.decoder import FrameDecoder
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
 from synth.limiter import Limiter
+from synth.loudness import KEY_GAIN_RULE, valid_key_gains
 from synth.overload import SPIKE_LOAD, LoadGovernor
 from synth.preset import Preset
 from synth.resample import StreamResampler
@@ -400,10 +401,10 @@ class Engine:
         return self.timbre.describe()
 
     def store_timbre(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None,
-                     tone_db: NDArray[np.floating] | None = None) -> int:
-        """Write a latent (and its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``) into a
-        free slot (any non-audio thread); returns the slot."""
-        return self.timbre.store(z, info, track, tone_db)
+                     tone_db: NDArray[np.floating] | None = None, key_gain: NDArray[np.floating] | None = None) -> int:
+        """Write a latent (and its key tracking ``track (128, L)``, tone curve ``tone_db (P,)`` and gain per
+        key ``key_gain (128,)``, synth.loudness) into a free slot (any non-audio thread); returns the slot."""
+        return self.timbre.store(z, info, track, tone_db, key_gain)
 
     def select_timbre(self, slot: int, sample_time: int = 0) -> bool:
         """Queue a switch to ``slot`` (producer side: in live mode hold the producer lock)."""
@@ -428,13 +429,15 @@ class Engine:
         self._jump_to_timbre()
 
     def restore_timbre(self, program: int, z: NDArray[np.float32] | None = None, snapshot_level: bool = True,
-                       track: NDArray[np.float32] | None = None, tone_db: NDArray[np.floating] | None = None) -> None:
+                       track: NDArray[np.float32] | None = None, tone_db: NDArray[np.floating] | None = None,
+                       key_gain: NDArray[np.floating] | None = None) -> None:
         """A saved session's timbre, before the stream starts (not real-time): recall ``program``'s
         snapshot, then set the latent to ``z (L,)`` exactly when given (the knob moves made on top
         of it). The hardware knobs' positions are unknown now, so every knob waits for pick-up.
-        ``snapshot_level=False`` (a capture, random or morph timbre) plays at level 1.0, as it did,
-        with the key tracking ``track (128, L)`` it had (a capture's, borrowed; None: none) and its
-        tone curve ``tone_db (P,)`` (synth.tone; None: flat)."""
+        ``snapshot_level=False`` (a capture, random or morph timbre) plays as it did: with the key
+        tracking ``track (128, L)`` it had (a capture's, borrowed; None: none), its tone curve
+        ``tone_db (P,)`` (synth.tone; None: flat) and its gain per key ``key_gain (128,)``
+        (synth.loudness; None: 1)."""
         if not 0 <= program <= 127:
             raise ValueError(f"program {program} outside 0..127")
         if z is not None:
@@ -445,10 +448,12 @@ class Engine:
             track = checked_track(track, self.preset.latent_size)
         if tone_db is not None and not valid_tone(tone_db):
             raise ValueError(f"tone curve must be {TONE_RULE}")
+        if key_gain is not None and not valid_key_gains(key_gain):
+            raise ValueError(f"gain per key must be {KEY_GAIN_RULE}")
         self._program_change(program)
         if not snapshot_level:
             self.level_target = 1.0
-            self._key_level.fill(1.0)
+            self._key_level[:] = 1.0 if key_gain is None else key_gain
             self._track_target[:] = 0.0 if track is None else track.reshape(-1)
             self._tone_target[:] = 0.0 if tone_db is None else tone_db
         if z is not None:
@@ -461,6 +466,12 @@ class Engine:
     def timbre_track(self) -> NDArray[np.float32]:
         """``(128, L)`` what each key adds to the sounding timbre's latent (synth.key_track); zeros: none."""
         return self._track_target.reshape(128, -1).copy()
+
+    @property
+    def timbre_key_gain(self) -> NDArray[np.float32]:
+        """``(128,)`` the linear gain of each key's notes on the sounding timbre (synth.loudness; a
+        snapshot's level trim not included)."""
+        return self._key_level.copy()
 
     @property
     def timbre_tone_db(self) -> NDArray[np.float64]:
@@ -757,11 +768,12 @@ class Engine:
             self.knobs.control(knob, value, self.z_target)
 
     def _slot_timbre(self) -> None:
-        """A slot's timbre or a morph (``synth.timbre``) plays at level 1.0 (the snapshot trims are the
-        snapshots' own) and with the slot's key tracking (a capture's: borrowed from its neighbours)."""
+        """A slot's timbre or a morph (``synth.timbre``) plays with the slot's own gain per key (a
+        capture's: measured at capture, ``synth.loudness``; a preset snapshot's: its trims), key
+        tracking (a capture's: borrowed from its neighbours) and tone curve."""
         if self.timbre.current_slot != NO_SLOT or self.timbre.morph_a != NO_SLOT:
             self.level_target = 1.0
-            self._key_level.fill(1.0)
+            self.timbre.key_gain_into(self._key_level)
             self.timbre.track_into(self._track_target)
             self.timbre.tone_into(self._tone_target)
 

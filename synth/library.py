@@ -14,6 +14,8 @@ One TOML file, ``library.toml``, in ``platformdirs.user_data_dir("vaesynth")`` o
     track_keys = [21, ...]   # optional: the capture's key tracking (synth.key_track), borrowed from
     track_z = [[...], ...]   # the instruments it sounds like: its latent at each track key
     tone_db = [...]          # optional: its tone curve (synth.tone), one gain per TONE_HZ point
+    key_level_keys = [36, ...]  # optional: its level per key (synth.loudness), measured at capture:
+    key_level_db = [...]        # dB at each key, so a capture plays as loud as the snapshots
 
 Every write goes to a temp file in the same folder, is flushed to disk, then replaces the library
 in one ``os.replace``: a crash mid-write leaves the previous library whole. User programs are
@@ -35,6 +37,7 @@ from numpy.typing import NDArray
 from synth.contract import SNAPSHOT_TRACK_KEYS
 from synth.errors import VaesynthError
 from synth.key_track import offset_table, valid_track_keys
+from synth.loudness import KEY_LEVEL_RULE, KeyLevel, valid_key_level
 from synth.preset import Preset
 from synth.tone import TONE_RULE, valid_tone
 
@@ -77,6 +80,7 @@ class UserSnapshot:
     track_keys: tuple[int, ...] = ()
     track_z: tuple[tuple[float, ...], ...] = ()  # the latent at each track key; () for none
     tone_db: tuple[float, ...] = ()  # its tone curve at TONE_HZ (synth.tone); () for flat
+    key_level: KeyLevel | None = None  # its level per key (synth.loudness); None: as the decoder plays it
 
     def to_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {"name": self.name, "preset": self.preset, "fingerprint": self.fingerprint,
@@ -85,7 +89,13 @@ class UserSnapshot:
             doc["track_keys"], doc["track_z"] = list(self.track_keys), [list(row) for row in self.track_z]
         if self.tone_db:
             doc["tone_db"] = list(self.tone_db)
+        if self.key_level is not None:
+            doc["key_level_keys"], doc["key_level_db"] = list(self.key_level.keys), list(self.key_level.db)
         return doc
+
+    def key_gain(self) -> NDArray[np.float32] | None:
+        """``(128,)`` the linear gain of each key's notes (synth.loudness); None: 1 (captured before levels)."""
+        return None if self.key_level is None else self.key_level.gains()
 
     def tone(self) -> NDArray[np.float64] | None:
         """``(P,)`` its tone curve (synth.tone); None: flat."""
@@ -157,10 +167,11 @@ class Library:
         return None
 
     def store(self, preset: Preset, name: str, z: NDArray[np.floating], pitch: float, source: str = "",
-              track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None) -> UserSnapshot:
+              track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None,
+              key_level: KeyLevel | None = None) -> UserSnapshot:
         """Add (or replace, keeping its program) ``name`` for ``preset`` and write the library atomically.
         ``track (128, L)``: its key tracking, kept as its latent at ``SNAPSHOT_TRACK_KEYS``; ``tone_db (P,)``:
-        its tone curve (synth.tone)."""
+        its tone curve (synth.tone); ``key_level``: its level per key (synth.loudness)."""
         name = check_name(name)
         z = np.asarray(z, np.float64)
         if z.shape != (preset.latent_size,) or not np.isfinite(z).all():
@@ -185,7 +196,7 @@ class Library:
             rows = tuple(tuple(float(v) for v in z + np.asarray(track, np.float64)[k]) for k in keys)
         snap = UserSnapshot(name, preset.name, preset_fingerprint(preset), program, tuple(float(v) for v in z),
                             float(pitch), source, keys, rows,
-                            () if tone_db is None else tuple(float(v) for v in tone_db))
+                            () if tone_db is None else tuple(float(v) for v in tone_db), key_level)
         kept = [s for s in self.snapshots if not (s.name == name and s.preset == preset.name)]
         self.write(kept + [snap])
         return snap
@@ -237,7 +248,18 @@ def _snapshot(entry: object, path: Path, i: int) -> UserSnapshot:
     if not (isinstance(tone, list) and (not tone or valid_tone(tone))):
         raise LibraryError(f"{where}: tone_db must be {TONE_RULE}")
     return UserSnapshot(name, preset, str(entry.get("fingerprint", "")), program, values, pitch,
-                        str(entry.get("source", "")), keys, rows, tuple(float(v) for v in tone))
+                        str(entry.get("source", "")), keys, rows, tuple(float(v) for v in tone),
+                        _key_level(entry, where))
+
+
+def _key_level(entry: dict, where: str) -> KeyLevel | None:
+    """A snapshot's optional level per key: ``key_level_keys`` and ``key_level_db``, or None."""
+    if "key_level_keys" not in entry and "key_level_db" not in entry:
+        return None
+    keys, db = entry.get("key_level_keys"), entry.get("key_level_db")
+    if not valid_key_level(keys, db):
+        raise LibraryError(f"{where}: key_level_keys and key_level_db must be {KEY_LEVEL_RULE}")
+    return KeyLevel(tuple(keys), tuple(float(v) for v in db))  # type: ignore[arg-type]
 
 
 def _track(entry: dict, size: int, where: str) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...]]:

@@ -99,6 +99,13 @@ class Snapshot:
         """``(L,)`` the latent this snapshot plays MIDI key ``key`` at (rounded, as the engine looks it up)."""
         return latent_for_key(self.z, self.track, key)
 
+    def key_gain(self) -> NDArray[np.float32]:
+        """``(128,)`` the linear gain of each key's notes: its level trim times its level per key, as a
+        program change plays it (within ±MAX_KEY_LEVEL_DB: the bound a timbre slot takes)."""
+        gain = np.full(128, self.level, np.float64) * (1.0 if self.key_level is None else self.key_level)
+        bound = 10.0 ** (MAX_KEY_LEVEL_DB / 20.0)
+        return np.clip(gain, 1.0 / bound, bound).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class KnobMap:

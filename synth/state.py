@@ -14,6 +14,7 @@ or ``--state FILE``::
     z = [ ... ]                 # the exact latent, knob moves included
     track = [[ ... ], ...]      # a capture's or morph's key tracking (128 rows of L), when it has one
     tone_db = [ ... ]           # its tone curve (synth.tone), one gain per TONE_HZ point, when not flat
+    key_level_db = [ ... ]      # its level per MIDI key (128 values, dB; synth.loudness), when not 0
     [knobs]
     values = [ ... ]            # knob coordinates, -1..1 over each knob's travel
     [options]
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from synth.contract import MAX_KEY_LEVEL_DB
 from synth.learn import CONFIG_DIR_ENV
 
 STATE_FILE_NAME = "state.toml"
@@ -183,6 +185,9 @@ def describe_timbre(engine: Any) -> dict[str, Any]:
     tone = getattr(engine, "timbre_tone_db", None)  # the same for its tone curve (synth.tone)
     if table.get("kind", "snapshot") != "snapshot" and tone is not None and np.any(tone):
         table["tone_db"] = [float(v) for v in np.asarray(tone, np.float64)]
+    gain = getattr(engine, "timbre_key_gain", None)  # and its level per key (synth.loudness)
+    if table.get("kind", "snapshot") != "snapshot" and gain is not None and np.any(np.asarray(gain) != 1.0):
+        table["key_level_db"] = [round(float(v), 4) for v in 20.0 * np.log10(np.asarray(gain, np.float64))]
     return table
 
 
@@ -230,11 +235,18 @@ def restore_timbre(engine: Any, state: LiveState | None) -> str | None:
         tone = state.timbre.get("tone_db")
         if tone is not None and not (isinstance(tone, list) and all(_finite(v) for v in tone)):
             raise ValueError("tone_db is not a list of finite numbers")
-        # Only a snapshot (with or without knob moves) has a level trim; other timbres play at 1.0.
+        level = state.timbre.get("key_level_db")
+        if level is not None and not (isinstance(level, list) and len(level) == 128 and all(
+                _finite(v) and abs(v) <= MAX_KEY_LEVEL_DB for v in level)):
+            raise ValueError(f"key_level_db is not 128 levels within ±{MAX_KEY_LEVEL_DB:g} dB")
+        # A snapshot (with or without knob moves) comes back with its program's trims; other
+        # timbres with the level, tracking and tone curve they had.
         snapshot_level = state.timbre.get("kind", "snapshot") == "snapshot"
         engine.restore_timbre(program, None if z is None else np.asarray(z, np.float32), snapshot_level,
                               None if track is None or snapshot_level else np.asarray(track, np.float32),
-                              None if tone is None or snapshot_level else np.asarray(tone, np.float64))
+                              None if tone is None or snapshot_level else np.asarray(tone, np.float64),
+                              None if level is None or snapshot_level
+                              else (10.0 ** (np.asarray(level, np.float64) / 20.0)).astype(np.float32))
     except ValueError as exc:
         warn(f"saved timbre not restored ({exc})")
         return None

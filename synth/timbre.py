@@ -35,6 +35,7 @@ from synth.contract import TONE_HZ
 from synth.events import ENGINE_EVENT
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
+from synth.loudness import KEY_GAIN_RULE, valid_key_gains
 from synth.preset import Preset
 from synth.tone import TONE_RULE, valid_tone
 
@@ -105,6 +106,9 @@ class TimbreBank:
         self.track = np.zeros((SLOTS, 128 * preset.latent_size), np.float32)
         # each slot's tone curve at TONE_HZ (synth.tone); zeros: flat (random draws, old library entries)
         self.tone = np.zeros((SLOTS, len(TONE_HZ)), np.float32)
+        # each slot's linear gain per key (synth.loudness: a capture's measured level, a preset snapshot's
+        # trims); ones: as the decoder plays it (random draws, library entries from before levels)
+        self.key_gain = np.ones((SLOTS, 128), np.float32)
         self.info: list[TimbreInfo | None] = [None] * SLOTS
         self.filled = np.zeros(SLOTS, np.bool_)
         self.knob_pickup = True  # False: a timbre change leaves every knob picked up (offline automation)
@@ -129,9 +133,9 @@ class TimbreBank:
 
     # ------------------------------------------------------------------ writers (not the audio thread)
     def store(self, z: NDArray[np.floating], info: TimbreInfo, track: NDArray[np.floating] | None = None,
-              tone_db: NDArray[np.floating] | None = None) -> int:
-        """Write ``z (L,)`` (and its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``, a
-        capture's) into the next scratch slot
+              tone_db: NDArray[np.floating] | None = None, key_gain: NDArray[np.floating] | None = None) -> int:
+        """Write ``z (L,)`` (and its key tracking ``track (128, L)``, tone curve ``tone_db (P,)`` and gain
+        per key ``key_gain (128,)``, a capture's) into the next scratch slot
         (never the sounding one or a morph endpoint); returns the slot, to select with
         ``Engine.select_timbre`` or morph with ``Engine.morph_endpoints``."""
         with self._lock:
@@ -139,27 +143,32 @@ class TimbreBank:
                 slot = SCRATCH_BASE + self._scratch_next
                 self._scratch_next = (self._scratch_next + 1) % (SLOTS - SCRATCH_BASE)
                 if slot not in (self.current_slot, self.morph_a, self.morph_b):
-                    self._write(slot, z, info, track, tone_db)
+                    self._write(slot, z, info, track, tone_db, key_gain)
                     return slot
         raise RuntimeError("no free timbre slot")  # unreachable: three slots are busy at most
 
     def store_user(self, program: int, z: NDArray[np.floating], info: TimbreInfo,
-                   track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None) -> int:
-        """User program ``program`` (0..127) recalls ``z``, its ``track`` and ``tone_db`` (Bank Select 1,
-        then Program Change)."""
+                   track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None,
+                   key_gain: NDArray[np.floating] | None = None) -> int:
+        """User program ``program`` (0..127) recalls ``z``, its ``track``, ``tone_db`` and ``key_gain``
+        (Bank Select 1, then Program Change)."""
         if not 0 <= program < USER_SLOTS:
             raise ValueError(f"user program {program} outside 0..{USER_SLOTS - 1}")
         with self._lock:
-            self._write(program, z, info, track, tone_db)
+            self._write(program, z, info, track, tone_db, key_gain)
         return program
 
     def _write(self, slot: int, z: NDArray[np.floating], info: TimbreInfo,
-               track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None) -> None:
+               track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None,
+               key_gain: NDArray[np.floating] | None = None) -> None:
         z = np.asarray(z, np.float32)
         if z.shape != (self.z.shape[1],) or not np.isfinite(z).all():
             raise ValueError(f"a timbre needs {self.z.shape[1]} finite latent values")
         if tone_db is not None and not valid_tone(tone_db):
             raise ValueError(f"a tone curve needs {TONE_RULE}")
+        if key_gain is not None and not valid_key_gains(key_gain):
+            raise ValueError(f"a gain per key needs {KEY_GAIN_RULE}")
+        self.key_gain[slot] = 1.0 if key_gain is None else np.asarray(key_gain, np.float32)
         self.tone[slot] = 0.0 if tone_db is None else np.asarray(tone_db, np.float32)
         self.track[slot] = 0.0 if track is None else checked_track(track, self.z.shape[1]).reshape(-1)
         self.z[slot] = z
@@ -267,6 +276,14 @@ class TimbreBank:
     def tone_into(self, out: NDArray[np.float32]) -> None:
         """The sounding slot's tone curve into ``out (P,)``, as :meth:`track_into` does its key tracking."""
         self._sounding_into(self.tone, out)
+
+    def key_gain_into(self, out: NDArray[np.float32]) -> None:
+        """The sounding slot's gain per key into ``out (128,)`` (a morph's: its endpoints' interpolated);
+        ones while a preset snapshot sounds (the engine has those)."""
+        if self.morph_a == NO_SLOT and self.current_slot == NO_SLOT:
+            out.fill(1.0)
+        else:
+            self._sounding_into(self.key_gain, out)
 
     def _sounding_into(self, table: NDArray[np.float32], out: NDArray[np.float32]) -> None:
         """Row of ``table (SLOTS, N)`` for the sounding slot (a morph: its endpoints' rows interpolated) into ``out``."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from synth.capture import Capture, capture_file, is_audio_path, pull_toward_data
 from synth.errors import VaesynthError
 from synth.library import Library, LibraryError, preset_fingerprint
+from synth.loudness import KeyLevel, measure_key_level
 from synth.preset import Preset
 from synth.timbre import CAPTURE, CC_BANK_SELECT, CC_MORPH, CC_RANDOM, RANDOM, SNAPSHOT, USER, TimbreInfo, \
     draw_random
@@ -73,10 +74,12 @@ def _say(quiet: bool) -> Callable[[str], None]:
     return (lambda text: None) if quiet else (lambda text: print(f"vaesynth: {text}", file=sys.stderr, flush=True))
 
 
-def _capture(preset: Preset, path: str, args: argparse.Namespace) -> tuple[Capture, Any]:
+def _capture(preset: Preset, path: str, args: argparse.Namespace) -> tuple[Capture, Any, KeyLevel]:
+    """The capture of ``path``, its latent (pulled toward the data when asked) and that latent's level
+    per key (synth.loudness: the capture plays as loud as the snapshots)."""
     cap = capture_file(preset, path, args.pitch)
     z = pull_toward_data(preset, cap.z, args.pull) if args.pull else cap.z
-    return cap, z
+    return cap, z, measure_key_level(preset, z, cap.track, cap.tone_db)
 
 
 def run_capture(args: argparse.Namespace) -> int:
@@ -87,9 +90,9 @@ def run_capture(args: argparse.Namespace) -> int:
         raise TimbreOptionError("--capture needs --name NAME (the snapshot's name in your library)")
     preset = load_preset(args.preset)
     library = Library.open(args.library)
-    cap, z = _capture(preset, args.capture, args)
+    cap, z, level = _capture(preset, args.capture, args)
     snap = library.store(preset, args.name, z, cap.pitch, source=str(Path(args.capture).name), track=cap.track,
-                         tone_db=cap.tone_db)
+                         tone_db=cap.tone_db, key_level=level)
     pulled = f", pulled {args.pull:g} toward the data" if args.pull else ""
     print(f"captured {snap.name!r} from {args.capture} in {cap.seconds:.2f} s: {cap.describe(preset)}{pulled}",
           file=sys.stderr)
@@ -119,7 +122,8 @@ def load_user_programs(engine: Any, library: Library | None, say: Callable[[str]
         say(f"warning: {', '.join(stale[:3])}{'...' if len(stale) > 3 else ''} captured with another version of "
             f"preset {preset.name!r}; they may sound different (capture them again)")
     for s in mine:
-        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track(), s.tone())
+        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track(), s.tone(),
+                                 s.key_gain())
 
 
 def _random_seed(text: str) -> int | None:
@@ -152,15 +156,15 @@ def resolve(engine: Any, source: str, library: Library | None, args: argparse.Na
         seed = bank.random_seed + 10_000 if seed is None else seed  # an endpoint apart from the button's draws
         return bank.store(draw_random(preset, seed), TimbreInfo(RANDOM, f"random:{seed}", seed=seed))
     if is_audio_path(source) or Path(source).is_file():
-        cap, z = _capture(preset, source, args)
+        cap, z, level = _capture(preset, source, args)
         say(f"captured {source} in {cap.seconds:.2f} s: {cap.describe(preset)}")
-        return bank.store(z, TimbreInfo(CAPTURE, Path(source).stem), cap.track, cap.tone_db)
+        return bank.store(z, TimbreInfo(CAPTURE, Path(source).stem), cap.track, cap.tone_db, level.gains())
     snap = library.find(preset, source) if library is not None else None
     if snap is not None:
         return snap.program  # loaded as its user program
     for i, s in enumerate(preset.snapshots):
         if s.name == source:
-            return bank.store(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track, s.tone_db)
+            return bank.store(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track, s.tone_db, s.key_gain())
     where = f"library {library.path}" if library is not None else "the library (unreadable)"
     raise TimbreOptionError(f"timbre {source!r}: not a recording, random[:SEED], a snapshot in {where}, "
                             f"or one of the preset's {len(preset.snapshots)} snapshots")

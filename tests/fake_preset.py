@@ -215,12 +215,14 @@ def make_fake_preset(
     latent_map: bool = True,
     key_track: bool = False,
     tones: dict[int, list[float]] | None = None,
+    key_level: bool = False,
 ) -> Path:
     """Create ``root`` with decoder.onnx, encoder.onnx and preset.toml; returns ``root``.
 
     ``programs``: one snapshot (``snap0``, ``snap1``, ...) per program number. ``mix_gain``: the
     ``[mix] gain`` of a version-2 preset, None for no ``[mix]`` table. ``latent_map``: ship a
-    ``[map] file`` (``make_latent_map``)."""
+    ``[map] file`` (``make_latent_map``). ``key_level``: every snapshot gets a level trim and a level
+    per key (format 4), different per snapshot."""
     params = params or SpectrogramParams()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,10 @@ def make_fake_preset(
             z = np.array(snap["z"])
             track = [z + rng.uniform(-1.5, 1.5, latent) * (key != 60) for key in TRACK_KEYS]
             snap["track_keys"], snap["track_z"] = list(TRACK_KEYS), [[float(x) for x in row] for row in track]
+    if key_level:
+        for i, snap in enumerate(doc["snapshots"]):
+            snap["level"] = 0.5 + 0.25 * i
+            snap["key_level_keys"], snap["key_level_db"] = [36, 60, 84], [-6.0 + i, 0.0, 4.0 - i]
     for snap in doc["snapshots"]:
         if tones and snap["program"] in tones:
             snap["tone_db"] = [float(v) for v in tones[snap["program"]]]

@@ -175,14 +175,20 @@ def test_capture_fidelity_runs_on_the_fake_preset(tmp_path: Path) -> None:
 
 def test_loudness_of_a_capture_on_the_fake_preset(tmp_path: Path) -> None:
     """A real FluidR3 C4 captured with the fake preset plays audibly at every key, the limiter keeping it
-    at or below 0 dBFS."""
+    at or below 0 dBFS; with its measured level it plays in the snapshots' band."""
     from benchmarks import loudness
 
+    NOTE_BAND = loudness.NOTE_RANGE_DBFS
     preset = load_preset(make_fake_preset(tmp_path / "fake"))
-    (row,) = loudness.capture_rows(preset, [56])
-    assert row[0] == 56 and len(row) == 1 + len(loudness.KEYS)
-    peaks = np.array(row[1:], np.float64)
-    assert np.all(np.isfinite(peaks)) and np.all(peaks <= 0.0) and np.all(peaks > -60.0), peaks
+    (levelled,), (plain,) = loudness.capture_rows(preset, [56])
+    assert levelled[0] == plain[0] == 56 and len(levelled) == len(plain) == 1 + len(loudness.KEYS)
+    for row in (levelled, plain):
+        peaks = np.array(row[1:], np.float64)
+        assert np.all(np.isfinite(peaks)) and np.all(peaks <= 0.0) and np.all(peaks > -60.0), peaks
+    # the keys played lie between the measured ones (synth.loudness.CAPTURE_LEVEL_KEYS): nearer the
+    # band's middle on the whole, not each one in it (the fake decoder's level is rough across keys)
+    middle = np.mean(NOTE_BAND)
+    assert np.mean(np.abs(np.array(levelled[1:]) - middle)) < np.mean(np.abs(np.array(plain[1:]) - middle)), (levelled, plain)
 
 
 def test_timbre_space_knobs_and_engine_tuning_on_the_fake_preset(fake: common.PresetModels) -> None:

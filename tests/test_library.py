@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from synth.library import LIBRARY_FILE, Library, LibraryError, check_name
+from synth.loudness import KeyLevel
 from synth.preset import Preset, load_preset
 from tests.fake_preset import make_fake_preset
 
@@ -44,6 +45,17 @@ def test_a_capture_s_tone_curve_is_kept(preset: Preset, tmp_path: Path) -> None:
     assert again.store(preset, "flat", np.ones(8), 60.0).tone() is None
     with pytest.raises(LibraryError, match="tone curve"):
         again.store(preset, "loud", np.ones(8), 60.0, tone_db=np.full(7, 30.0))
+
+
+def test_a_capture_s_level_per_key_is_kept(preset: Preset, tmp_path: Path) -> None:
+    """A capture's measured level per key (synth.loudness) is stored and read back; one stored before
+    levels existed plays at 1.0 (None)."""
+    level = KeyLevel((36, 60, 84), (-7.5, 0.0, 3.25))
+    Library.open(tmp_path).store(preset, "quiet", np.ones(8), 60.0, key_level=level)
+    again = Library.open(tmp_path).find(preset, "quiet")
+    assert again.key_level == level
+    np.testing.assert_allclose(20 * np.log10(again.key_gain()[[36, 48, 84, 100]]), [-7.5, -3.75, 3.25, 3.25], atol=1e-4)
+    assert Library.open(tmp_path).store(preset, "old", np.ones(8), 60.0).key_gain() is None
 
 
 def test_another_presets_snapshot_is_refused(preset: Preset, tmp_path: Path) -> None:
@@ -110,6 +122,12 @@ def test_library_survives_a_crash_mid_write(preset: Preset, tmp_path: Path, wher
      "tone_db must be 7 gains"),
     ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\n'
      'tone_db = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 99.0]\n', "tone_db must be 7 gains"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\n'
+     'key_level_keys = [36, 60]\nkey_level_db = [0.0, 40.0]\n', "key_level_db must be increasing MIDI keys"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\n'
+     'key_level_keys = [60, 36]\nkey_level_db = [0.0, 1.0]\n', "within"),
+    ('format_version = 1\n[[snapshot]]\nname = "x"\npreset = "fake"\nprogram = 1\nz = [1.0]\n'
+     'key_level_db = [0.0]\n', "key_level_keys and key_level_db"),
 ])
 def test_hostile_library_files_get_one_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / LIBRARY_FILE).write_text(text)

@@ -146,15 +146,18 @@ def test_restored_capture_keeps_its_key_tracking(preset, tmp_path: Path) -> None
     track = rng.normal(0.0, 0.3, (128, preset.latent_size)).astype(np.float32)
     z = rng.normal(0.0, 1.0, preset.latent_size).astype(np.float32)
     tone = np.array([1.0, -2.0, 0.5, 3.0, -4.0, 6.0, 9.5])
-    engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(CAPTURE, "take 1"), track, tone))
+    gain = np.linspace(0.4, 2.5, 128).astype(np.float32)  # its level per key, measured at capture
+    engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(CAPTURE, "take 1"), track, tone, gain))
     path = tmp_path / "state.toml"
     state.save_state(path, state.capture(engine, argparse.Namespace(output=None, midi_in=None)))
 
     fresh = Engine(preset)
     assert not np.any(fresh.timbre_track) and not np.any(fresh.timbre_tone_db)
+    assert not np.allclose(fresh.timbre_key_gain, gain)
     assert state.restore_timbre(fresh, state.load_state(path)) is not None
     np.testing.assert_allclose(fresh.timbre_track, track, atol=1e-6)
     np.testing.assert_allclose(fresh.timbre_tone_db, tone, atol=1e-5)
+    np.testing.assert_allclose(fresh.timbre_key_gain, gain, rtol=1e-4)
     np.testing.assert_allclose(fresh.z_target, z, atol=1e-6)
     assert fresh.level_target == 1.0
 
@@ -162,7 +165,8 @@ def test_restored_capture_keeps_its_key_tracking(preset, tmp_path: Path) -> None
 @pytest.mark.parametrize("field, value", [
     ("track", [[1.0, "a"]]), ("track", [[float("nan")] * 4] * 128), ("track", [[0.0] * 3] * 5), ("track", "x"),
     ("tone_db", [1.0, "a"]), ("tone_db", [float("nan")] * 7), ("tone_db", [0.0] * 3), ("tone_db", [40.0] * 7),
-    ("tone_db", "x")])
+    ("tone_db", "x"), ("key_level_db", [0.0] * 127), ("key_level_db", [40.0] * 128),
+    ("key_level_db", [float("nan")] * 128), ("key_level_db", "x")])
 def test_broken_saved_tracking_or_tone_is_one_warning(preset, tmp_path: Path, field, value, capsys) -> None:  # noqa: ANN001
     engine = _played(preset)
     saved = state.capture(engine, argparse.Namespace(output=None, midi_in=None))

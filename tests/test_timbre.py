@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from synth.engine import Engine
+from synth.library import Library
 from synth.preset import Preset, load_preset
 from synth.timbre import CC_MORPH, CC_RANDOM, RANDOM, RANDOM_RING, USER, TimbreInfo, draw_random
 from tests.fake_preset import make_fake_preset
@@ -92,6 +93,45 @@ def test_morph_moves_key_tracking_between_the_endpoints(tmp_path: Path) -> None:
     eng.push(eng.sample_time, PC, 0, 0)  # a preset snapshot again: its own tracking
     _run(eng)
     np.testing.assert_allclose(eng._track_target.reshape(128, -1), tracked.snapshot_for_program(0).track, atol=1e-6)
+
+
+def test_a_slot_plays_at_its_own_gain_per_key_and_the_morph_moves_it(preset: Preset) -> None:
+    """A capture's measured level (synth.loudness) comes with its slot, a morph interpolates it, a preset
+    snapshot's own level returns with its program change, and a hostile gain is refused."""
+    eng = _engine(preset)
+    za, zb = (np.asarray(s.z, np.float32) for s in preset.snapshots[:2])
+    ga = np.full(128, 0.5, np.float32)
+    gb = np.linspace(0.3, 3.0, 128).astype(np.float32)
+    a = eng.store_timbre(za, TimbreInfo("capture", "A"), key_gain=ga)
+    b = eng.store_timbre(zb, TimbreInfo("capture", "B"), key_gain=gb)
+    eng.select_timbre(a, eng.sample_time)
+    _run(eng)
+    np.testing.assert_array_equal(eng.timbre_key_gain, ga)
+    eng.morph_endpoints(a, b, eng.sample_time)
+    eng.push(eng.sample_time, CC, CC_MORPH, 64)
+    _run(eng)
+    np.testing.assert_allclose(eng.timbre_key_gain, ga + 64 / 127 * (gb - ga), rtol=1e-6)
+    snap = preset.snapshot_for_program(0)
+    eng.push(eng.sample_time, PC, 0, 0)
+    _run(eng)
+    np.testing.assert_allclose(eng.timbre_key_gain * eng.level_target, snap.key_gain(), rtol=1e-6)
+    for bad in (np.full(128, 100.0), np.full(128, np.nan), np.ones(7)):
+        with pytest.raises(ValueError, match="gain per key"):
+            eng.store_timbre(za, TimbreInfo("capture", "loud"), key_gain=bad)
+
+
+def test_a_preset_snapshot_as_a_morph_endpoint_keeps_its_level(tmp_path: Path) -> None:
+    """``--morph NAME,...`` stores a preset snapshot in a slot: it plays at its level trim and level per
+    key there, as its program change plays it (before, at 1.0)."""
+    from synth.timbre_cli import resolve
+
+    levelled = load_preset(make_fake_preset(tmp_path / "levelled", key_level=True))
+    eng = _engine(levelled)
+    snap = levelled.snapshots[1]
+    assert not np.allclose(snap.key_gain(), 1.0)
+    slot = resolve(eng, snap.name, None, None, lambda text: None, sequence=False)  # type: ignore[arg-type]
+    eng.set_timbre_now(slot)
+    np.testing.assert_allclose(eng.timbre_key_gain, snap.key_gain(), rtol=1e-6)
 
 
 def test_random_seed_is_deterministic_and_from_the_posterior(preset: Preset) -> None:
@@ -189,6 +229,8 @@ def test_cli_capture_store_recall_random_and_morph(preset: Preset, tmp_path: Pat
     done = _cli("--capture", str(wav), "--name", "mine", *lib)
     assert done.returncode == 0, done.stderr
     assert "user program 0" in done.stderr and "posterior std" in done.stderr
+    stored = Library.open(tmp_path / "lib").find(preset, "mine")
+    assert stored is not None and stored.key_level is not None  # measured at capture (synth.loudness)
     mid = tmp_path / "one.mid"
     import mido
 

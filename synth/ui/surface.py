@@ -158,7 +158,8 @@ class ControlSurface:
                 return int(u["program"])
         for s in self.preset.snapshots:
             if s.name == name:
-                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track, s.tone_db)
+                return engine.store_timbre(s.z, TimbreInfo(SNAPSHOT, s.name, program=s.program), s.track, s.tone_db,
+                                           s.key_gain())
         raise ControlError(f"morph endpoint {name!r}: not a user or preset snapshot")
 
     def morph_endpoints(self, a: str, b: str) -> None:
@@ -173,13 +174,16 @@ class ControlSurface:
         second): never on the event loop."""
         from synth.capture import capture_file
         from synth.library import Library
+        from synth.loudness import measure_key_level
 
         with self._capture_lock:
             cap = capture_file(self.preset, path)
+            level = measure_key_level(self.preset, cap.z, cap.track, cap.tone_db)
             library = Library.open(self.library_dir)
-            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source, track=cap.track, tone_db=cap.tone_db)
+            snap = library.store(self.preset, name, cap.z, cap.pitch, source=source, track=cap.track, tone_db=cap.tone_db,
+                                 key_level=level)
             self.synth.engine.timbre.store_user(snap.program, cap.z, TimbreInfo(USER, snap.name, program=snap.program),
-                                                cap.track, cap.tone_db)
+                                                cap.track, cap.tone_db, level.gains())
             self.user_version += 1
         return {"name": snap.name, "program": snap.program, "summary": cap.describe(self.preset),
                 "library": str(library.path)}

@@ -1,0 +1,63 @@
+"""A timbre's level per key (synth.loudness): measured through the real engine as export measures the
+snapshots', so a capture plays in the snapshots' band."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synth.engine import Engine
+from synth.contract import MAX_KEY_LEVEL_DB
+from synth.loudness import (CAPTURE_LEVEL_KEYS, KEY_LEVEL_BAND_DBFS, MEASURE_HEADROOM, MIX_RENDER_RATE, KeyLevel, into_band,
+                            measure_key_level, measured_peaks)
+from synth.preset import Preset, load_preset
+from synth.timbre import CAPTURE, TimbreInfo
+from tests.fake_preset import make_fake_preset
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory: pytest.TempPathFactory) -> Preset:
+    return load_preset(make_fake_preset(tmp_path_factory.mktemp("loudness") / "fake"))
+
+
+def heard_dbfs(preset: Preset, z: np.ndarray, key_gain: np.ndarray | None) -> np.ndarray:
+    """v100 peaks (dBFS, the preset's [mix] gain, master gain 1) at CAPTURE_LEVEL_KEYS of ``z`` in a slot."""
+    engine = Engine(preset, device="cpu", master_gain=MEASURE_HEADROOM)
+    engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(CAPTURE, "take"), key_gain=key_gain))
+    engine.prepare(MIX_RENDER_RATE, 1024, warm=False)
+    return 20.0 * np.log10(measured_peaks(engine, CAPTURE_LEVEL_KEYS))
+
+
+def test_a_measured_level_brings_every_measured_key_into_the_band(preset: Preset) -> None:
+    """Each measured key's note lands in the band (or within ±MAX_KEY_LEVEL_DB of where it was, when the
+    band is farther: the fake decoder's loudest latents play above 0 dBFS)."""
+    lo, hi = KEY_LEVEL_BAND_DBFS
+    rng = np.random.default_rng(5)
+    levelled = 0
+    for scale in (0.5, 1.0, 2.5):
+        z = rng.uniform(-scale, scale, preset.latent_size).astype(np.float32)
+        before = heard_dbfs(preset, z, None)
+        level = measure_key_level(preset, z)
+        assert level.keys == CAPTURE_LEVEL_KEYS
+        np.testing.assert_allclose(level.db, into_band(before), atol=0.02)
+        after = heard_dbfs(preset, z, level.gains())
+        np.testing.assert_allclose(after, before + np.array(level.db), atol=0.05)
+        reachable = np.abs(np.clip(before, lo, hi) - before) <= MAX_KEY_LEVEL_DB
+        assert np.all((after[reachable] >= lo - 0.05) & (after[reachable] <= hi + 0.05)), (before, after)
+        levelled += int(np.sum(reachable & ((before < lo) | (before > hi))))
+    assert levelled >= 5  # the fake decoder's notes needed levelling: the test can fail
+
+
+def test_a_level_out_of_bounds_is_refused() -> None:
+    for keys, db in (((60,), (13.0,)), ((60, 36), (0.0, 0.0)), ((60,), (float("nan"),)), ((36, 60), (0.0,))):
+        with pytest.raises(ValueError, match="level per key"):
+            KeyLevel(keys, db)
+
+
+def test_the_slot_level_reaches_the_output(preset: Preset, tmp_path: Path) -> None:
+    """Half the gain per key is 6 dB down at the output: the engine applies the slot's level to its notes."""
+    z = np.asarray(preset.snapshots[0].z, np.float32)
+    full = heard_dbfs(preset, z, None)
+    half = heard_dbfs(preset, z, np.full(128, 0.5, np.float32))
+    np.testing.assert_allclose(half - full, 20 * np.log10(0.5), atol=0.05)
