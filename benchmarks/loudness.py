@@ -17,8 +17,9 @@ key tracking it borrowed, its tone curve and the level per key measured at captu
 (``synth.loudness.measure_key_level``, at C2..C6 by octaves: none of these seven keys either),
 against the same band; and, for comparison, the same captures without that level (as every
 capture played before it was measured). The ``random`` section plays the random button's timbres
-(seeds 0..9) the same way: they are drawn while the synth plays and are not measured, so they play
-at level 1.0.
+(seeds 0..9) the same way, with the level per key the synth gives a draw (drawn while the synth
+plays, a draw is not measured through the engine but estimated from the decoder alone:
+``synth.loudness.LevelEstimate``), and without it.
 """
 from __future__ import annotations
 
@@ -78,12 +79,20 @@ def capture_rows(preset: Preset, programs: list[int] | None = None) -> tuple[lis
     return levelled, plain
 
 
-def random_rows(preset: Preset, seeds: range = range(10)) -> list[list[float]]:
-    """Per seed, ``[seed, peak at each of KEYS]`` (v100, dBFS) of the random timbre ``random:SEED``."""
+def random_rows(preset: Preset, seeds: range = range(10)) -> tuple[list[list[float]], list[list[float]]]:
+    """Per seed, ``[seed, peak at each of KEYS]`` (v100, dBFS) of the random timbre ``random:SEED``: with the
+    level per key the synth gives a draw (``synth.loudness.LevelEstimate``), and without it."""
+    from synth.loudness import LevelEstimate
     from synth.timbre import RANDOM, TimbreInfo, draw_random
 
-    return [[seed, *[dbfs(render_peak(preset, None, (key,), 100, (draw_random(preset, seed), TimbreInfo(RANDOM, "r"))))
-                     for key in KEYS]] for seed in seeds]
+    estimate = LevelEstimate(preset)
+    levelled, plain = [], []
+    for seed in seeds:
+        timbre = (draw_random(preset, seed), TimbreInfo(RANDOM, f"random:{seed}"))
+        gains = estimate.key_level(timbre[0]).gains()
+        levelled.append([seed, *[dbfs(render_peak(preset, None, (key,), 100, (*timbre, None, None, gains))) for key in KEYS]])
+        plain.append([seed, *[dbfs(render_peak(preset, None, (key,), 100, timbre)) for key in KEYS]])
+    return levelled, plain
 
 
 def band_table(rows: list[list[float]], title: str, label: str) -> str:
@@ -144,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + band_table(plain, "the same captures without it (level 1.0, as before captures were "
                                    "measured)", "program"))
         if "random" not in skipped:
-            print("\n" + band_table(random_rows(preset), "v100 notes of the random timbres random:0 .. random:9 "
-                                   "(not measured: level 1.0)", "seed"))
+            levelled, plain = random_rows(preset)
+            print("\n" + band_table(levelled, "v100 notes of the random timbres random:0 .. random:9, with the level "
+                                   "per key the synth estimates for a draw", "seed"))
+            print("\n" + band_table(plain, "the same draws without it (level 1.0, as before)", "seed"))
         return 0
 
     return run_main(body)

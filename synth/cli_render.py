@@ -16,6 +16,7 @@ from synth.engine import Engine
 from synth.errors import VaesynthError
 from synth.events import CC_ALL_NOTES_OFF, CC_SUSTAIN, CONTROL_CHANGE, MidiEvent
 from synth.midifile import events_end, read_midi_events
+from synth.timbre import CC_RANDOM
 
 DEFAULT_SAMPLE_RATE = 48000
 WRITE_CHUNK = 48000
@@ -118,7 +119,8 @@ def run_render(args: argparse.Namespace) -> int:
     events = read_midi_events(args.render, rate)
     engine = Engine(preset, polyphony=args.polyphony, bend_range=args.bend_range, channel=args.channel,
                     device=args.decoder_device, threads=args.threads, knob_pickup=False)
-    apply_timbre_options(args, engine)
+    apply_timbre_options(args, engine, random_button=any(
+        e.status & 0xF0 == CONTROL_CHANGE and e.data1 == CC_RANDOM for e in events))
     for dim, value, absolute in latent:
         try:
             engine.set_latent(dim, value, absolute)

@@ -35,7 +35,7 @@ from synth.contract import TONE_HZ
 from synth.events import ENGINE_EVENT
 from synth.key_track import checked_track
 from synth.knobs import TimbreKnobs
-from synth.loudness import KEY_GAIN_RULE, valid_key_gains
+from synth.loudness import KEY_GAIN_RULE, LevelEstimate, valid_key_gains
 from synth.preset import Preset
 from synth.tone import TONE_RULE, valid_tone
 
@@ -115,6 +115,7 @@ class TimbreBank:
         self.morph_cc = CC_MORPH
         self._lock = threading.Lock()
         self._scratch_next = 0
+        self._estimate: LevelEstimate | None = None  # levels the random draws (level_random); None: 1.0
         # audio-thread state (plain ints: one writer, atomic reads under the GIL)
         self.current_slot = NO_SLOT  # NO_SLOT: a preset snapshot, ``current_program``
         self.current_program = 0
@@ -175,6 +176,17 @@ class TimbreBank:
         self.info[slot] = info
         self.filled[slot] = True
 
+    def level_random(self, estimate: LevelEstimate | None) -> None:
+        """Give every random draw the level per key ``estimate`` reads off its latent (synth.loudness;
+        None: level 1.0), and draw the ring again with it. Before the stream starts, as :meth:`start_random`."""
+        self._estimate = estimate
+        self.start_random(self.random_seed)
+
+    def draw(self, seed: int) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+        """The random timbre ``seed``: its latent (``draw_random``) and gain per key (None: 1.0, no estimate)."""
+        z = draw_random(self.preset, seed)
+        return z, None if self._estimate is None else self._estimate.key_level(z).gains()
+
     def start_random(self, seed: int) -> None:
         """Restart the random sequence at ``seed`` (the next draws are ``seed``, ``seed + 1``, ...).
         Before the stream starts: it rewrites slots the audio thread may be reading."""
@@ -190,8 +202,9 @@ class TimbreBank:
             while self.random_drawn < self.random_used + RANDOM_RING - 1:
                 k = self.random_drawn
                 seed = self.random_seed + k
-                self._write(RANDOM_BASE + k % RANDOM_RING, draw_random(self.preset, seed),
-                            TimbreInfo(RANDOM, f"random:{seed}", seed=seed))
+                z, gain = self.draw(seed)
+                self._write(RANDOM_BASE + k % RANDOM_RING, z, TimbreInfo(RANDOM, f"random:{seed}", seed=seed),
+                            key_gain=gain)
                 self.random_drawn = k + 1  # publish after the slot is written
 
     def take_random(self) -> int:

@@ -17,10 +17,9 @@ from typing import Any, Callable
 from synth.capture import Capture, capture_file, is_audio_path, pull_toward_data
 from synth.errors import VaesynthError
 from synth.library import Library, LibraryError, preset_fingerprint
-from synth.loudness import KeyLevel, measure_key_level
+from synth.loudness import KeyLevel, LevelEstimate, measure_key_level
 from synth.preset import Preset
-from synth.timbre import CAPTURE, CC_BANK_SELECT, CC_MORPH, CC_RANDOM, RANDOM, SNAPSHOT, USER, TimbreInfo, \
-    draw_random
+from synth.timbre import CAPTURE, CC_BANK_SELECT, CC_MORPH, CC_RANDOM, RANDOM, SNAPSHOT, USER, TimbreInfo
 
 RANDOM_WORD = "random"
 
@@ -154,7 +153,8 @@ def resolve(engine: Any, source: str, library: Library | None, args: argparse.Na
                 bank.start_random(seed)
             return bank.take_random()
         seed = bank.random_seed + 10_000 if seed is None else seed  # an endpoint apart from the button's draws
-        return bank.store(draw_random(preset, seed), TimbreInfo(RANDOM, f"random:{seed}", seed=seed))
+        z, gain = bank.draw(seed)
+        return bank.store(z, TimbreInfo(RANDOM, f"random:{seed}", seed=seed), key_gain=gain)
     if is_audio_path(source) or Path(source).is_file():
         cap, z, level = _capture(preset, source, args)
         say(f"captured {source} in {cap.seconds:.2f} s: {cap.describe(preset)}")
@@ -178,11 +178,15 @@ def _preset_snapshot(preset: Any, source: str, library: Any) -> Any:
     return next((s for s in preset.snapshots if s.name == name), None)
 
 
-def apply_timbre_options(args: argparse.Namespace, engine: Any) -> None:
+def apply_timbre_options(args: argparse.Namespace, engine: Any, random_button: bool = True) -> None:
     """Load the user programs; apply ``--timbre``, ``--morph`` and ``--morph-cc`` to ``engine`` (before
-    its stream starts or its render runs)."""
+    its stream starts or its render runs). Random draws get a level (``synth.loudness.LevelEstimate``,
+    about 0.2 s to open) where they can sound: ``random_button`` (the performance may press the random
+    button: live, or a MIDI file with CC 80 in it) or a random ``--timbre``/``--morph``."""
     say = _say(bool(getattr(args, "quiet", False)))
     timbre, morph = getattr(args, "timbre", None), getattr(args, "morph", None)
+    if random_button or any(RANDOM_WORD in (option or "") for option in (timbre, morph)):
+        engine.timbre.level_random(LevelEstimate(engine.preset))  # random draws about as loud as the snapshots
     cc = getattr(args, "morph_cc", CC_MORPH)
     if not 0 <= cc <= 127 or cc in (CC_BANK_SELECT, CC_RANDOM, 64, *range(70, 78), *range(120, 128)):
         raise TimbreOptionError(f"--morph-cc {cc}: must be 1..119 and not a CC the synth already uses "

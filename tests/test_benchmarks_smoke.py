@@ -191,6 +191,19 @@ def test_loudness_of_a_capture_on_the_fake_preset(tmp_path: Path) -> None:
     assert np.mean(np.abs(np.array(levelled[1:]) - middle)) < np.mean(np.abs(np.array(plain[1:]) - middle)), (levelled, plain)
 
 
+def test_loudness_of_random_timbres_on_the_fake_preset(tmp_path: Path) -> None:
+    """The random table plays each draw with the synth's estimated level and without: with it nearer the band."""
+    from benchmarks import loudness
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake"))
+    levelled, plain = loudness.random_rows(preset, range(3))
+    assert [r[0] for r in levelled] == [r[0] for r in plain] == [0, 1, 2]
+    middle = np.mean(loudness.NOTE_RANGE_DBFS)
+    miss = [np.mean(np.abs(np.array([r[1:] for r in rows]) - middle)) for rows in (levelled, plain)]
+    assert miss[0] < miss[1], miss
+    assert "notes inside" in loudness.band_table(levelled, "random", "seed")
+
+
 def test_timbre_space_knobs_and_engine_tuning_on_the_fake_preset(fake: common.PresetModels) -> None:
     from benchmarks import timbre_space
     from export.knob_travel import KnobProbe, cents_at, held_notes

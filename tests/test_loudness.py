@@ -61,3 +61,28 @@ def test_the_slot_level_reaches_the_output(preset: Preset, tmp_path: Path) -> No
     full = heard_dbfs(preset, z, None)
     half = heard_dbfs(preset, z, np.full(128, 0.5, np.float32))
     np.testing.assert_allclose(half - full, 20 * np.log10(0.5), atol=0.05)
+
+
+def test_the_estimate_levels_random_draws_nearer_the_band(preset: Preset) -> None:
+    """The decoder-only estimate (synth.loudness.LevelEstimate) brings random draws' measured notes
+    nearer the band than level 1.0 does, and the random button plays a draw with it."""
+    from synth.loudness import LevelEstimate
+    from synth.timbre import CC_RANDOM, draw_random
+
+    estimate = LevelEstimate(preset)
+    assert np.isfinite(estimate.offset_db) and estimate.keys == CAPTURE_LEVEL_KEYS
+    middle = np.mean(KEY_LEVEL_BAND_DBFS)
+    plain_miss, levelled_miss = [], []
+    for seed in range(6):
+        z = draw_random(preset, seed)
+        plain_miss.append(np.abs(heard_dbfs(preset, z, None) - middle))
+        levelled_miss.append(np.abs(heard_dbfs(preset, z, estimate.key_level(z).gains()) - middle))
+    assert np.median(levelled_miss) < np.median(plain_miss) - 1.0, (np.median(levelled_miss), np.median(plain_miss))
+
+    engine = Engine(preset, device="cpu", random_seed=40)
+    engine.timbre.level_random(estimate)
+    engine.prepare(48000, 128, warm=False)
+    engine.push(0, 0xB0, CC_RANDOM, 127)
+    engine.process(np.zeros((128, 2), np.float32))
+    assert engine.current_timbre.label == "random:40"
+    np.testing.assert_allclose(engine.timbre_key_gain, estimate.key_level(draw_random(preset, 40)).gains(), rtol=1e-6)
