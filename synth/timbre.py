@@ -182,6 +182,11 @@ class TimbreBank:
         self._estimate = estimate
         self.start_random(self.random_seed)
 
+    @property
+    def estimate(self) -> LevelEstimate | None:
+        """The level estimate random draws get (``level_random``); None: none opened."""
+        return self._estimate
+
     def draw(self, seed: int) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
         """The random timbre ``seed``: its latent (``draw_random``) and gain per key (None: 1.0, no estimate)."""
         z = draw_random(self.preset, seed)

@@ -120,9 +120,12 @@ def load_user_programs(engine: Any, library: Library | None, say: Callable[[str]
     if stale:
         say(f"warning: {', '.join(stale[:3])}{'...' if len(stale) > 3 else ''} captured with another version of "
             f"preset {preset.name!r}; they may sound different (capture them again)")
+    # captured before captures were levelled: estimated as a random draw is (synth.loudness)
+    unlevelled = [s for s in mine if s.key_level is None]
+    estimate = (engine.timbre.estimate or LevelEstimate(preset)) if unlevelled else None
     for s in mine:
-        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track(), s.tone(),
-                                 s.key_gain())
+        gain = s.key_gain() if s.key_level is not None else estimate.key_level(s.z, s.track(), s.tone()).gains()
+        engine.timbre.store_user(s.program, s.z, TimbreInfo(USER, s.name, program=s.program), s.track(), s.tone(), gain)
 
 
 def _random_seed(text: str) -> int | None:

@@ -86,3 +86,23 @@ def test_the_estimate_levels_random_draws_nearer_the_band(preset: Preset) -> Non
     engine.process(np.zeros((128, 2), np.float32))
     assert engine.current_timbre.label == "random:40"
     np.testing.assert_allclose(engine.timbre_key_gain, estimate.key_level(draw_random(preset, 40)).gains(), rtol=1e-6)
+
+
+def test_a_library_capture_from_before_levels_gets_an_estimated_level(preset: Preset, tmp_path: Path) -> None:
+    """A library snapshot stored without a level (captured before this release) is levelled at load by the
+    estimate; one stored with its measured level keeps it."""
+    from synth.library import Library
+    from synth.loudness import LevelEstimate
+    from synth.timbre_cli import load_user_programs
+
+    z = np.random.default_rng(2).uniform(-2, 2, preset.latent_size)
+    library = Library.open(tmp_path)
+    old = library.store(preset, "old take", z, 60.0)
+    measured = KeyLevel((48, 72), (-3.0, 2.0))
+    new = library.store(preset, "new take", z, 60.0, key_level=measured)
+    engine = Engine(preset, device="cpu")
+    load_user_programs(engine, Library.open(tmp_path), lambda text: None)
+    expected = LevelEstimate(preset).key_level(np.asarray(z, np.float32)).gains()
+    assert not np.allclose(expected, 1.0)
+    np.testing.assert_allclose(engine.timbre.key_gain[old.program], expected, rtol=1e-5)
+    np.testing.assert_allclose(engine.timbre.key_gain[new.program], measured.gains(), rtol=1e-6)
