@@ -20,6 +20,11 @@ capture played before it was measured). The ``random`` section plays the random 
 (seeds 0..9) the same way, with the level per key the synth gives a draw (drawn while the synth
 plays, a draw is not measured through the engine but estimated from the decoder alone:
 ``synth.loudness.LevelEstimate``), and without it.
+
+The ``knobs`` section plays a v100 C4 of one program per GM group (programs 0, 8, ... 104) after a
+program change, and again after each knob is turned to CC 0 and to CC 127, rendered as
+``--render`` renders (the loudness follower looking at the latent, ``synth.level_follow``) and
+without the follower: how far each knob's ends move the note's peak from the program's own.
 """
 from __future__ import annotations
 
@@ -95,6 +100,55 @@ def random_rows(preset: Preset, seeds: range = range(10)) -> tuple[list[list[flo
     return levelled, plain
 
 
+class PeakWriter:
+    """A render writer that keeps the largest |sample| from sample ``start`` on."""
+
+    def __init__(self, start: int) -> None:
+        self.start, self.at, self.peak = start, 0, 0.0
+
+    def write(self, block: np.ndarray) -> None:
+        tail = block[max(0, self.start - self.at):]
+        if len(tail):
+            self.peak = max(self.peak, float(np.max(np.abs(tail))))
+        self.at += len(block)
+
+
+def knob_note_db(preset: Preset, program: int, knob: int | None, value: int, follow: bool) -> float:
+    """dBFS of a v100 C4 (held 1 s) 0.3 s after a program change and a knob move, rendered offline as
+    ``--render`` renders it (``follow``: with the loudness follower), 20 dB down and scaled back."""
+    from synth.cli_render import render
+    from synth.events import KNOB_CCS, MidiEvent
+    from synth.level_follow import LevelFollower
+
+    eng = Engine(preset, device="cpu", knob_pickup=False, master_gain=0.1)
+    eng.prepare(RENDER_RATE, 256, warm=False)
+    start = int(0.3 * RENDER_RATE)
+    events = [MidiEvent(0, 0xC0, program)] + ([MidiEvent(10, 0xB0, KNOB_CCS[knob], value)] if knob is not None else [])
+    events += [MidiEvent(start, 0x90, 60, 100), MidiEvent(start + int(HOLD_S * RENDER_RATE), 0x80, 60, 0)]
+    writer = PeakWriter(start)
+    render(eng, events, writer, 256, follower=LevelFollower(eng) if follow else None)
+    return dbfs(writer.peak / 0.1)
+
+
+def knob_table(preset: Preset, programs: range = range(0, 112, 8)) -> str:
+    """Per knob: the median, 90th percentile and largest |change| (dB) of a C4's peak between the
+    program's own and each knob end, over ``programs``, with the loudness follower and without."""
+    knobs = preset.knobs.count
+    change = np.zeros((2, len(programs), knobs, 2))
+    for j, program in enumerate(programs):
+        for f, follow in enumerate((True, False)):
+            base = knob_note_db(preset, program, None, 0, follow)
+            for k in range(knobs):
+                for e, value in enumerate((0, 127)):
+                    change[f, j, k, e] = knob_note_db(preset, program, k, value, follow) - base
+    size = np.abs(change)
+    rows = [[f"knob {k + 1}", *[f"{np.median(size[f, :, k]):.1f} / {np.percentile(size[f, :, k], 90):.1f} / "
+                                f"{size[f, :, k].max():.1f}" for f in (0, 1)]] for k in range(knobs)]
+    rows.append(["all", *[f"{np.median(size[f]):.1f} / {np.percentile(size[f], 90):.1f} / {size[f].max():.1f}"
+                          for f in (0, 1)]])
+    return markdown_table(["knob", "|change| dB with the follower: median / p90 / max", "without it"], rows)
+
+
 def band_table(rows: list[list[float]], title: str, label: str) -> str:
     """``rows`` of ``[name, peak at each of KEYS]`` as a table with the share inside NOTE_RANGE_DBFS, and a summary."""
     lo, hi = NOTE_RANGE_DBFS
@@ -114,7 +168,7 @@ def dbfs(peak: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=str(DEFAULT_PRESET))
-    ap.add_argument("--skip", default="", help="sections to leave out: captures,random")
+    ap.add_argument("--skip", default="", help="sections to leave out: captures,random,knobs")
     args = ap.parse_args(argv)
 
     def body() -> int:
@@ -145,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n### 8-note chord at velocity 127 on the loudest programs (goal <= 0 dBFS)\n")
         print(markdown_table(["program", "group", "peak dBFS"],
                              [[p, gm_group(p), f"{v:.3f}"] for p, v in chords]))
-        skipped = chosen_sections(args.skip, ["captures", "random"])
+        skipped = chosen_sections(args.skip, ["captures", "random", "knobs"])
         if "captures" not in skipped:
             levelled, plain = capture_rows(preset)
             print("\n" + band_table(levelled, "v100 notes of a C4 capture of each held-out program, with the level per "
@@ -157,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + band_table(levelled, "v100 notes of the random timbres random:0 .. random:9, with the level "
                                    "per key the synth estimates for a draw", "seed"))
             print("\n" + band_table(plain, "the same draws without it (level 1.0, as before)", "seed"))
+        if "knobs" not in skipped:
+            print("\n### a v100 C4's peak moved by each knob's ends (CC 0, CC 127) from the program's own, "
+                  "one program per GM group\n")
+            print(knob_table(preset))
         return 0
 
     return run_main(body)

@@ -15,6 +15,7 @@ import numpy as np
 from synth.engine import Engine
 from synth.errors import VaesynthError
 from synth.events import CC_ALL_NOTES_OFF, CC_SUSTAIN, CONTROL_CHANGE, MidiEvent
+from synth.level_follow import FOLLOW_PERIOD_S, LevelFollower
 from synth.midifile import events_end, read_midi_events
 from synth.timbre import CC_RANDOM
 
@@ -69,11 +70,14 @@ def _open_output(path: Path, rate: int, subtype: str):  # noqa: ANN202 - soundfi
 PROGRESS_AFTER_S = 5.0  # renders of more audio than this show a progress bar (on a terminal)
 
 
-def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, progress: bool = False) -> int:  # noqa: ANN001
-    """Render ``events`` through ``engine`` (prepared) into ``writer.write``; returns samples written."""
+def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, progress: bool = False,  # noqa: ANN001
+           follower: LevelFollower | None = None) -> int:
+    """Render ``events`` through ``engine`` (prepared) into ``writer.write``; returns samples written.
+    ``follower`` (synth.level_follow) looks at the latent every FOLLOW_PERIOD_S of audio, as it does live."""
     from tqdm import tqdm
 
     rate = engine.sample_rate
+    follow_every, next_follow = max(1, int(FOLLOW_PERIOD_S * rate)), 0
     end = events_end(events) + 1
     events = sorted(events + _closing_events(end), key=lambda e: e.sample_time)
     cap = end + int((engine.preset.release_seconds + 2.0) * rate)
@@ -93,6 +97,9 @@ def render(engine: Engine, events: list[MidiEvent], writer, block: int = 128, pr
         engine.process(buf[filled:filled + n])
         filled += n
         t += n
+        if follower is not None and t >= next_follow:
+            follower.update()
+            next_follow = t + follow_every
         quiet = quiet + n if engine.idle and t >= end else 0
         if filled == WRITE_CHUNK:
             writer.write(buf)
@@ -131,7 +138,7 @@ def run_render(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() and seconds > PROGRESS_AFTER_S and not args.quiet
     out_path = Path(args.out)
     with _open_output(out_path, rate, "FLOAT" if args.float else "PCM_24") as writer:
-        n = render(engine, events, writer, args.render_block, progress)
+        n = render(engine, events, writer, args.render_block, progress, LevelFollower(engine))
     if not args.quiet:
         print(f"wrote {out_path} ({n / rate:.2f} s at {rate} Hz, decoder on {engine.providers[0]})", file=sys.stderr)
     if engine.stats.nan_voices:

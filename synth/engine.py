@@ -329,6 +329,15 @@ class Engine:
         self._snapshot_levels = np.array([s.level for s in preset.snapshots] or [1.0], np.float64)
         self.level_target = 1.0
         self.level = 1.0
+        # What keeps a timbre's loudness while its knobs move (synth.level_follow): the latent the
+        # last timbre change recalled, a serial that every timbre change bumps, and a gain that a
+        # follower thread writes for one serial (gain first, then serial: publish after write). The
+        # audio thread applies the gain only while the serials match, so a timbre change is never
+        # played with the last timbre's gain.
+        self._z_recalled = np.zeros(preset.latent_size, np.float32)
+        self.timbre_serial = 0
+        self._follow_gain = 1.0
+        self._follow_serial = -1
         # Each snapshot's key tracking (synth.key_track), flat (128 * L) rows (zeros: none); slot timbres
         # bring their own (synth.timbre). It follows timbre changes with the knobs' glide, as the level does.
         # Each snapshot's level per key (format 4: export evened out its registers), ones elsewhere; a
@@ -357,6 +366,7 @@ class Engine:
         self.program = 0  # the last program change (written by the render thread only)
         if self._program_change(0) < 0:
             self.knobs.derive(self.z_target, unpick_moved=False)
+            self._timbre_recalled()  # no snapshot: the latent mean is the timbre
         self.knobs.pickup[:] = True  # before any program change the knobs follow at once
         self.z_current = self.z_target.copy()
         self._track_current = self._track_target.copy()
@@ -459,6 +469,8 @@ class Engine:
         if z is not None:
             self.z_target[:] = z
             self.knobs.derive(self.z_target, unpick_moved=False)
+        if not snapshot_level:  # the restored latent is the timbre (a snapshot's knob moves stay followed)
+            self._timbre_recalled()
         self.knobs.pickup[:] = False
         self._jump_to_timbre()
 
@@ -502,7 +514,7 @@ class Engine:
     @property
     def output_gain(self) -> float:
         """Linear gain before the limiter: the user's ``master_gain`` times the preset's ``mix_gain``
-        times the current snapshot's level trim (gliding after a program change)."""
+        times the current snapshot's level trim and the loudness follower's gain (both gliding)."""
         return self.master_gain * self.preset.mix_gain * self.level
 
     @property
@@ -776,6 +788,26 @@ class Engine:
             self.timbre.key_gain_into(self._key_level)
             self.timbre.track_into(self._track_target)
             self.timbre.tone_into(self._tone_target)
+            self._timbre_recalled()
+
+    def _timbre_recalled(self) -> None:
+        """A timbre change: its latent is the loudness follower's new reference (knob moves from here
+        on are followed against it), and the last timbre's follow gain stops applying."""
+        self._z_recalled[:] = self.z_target
+        self.timbre_serial += 1
+
+    @property
+    def recalled(self) -> tuple[int, NDArray[np.float32]]:
+        """``(timbre_serial, z (L,))``: the last timbre change and the latent it recalled (a copy; any
+        thread: check the serial again after using it, a change may have come in between)."""
+        serial = self.timbre_serial
+        return serial, self._z_recalled.copy()
+
+    def set_level_follow(self, serial: int, gain: float) -> None:
+        """The loudness follower's gain for timbre change ``serial`` (synth.level_follow; any thread). It
+        glides in with the knobs and stops applying at the next timbre change."""
+        self._follow_gain = float(gain)
+        self._follow_serial = int(serial)
 
     def _jump_to_timbre(self) -> None:
         """Latent, key tracking and level at their targets now (not real-time: no glide)."""
@@ -796,6 +828,7 @@ class Engine:
             self._track_target[:] = self._track_tables[snapshot]
             self._tone_target[:] = self._tone_tables[snapshot]
             self._key_level[:] = self._key_level_tables[snapshot]
+            self._timbre_recalled()
         self.program = program
         self.timbre.snapshot_recalled(program)
         if not self._knob_pickup:
@@ -812,7 +845,8 @@ class Engine:
         _glide(self.z_target, self.z_current, alpha)
         _glide(self._track_target, self._track_current, alpha)
         _glide(self._tone_target, self._tone_current, alpha)
-        self.level += (self.level_target - self.level) * alpha
+        follow = self._follow_gain if self._follow_serial == self.timbre_serial else 1.0
+        self.level += (self.level_target * follow - self.level) * alpha
 
     def _synthesize_frames(self, t0: int, t_end: int) -> None:
         vb = self.voices

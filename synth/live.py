@@ -37,6 +37,7 @@ from synth.learn import (
     load_mapping,
     save_mapping,
 )
+from synth.level_follow import LevelFollower
 from synth.render_ahead import DEFAULT_AHEAD, MIN_AHEAD, RenderAhead
 from synth.state import LiveState
 from synth.ui.cli import start_surface
@@ -803,12 +804,14 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     ahead = render_ahead_blocks(args, audio)
     if ahead:
         synth.start_render_ahead(engine.max_block, ahead, None if watch is None else watch.is_freewheeling)
+    follower = LevelFollower(engine)  # knobs move the timbre, not the volume (synth.level_follow)
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
     surface = None
     try:
         surface = start_surface(args, synth, preset, path)  # --ui: web page + OSC on their own thread
         _start_stream(stream)
+        follower.start(on_error=lambda exc: _say(f"the level stopped following the knobs ({_one_line(exc)})"))
         midi.watch()
         if audio.under_jack and getattr(args, "no_connect", False):
             jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)
@@ -820,6 +823,7 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     except KeyboardInterrupt:
         stopping = True
     finally:
+        follower.stop()
         if surface is not None:
             surface.stop()
         if not finished[0]:

@@ -109,26 +109,38 @@ class LevelEstimate:
     snapshots, whose peaks export measured into KEY_LEVEL_BAND_DBFS. The offset is the waveform's
     crest and the engine's synthesis, which differ per timbre: measured on the shipped preset, the
     estimate misses the engine's peak by 1.5 dB (std), so it is a fallback, not a measurement.
-    About 5 ms a timbre; opening it (a decoder session and the calibration) about 0.15 s."""
+    About 5 ms a timbre (five keys, 24 frames each); opening it 15 ms, calibrating it 0.15 s."""
 
-    def __init__(self, preset: Any) -> None:
+    def __init__(self, preset: Any, keys: Sequence[int] = CAPTURE_LEVEL_KEYS,
+                 frame_step: int = ESTIMATE_FRAME_STEP) -> None:
+        """``keys``: where the level is estimated (those inside the preset's trained keys); ``frame_step``:
+        every how many frames of the note's first second are decoded."""
         from synth.model_file import cpu_session, read_model
 
         self.preset = preset
         self._session = cpu_session(read_model(preset.decoder_path))
-        self.keys = tuple(k for k in CAPTURE_LEVEL_KEYS if preset.pitch_min <= k <= preset.pitch_max) \
+        self.keys = tuple(k for k in keys if preset.pitch_min <= k <= preset.pitch_max) \
             or (int(round((preset.pitch_min + preset.pitch_max) / 2)),)
         p = preset.params
-        self._times = np.arange(0.0, 1.0, p.hop / p.sample_rate, dtype=np.float32)[::ESTIMATE_FRAME_STEP]
-        snaps = preset.snapshots
-        pick = np.unique(np.linspace(0, len(snaps) - 1, min(len(snaps), CALIBRATION_SNAPSHOTS)).round().astype(int)) \
-            if snaps else []
-        offsets = [TARGET_PEAK_DBFS - self._frame_db(s.z, s.track, s.tone_db) - 20.0 * np.log10(s.key_gain()[list(self.keys)])
-                   for s in (snaps[i] for i in pick)]
-        self.offset_db = float(np.median(offsets)) if offsets else 0.0
+        self._times = np.arange(0.0, 1.0, p.hop / p.sample_rate, dtype=np.float32)[::frame_step]
+        self._offset_db: float | None = None
 
-    def _frame_db(self, z: NDArray, track: NDArray | None = None, tone_db: NDArray | None = None) -> NDArray[np.float64]:
-        """``(K,)`` the loudest decoded frame's energy (dB) of a v100 note at each of ``self.keys``."""
+    @property
+    def offset_db(self) -> float:
+        """dB from the loudest frame's energy to the engine's peak, calibrated on the first use (about
+        0.15 s): the median over a spread of the preset's snapshots, whose peaks are known."""
+        if self._offset_db is None:
+            snaps = self.preset.snapshots
+            pick = np.unique(np.linspace(0, len(snaps) - 1, min(len(snaps), CALIBRATION_SNAPSHOTS)).round().astype(int)) \
+                if snaps else []
+            offsets = [TARGET_PEAK_DBFS - self.frame_db(s.z, s.track, s.tone_db) - 20.0 * np.log10(s.key_gain()[list(self.keys)])
+                       for s in (snaps[i] for i in pick)]
+            self._offset_db = float(np.median(offsets)) if offsets else 0.0
+        return self._offset_db
+
+    def frame_db(self, z: NDArray, track: NDArray | None = None, tone_db: NDArray | None = None) -> NDArray[np.float64]:
+        """``(K,)`` the loudest decoded frame's energy (dB) of a v100 note at each of ``self.keys``, for the
+        latent ``z (L,)`` with its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``."""
         from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF
         from synth.key_track import latent_for_key
         from synth.tone import tone_ln
@@ -147,7 +159,7 @@ class LevelEstimate:
 
     def key_level(self, z: NDArray, track: NDArray | None = None, tone_db: NDArray | None = None) -> KeyLevel:
         """The level per key that brings ``z``'s estimated v100 peaks into KEY_LEVEL_BAND_DBFS."""
-        heard = self._frame_db(z, track, tone_db) + self.offset_db
+        heard = self.frame_db(z, track, tone_db) + self.offset_db
         if not np.all(np.isfinite(heard)):  # a NaN decode: no trim (the engine silences NaN frames itself)
             return KeyLevel(self.keys, (0.0,) * len(self.keys))
         return KeyLevel(self.keys, tuple(round(float(v), 2) for v in into_band(heard)))

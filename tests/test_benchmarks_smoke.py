@@ -204,6 +204,16 @@ def test_loudness_of_random_timbres_on_the_fake_preset(tmp_path: Path) -> None:
     assert "notes inside" in loudness.band_table(levelled, "random", "seed")
 
 
+def test_loudness_knob_table_on_the_fake_preset(tmp_path: Path) -> None:
+    from benchmarks import loudness
+
+    preset = load_preset(make_fake_preset(tmp_path / "fake"))
+    lines = loudness.knob_table(preset, range(0, 1)).splitlines()
+    assert len(lines) == 2 + preset.knobs.count + 1 and lines[-1].startswith("| all |")
+    followed, plain = ([float(v) for v in cell.split(" / ")] for cell in lines[-1].strip("|").split("|")[1:3])
+    assert followed[0] < plain[0], (followed, plain)  # the median change is smaller with the follower
+
+
 def test_timbre_space_knobs_and_engine_tuning_on_the_fake_preset(fake: common.PresetModels) -> None:
     from benchmarks import timbre_space
     from export.knob_travel import KnobProbe, cents_at, held_notes

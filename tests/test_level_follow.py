@@ -1,0 +1,88 @@
+"""The loudness follower (synth.level_follow): knob moves change the timbre at about the level the
+last timbre change set, on the real engine and decoder; a timbre change never plays with an older
+timbre's gain."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.loudness import PeakWriter
+from synth.cli_render import render
+from synth.engine import Engine
+from synth.events import KNOB_CCS, MidiEvent
+from synth.level_follow import MAX_FOLLOW_DB, LevelFollower
+from synth.preset import Preset, load_preset
+from tests.fake_preset import PROGRAMS, make_fake_preset
+
+RATE, BLOCK = 48000, 256
+CC, PC, ON, OFF = 0xB0, 0xC0, 0x90, 0x80
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory: pytest.TempPathFactory) -> Preset:
+    return load_preset(make_fake_preset(tmp_path_factory.mktemp("follow") / "fake"))
+
+
+def note_peak_db(preset: Preset, knob: int | None, value: int, follow: bool) -> float:
+    """dBFS of a v100 C4 played 0.3 s after a program change and a knob move, rendered offline."""
+    engine = Engine(preset, device="cpu", knob_pickup=False, master_gain=0.1)  # 20 dB down: the limiter stays out
+    engine.prepare(RATE, BLOCK, warm=False)
+    events = [MidiEvent(0, PC, PROGRAMS[1])]
+    if knob is not None:
+        events.append(MidiEvent(10, CC, KNOB_CCS[knob], value))
+    start = int(0.3 * RATE)
+    events += [MidiEvent(start, ON, 60, 100), MidiEvent(start + RATE // 2, OFF, 60, 0)]
+    writer = PeakWriter(start)
+    render(engine, events, writer, BLOCK, follower=LevelFollower(engine) if follow else None)
+    return 20.0 * np.log10(max(writer.peak, 1e-9) / 0.1)
+
+
+def test_knob_moves_keep_the_level_the_timbre_change_set(preset: Preset) -> None:
+    base = note_peak_db(preset, None, 0, follow=False)
+    assert abs(note_peak_db(preset, None, 0, follow=True) - base) < 0.01  # nothing moved: nothing changes
+    plain, followed = [], []
+    for knob in range(3):
+        for value in (0, 127):
+            plain.append(abs(note_peak_db(preset, knob, value, follow=False) - base))
+            followed.append(abs(note_peak_db(preset, knob, value, follow=True) - base))
+    assert max(plain) > 3.0, plain  # the fake decoder's loudness moves with the knobs: the test can fail
+    assert np.median(followed) < np.median(plain) / 2, (followed, plain)
+
+
+def test_a_timbre_change_drops_the_last_timbre_s_gain(preset: Preset) -> None:
+    engine = Engine(preset, device="cpu", knob_pickup=False)
+    engine.prepare(RATE, BLOCK, warm=False)
+    follower = LevelFollower(engine)
+    engine.push(0, CC, KNOB_CCS[0], 0)
+    engine.process(np.zeros((BLOCK, 2), np.float32))
+    assert follower.update() and not follower.update()  # a moved latent costs one look, an unmoved one none
+    serial = engine.timbre_serial
+    assert engine._follow_serial == serial and engine._follow_gain != 1.0
+    assert 10 ** (-MAX_FOLLOW_DB / 20) - 1e-6 <= engine._follow_gain <= 10 ** (MAX_FOLLOW_DB / 20) + 1e-6
+    engine.push(engine.sample_time, PC, PROGRAMS[2])
+    engine.process(np.zeros((BLOCK, 2), np.float32))
+    assert engine.timbre_serial > serial
+    for _ in range(200):  # the glide (about 10 ms) is long over: the level is the new snapshot's own
+        engine.process(np.zeros((BLOCK, 2), np.float32))
+    assert engine.level == pytest.approx(engine.level_target, rel=1e-6)
+    engine.set_level_follow(serial, 4.0)  # a gain computed for the old timbre, arriving late: ignored
+    engine.process(np.zeros((BLOCK, 2), np.float32))
+    assert engine.level == pytest.approx(engine.level_target, rel=1e-6)
+
+
+def test_the_live_thread_follows_and_stops(preset: Preset, tmp_path: Path) -> None:
+    engine = Engine(preset, device="cpu", knob_pickup=False)
+    engine.prepare(RATE, BLOCK, warm=False)
+    follower = LevelFollower(engine)
+    follower.start(period=0.005)
+    engine.push(0, CC, KNOB_CCS[1], 127)
+    engine.process(np.zeros((BLOCK, 2), np.float32))
+    for _ in range(400):
+        if follower.updates:
+            break
+        follower._stop.wait(0.005)
+    follower.stop()
+    assert follower.updates >= 1 and engine._follow_serial == engine.timbre_serial
+    assert not follower._thread.is_alive()
