@@ -48,6 +48,7 @@ class LevelFollower:
         self.updates = 0  # gains handed to the engine (for tests and the benchmark)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._looking = threading.Lock()  # the thread and a freewheeling renderer never look at once
 
     def _level_db(self, z: np.ndarray) -> float:
         engine = self.engine
@@ -56,6 +57,10 @@ class LevelFollower:
     def update(self) -> bool:
         """Look once: when the latent moved since the last look, hand the engine a new gain. True when
         it did. Safe against a timbre change meanwhile (the engine drops a gain of an older change)."""
+        with self._looking:
+            return self._look()
+
+    def _look(self) -> bool:
         engine = self.engine
         serial, recalled = engine.recalled
         if serial != self._serial:
@@ -72,12 +77,15 @@ class LevelFollower:
         self.updates += 1
         return True
 
-    def start(self, period: float = FOLLOW_PERIOD_S, on_error: Any = None) -> None:
-        """Look every ``period`` seconds on a thread of its own until :meth:`stop`; a failed look is
-        reported once through ``on_error(exc)`` and the follower stops (the level stays as it is)."""
+    def start(self, period: float = FOLLOW_PERIOD_S, on_error: Any = None, paused: Any = None) -> None:
+        """Look every ``period`` seconds on a thread of its own until :meth:`stop`, skipping looks while
+        ``paused()`` (JACK freewheel: the renderer looks then); a failed look is reported once through
+        ``on_error(exc)`` and the follower stops (the level stays as it is)."""
 
         def loop() -> None:
             while not self._stop.wait(period):
+                if paused is not None and paused():
+                    continue
                 try:
                     self.update()
                 except Exception as exc:  # noqa: BLE001 - never the stream: the level just stops following

@@ -37,7 +37,7 @@ from synth.learn import (
     load_mapping,
     save_mapping,
 )
-from synth.level_follow import LevelFollower
+from synth.level_follow import FOLLOW_PERIOD_S, LevelFollower
 from synth.render_ahead import DEFAULT_AHEAD, MIN_AHEAD, RenderAhead
 from synth.state import LiveState
 from synth.ui.cli import start_surface
@@ -145,6 +145,12 @@ class LiveSynth:
         # surface wakes its push with it while a page is open. It must never block.
         self.control_listener: Callable[[int], None] | None = None
         self.ahead: RenderAhead | None = None  # the render-ahead worker (start_render_ahead)
+        # The loudness follower (synth.level_follow): on its own thread in real time; in JACK
+        # freewheel (an export) audio time runs apart from the wall clock, so the renderer looks
+        # itself every FOLLOW_PERIOD_S of audio, as --render does, and the export is the same
+        # whatever the machine's speed.
+        self.follower: LevelFollower | None = None
+        self._follow_next = 0  # engine sample time of the renderer's next look in freewheel
 
     def start_render_ahead(self, block: int, blocks: float = DEFAULT_AHEAD,
                            freewheeling: Callable[[], bool] | None = None) -> RenderAhead:
@@ -204,6 +210,9 @@ class LiveSynth:
         try:
             self.engine.process(out)
             st.consecutive_faults = 0
+            if self.follower is not None and self.freewheeling and self.engine.sample_time >= self._follow_next:
+                self.follower.update()  # no deadline in freewheel (never reached in real time)
+                self._follow_next = self.engine.sample_time + int(FOLLOW_PERIOD_S * self.sample_rate)
         except Exception as exc:  # noqa: BLE001 - any failure costs one silent block, never the stream
             out.fill(0.0)
             self._failed(exc)
@@ -211,6 +220,18 @@ class LiveSynth:
         st.load = (time.perf_counter() - start) * self.sample_rate / out.shape[0]
         if st.load > st.load_peak and st.renders > 8:  # the first blocks warm caches up
             st.load_peak = st.load
+
+    @property
+    def freewheeling(self) -> bool:
+        """Whether the audio server runs without a deadline now (JACK freewheel, an export)."""
+        return self.clock.freewheeling is not None and self.clock.freewheeling()
+
+    def start_follower(self, follower: LevelFollower) -> None:
+        """Keep the loudness as the knobs move (synth.level_follow): ``follower`` looks on its own thread
+        in real time, and from the renderer in freewheel."""
+        self.follower = follower
+        follower.start(paused=lambda: self.freewheeling,
+                       on_error=lambda exc: _say(f"the level stopped following the knobs ({_one_line(exc)})"))
 
     def _failed(self, exc: BaseException) -> None:
         st = self.stats
@@ -811,7 +832,7 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     try:
         surface = start_surface(args, synth, preset, path)  # --ui: web page + OSC on their own thread
         _start_stream(stream)
-        follower.start(on_error=lambda exc: _say(f"the level stopped following the knobs ({_one_line(exc)})"))
+        synth.start_follower(follower)
         midi.watch()
         if audio.under_jack and getattr(args, "no_connect", False):
             jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)

@@ -86,3 +86,23 @@ def test_the_live_thread_follows_and_stops(preset: Preset, tmp_path: Path) -> No
     follower.stop()
     assert follower.updates >= 1 and engine._follow_serial == engine.timbre_serial
     assert not follower._thread.is_alive()
+
+
+def test_in_freewheel_the_renderer_looks_in_audio_time(preset: Preset) -> None:
+    """A JACK export (freewheel) runs apart from the wall clock: the live renderer then looks itself every
+    FOLLOW_PERIOD_S of audio, as --render does; in real time it leaves the looking to the thread."""
+    from synth.live import LiveSynth
+
+    for freewheel in (False, True):
+        engine = Engine(preset, device="cpu", knob_pickup=False)
+        engine.prepare(RATE, BLOCK, warm=False)
+        synth = LiveSynth(engine, RATE)
+        synth.clock.freewheeling = lambda freewheel=freewheel: freewheel
+        synth.follower = LevelFollower(engine)  # not started: only the renderer may look
+        engine.push(0, CC, KNOB_CCS[0], 0)
+        out = np.zeros((BLOCK, 2), np.float32)
+        for _ in range(int(0.1 * RATE) // BLOCK):
+            synth._render(out)
+        assert synth.fault is None
+        assert (synth.follower.updates >= 1) == freewheel
+        assert (engine._follow_serial == engine.timbre_serial) == freewheel
