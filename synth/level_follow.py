@@ -41,7 +41,8 @@ class LevelFollower:
 
     def __init__(self, engine: Any, estimate: LevelEstimate | None = None) -> None:
         self.engine = engine
-        self.estimate = estimate or LevelEstimate(engine.preset, FOLLOW_KEYS, FOLLOW_FRAME_STEP)
+        shared = getattr(engine.timbre.estimate, "session", None)  # the random draws' decoder session, when open
+        self.estimate = estimate or LevelEstimate(engine.preset, FOLLOW_KEYS, FOLLOW_FRAME_STEP, session=shared)
         self._serial = -1
         self._reference_db = 0.0
         self._last_z: np.ndarray | None = None

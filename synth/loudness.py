@@ -19,9 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from synth.contract import MAX_KEY_LEVEL_DB
+from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF, MAX_KEY_LEVEL_DB
 from synth.events import CC_ALL_SOUND_OFF
-from synth.key_track import key_gain_table, valid_track_keys
+from synth.key_track import key_gain_table, latent_for_key, valid_track_keys
+from synth.model_file import cpu_session, read_model
+from synth.tone import tone_ln
 
 TARGET_PEAK_DBFS = -9.0
 """A velocity-100 note's peak after the [mix] gain and master gain 1: export sets the [mix] gain so
@@ -93,6 +95,12 @@ def into_band(heard_dbfs: NDArray, band: tuple[float, float] = KEY_LEVEL_BAND_DB
     return np.clip(np.clip(heard, *band) - heard, -MAX_KEY_LEVEL_DB, MAX_KEY_LEVEL_DB)
 
 
+def trained_keys(preset: Any, keys: Sequence[int]) -> tuple[int, ...]:
+    """Those of ``keys`` inside the preset's trained pitch range; none: the middle of that range."""
+    return tuple(k for k in keys if preset.pitch_min <= k <= preset.pitch_max) \
+        or (int(round((preset.pitch_min + preset.pitch_max) / 2)),)
+
+
 ESTIMATE_FRAME_STEP = 4
 """:class:`LevelEstimate` decodes every 4th frame of a note's first second (24 frames a key): the
 peak frame's energy moves by well under a dB between neighbouring frames."""
@@ -112,15 +120,13 @@ class LevelEstimate:
     About 5 ms a timbre (five keys, 24 frames each); opening it 15 ms, calibrating it 0.15 s."""
 
     def __init__(self, preset: Any, keys: Sequence[int] = CAPTURE_LEVEL_KEYS,
-                 frame_step: int = ESTIMATE_FRAME_STEP) -> None:
+                 frame_step: int = ESTIMATE_FRAME_STEP, session: Any = None) -> None:
         """``keys``: where the level is estimated (those inside the preset's trained keys); ``frame_step``:
-        every how many frames of the note's first second are decoded."""
-        from synth.model_file import cpu_session, read_model
-
+        every how many frames of the note's first second are decoded; ``session``: another estimate's
+        decoder session to share (onnxruntime runs it from several threads), else a new one."""
         self.preset = preset
-        self._session = cpu_session(read_model(preset.decoder_path))
-        self.keys = tuple(k for k in keys if preset.pitch_min <= k <= preset.pitch_max) \
-            or (int(round((preset.pitch_min + preset.pitch_max) / 2)),)
+        self.session = session if session is not None else cpu_session(read_model(preset.decoder_path))
+        self.keys = trained_keys(preset, keys)
         p = preset.params
         self._times = np.arange(0.0, 1.0, p.hop / p.sample_rate, dtype=np.float32)[::frame_step]
         self._offset_db: float | None = None
@@ -141,17 +147,13 @@ class LevelEstimate:
     def frame_db(self, z: NDArray, track: NDArray | None = None, tone_db: NDArray | None = None) -> NDArray[np.float64]:
         """``(K,)`` the loudest decoded frame's energy (dB) of a v100 note at each of ``self.keys``, for the
         latent ``z (L,)`` with its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``."""
-        from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF
-        from synth.key_track import latent_for_key
-        from synth.tone import tone_ln
-
         n, keys = len(self._times), self.keys
         zs = np.concatenate([np.repeat(latent_for_key(np.asarray(z, np.float32), track, k)[None], n, axis=0)
                              for k in keys]).astype(np.float32)
         rows = len(zs)
         feeds = dict(zip(DECODER_INPUTS, (zs, np.repeat(np.asarray(keys, np.float32), n), np.full(rows, 100.0, np.float32),
                                           np.tile(self._times, len(keys)), np.full(rows, HELD_TIME_OFF, np.float32))))
-        log_mag = self._session.run([DECODER_OUTPUT], feeds)[0].astype(np.float64)
+        log_mag = self.session.run([DECODER_OUTPUT], feeds)[0].astype(np.float64)
         if tone_db is not None:
             log_mag += tone_ln(np.asarray(tone_db), self.preset.params)[None]
         energy = np.exp(2.0 * log_mag).sum(axis=1).reshape(len(keys), n)
@@ -184,8 +186,7 @@ def measure_key_level(preset: Any, z: NDArray, track: NDArray | None = None,
     from synth.engine import Engine
     from synth.timbre import LATENT, TimbreInfo
 
-    keys = [k for k in CAPTURE_LEVEL_KEYS if preset.pitch_min <= k <= preset.pitch_max] \
-        or [int(round((preset.pitch_min + preset.pitch_max) / 2))]
+    keys = trained_keys(preset, CAPTURE_LEVEL_KEYS)
     engine = Engine(preset, polyphony=4, device="cpu", threads=1, master_gain=MEASURE_HEADROOM, knob_pickup=False)
     engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(LATENT, "measured"), track, tone_db))
     engine.prepare(MIX_RENDER_RATE, 1024, warm=False)
