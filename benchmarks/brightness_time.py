@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import DEFAULT_PRESET, PresetModels, frame_times, log, markdown_table, open_preset, run_main
+from benchmarks.common import DEFAULT_PRESET, PresetModels, log, markdown_table, open_preset, run_main
 from benchmarks.timbre_space import decode_frames, open_data
 from synth.contract import BRIGHT_BAND_HZ
-from synth.stft import magnitude_from_log
+from synth.stft import frame_times, magnitude_from_log
 
 SEGMENTS_S = ((0.0, 0.03), (0.03, 0.1), (0.1, 0.5), (0.5, 3.0))
 TOP_DB = -40.0  # "where the partials stop": the time-averaged spectrum's last bin within this of its peak

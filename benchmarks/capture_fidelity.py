@@ -17,6 +17,10 @@ Prints markdown tables:
   such ties toward the lower number, which is a rule, not the instrument's nearest neighbour).
   ``--soundfont`` renders the held-out programs from another soundfont (the settings were chosen
   on FluidR3: another soundfont's notes check they are not fitted to it).
+- **whole note**: the same recordings (C4, key up at ``--hold``) played back at their own key for
+  their first 2.5 s, attack, held part and release alike: spectral convergence and LSD against the
+  recording after one gain, for capture as a user gets it, capture without its reading of the whole
+  note (``synth.refine.Refiner.read``), and the encoder's point alone.
 - **self-capture**: the engine plays the C4 of a spread of the preset's snapshots (``SELF_PROGRAMS``);
   each is captured as a user would capture it, and the capture's C4 is compared with that note by
   the same distance, against every other snapshot's C4: on how many programs is the capture the
@@ -205,6 +209,50 @@ def fidelity_table(preset: Preset, programs: list[int], keys: tuple[int, ...], h
     return "\n".join([table, ""] + [_summary(name, m, len(programs)) for name, m in margins.items()])
 
 
+WHOLE_SECONDS = 2.5  # the whole-note table: the recording's first 2.5 s (its key up at --hold)
+
+
+def whole_note_scores(real: np.ndarray, played: np.ndarray, preset: Preset) -> tuple[float, float]:
+    """Spectral convergence and LSD (dB) of ``played`` against ``real`` over every frame of both (attack,
+    held part, release), after one gain that matches their energy."""
+    a, b = np.abs(stft(real, preset.params)), np.abs(stft(played, preset.params))
+    t = min(len(a), len(b))
+    a, b = a[:t], b[:t]
+    b = b * np.sqrt(float((a ** 2).sum()) / max(float((b ** 2).sum()), 1e-30))
+    sc = 20 * np.log10(max(float(np.linalg.norm(a - b)), 1e-30) / max(float(np.linalg.norm(a)), 1e-30))
+    return float(sc), log_spectral_distance_db(a, b)
+
+
+def whole_note_table(preset: Preset, programs: list[int], hold: float, soundfont: str = SOUNDFONT,
+                     valley_weight: ValleyWeight | None = VALLEY_WEIGHT) -> str:
+    """The whole-note section: how the captured key itself plays the recorded note back, from its attack
+    through its release, for capture as users get it, capture without its reading of the whole note
+    (``Refiner.read``), and the encoder's point alone."""
+    fluid = FluidNotes(preset.params.sample_rate, hold, soundfont)
+    encoder, refiner = Encoder(preset), Refiner(preset, valley_weight)
+    rate = preset.params.sample_rate
+    ways = {"capture": {}, "capture without the read": {"read": False}, "encoder alone": {"refine": False}}
+    rows, scores = [], {name: [] for name in ways}
+    for program in programs:
+        recording = fluid.note(program, CAPTURE_KEY)[: int(WHOLE_SECONDS * rate)]
+        row: list[object] = [program]
+        for name, how in ways.items():
+            try:
+                cap = capture(preset, recording, rate, pitch=float(CAPTURE_KEY), encoder=encoder, refiner=refiner, **how)
+            except CaptureError as exc:
+                raise BenchmarkError(f"program {program}: {exc}") from None
+            played = engine_note(preset, cap.z_at(CAPTURE_KEY), CAPTURE_KEY, hold, WHOLE_SECONDS, cap.tone_db)
+            sc, lsd = whole_note_scores(recording, played, preset)
+            scores[name].append((sc, lsd))
+            row.append(f"{sc:.2f} / {lsd:.2f}")
+        rows.append(row)
+        log(f"whole note, program {program}: " + ", ".join(f"{n} {r}" for n, r in zip(ways, row[1:])))
+    rows.append(["median", *(f"{np.median([v[0] for v in scores[n]]):.2f} / {np.median([v[1] for v in scores[n]]):.2f}"
+                             for n in ways)])
+    return markdown_table(["GM program (C4, key up at %g s, %g s)" % (hold, WHOLE_SECONDS),
+                           *(f"{name}: SC / LSD (dB)" for name in ways)], rows)
+
+
 SELF_PROGRAMS = (0, 4, 10, 16, 19, 24, 33, 41, 48, 56, 65, 73, 81, 89, 98, 104)
 SELF_HOLD = 1.5
 
@@ -345,7 +393,7 @@ def main() -> int:
     ap.add_argument("--valley-weight", default=None, metavar="RADIUS,DB,FLOOR|off",
                     help="how capture's note term weighs the valleys between partials (synth.refine.ValleyWeight); "
                          "default: as users get it (synth.refine.VALLEY_WEIGHT); off: every bin alike")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,self,speed,change")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,whole,self,speed,change")
     args = ap.parse_args()
     preset = load_preset(args.preset)
     programs = [int(p) for p in args.programs.split(",")] if args.programs else holdout_programs(preset)
@@ -362,6 +410,8 @@ def main() -> int:
             raise BenchmarkError(f"--valley-weight {args.valley_weight!r}: expected RADIUS,DB,FLOOR such as 5,40,0.1") from None
     if "fidelity" not in skip:
         print(fidelity_table(preset, programs, keys, args.hold, args.soundfont, valley), "\n", flush=True)
+    if "whole" not in skip:
+        print(whole_note_table(preset, programs, args.hold, args.soundfont, valley), "\n", flush=True)
     if "self" not in skip:
         print(self_capture_table(preset, valley), "\n", flush=True)
     if "speed" not in skip:

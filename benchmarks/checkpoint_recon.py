@@ -37,10 +37,10 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import BenchmarkError, frame_times, log, magnitude_convergence_db, markdown_table, run_main
+from benchmarks.common import BenchmarkError, log, magnitude_convergence_db, markdown_table, run_main
 from benchmarks.timbre_space import GOALS, decode_frames, encode_batch, note_scores, open_data, subset
 from synth.contract import DECODER_INPUTS
-from synth.stft import magnitude_from_log
+from synth.stft import frame_times, magnitude_from_log
 
 
 class _TorchSession:

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from synth.contract import SpectrogramParams, encoder_feeds
 from synth.errors import VaesynthError, run_command
 from synth.preset import Preset, PresetError, load_preset
+from synth.stft import frame_times
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = REPO / "presets" / "default"
@@ -99,19 +100,6 @@ def split_settings(run_dir: str | None, val_fraction: float, seed: int) -> tuple
 
 
 # ---------------------------------------------------------------------------- decoder
-
-def frame_times(params: SpectrogramParams, n_frames: int, frame_stride: int, time_on_max: float,
-                hold_seconds: float | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """framewise-v1 times of frames ``0, s, 2s, ...`` -> ``time_on, time_off (n_frames,)``.
-
-    As in ``training.model.frame_times``: time_on is the frame time clamped to time_on_max
-    (what the engine feeds a held note), time_off = t - hold once the key is released, else -1.
-    """
-    hold = params.hold_seconds if hold_seconds is None else hold_seconds
-    t = np.arange(n_frames, dtype=np.float64) * frame_stride * params.hop / params.sample_rate
-    time_off = np.where(t >= hold, t - hold, -1.0)
-    return np.minimum(t, time_on_max).astype(np.float32), time_off.astype(np.float32)
-
 
 def _session(path: Path, threads: int) -> "object":
     import onnxruntime as ort

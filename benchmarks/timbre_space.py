@@ -18,7 +18,9 @@ figure beside its goal.
 - recon: encode a held-out note, decode every stored frame at its own hold length; spectral
   convergence and LSD on magnitudes for held-out notes of seen instruments (the training run's
   validation split), notes of held-out GM programs (never trained on), and the release region
-  (frames after note-off) of the seen group.
+  (frames after note-off) of each group. "encoder": the encoder's point; "read": that point read
+  further against the note by the decoder (``synth.refine.Refiner.read``, capture's first step),
+  given the note's pitch, velocity and hold.
 - bright: energy share between 4 and 12 kHz of the program's snapshot, decoded at the real
   note's pitch, velocity and hold and shaped by its tone curve (``synth.tone``), minus the real note's share (dB), for the reference soundfont's
   trained programs at keys 36-84; median per GM group. "recon" column: the encoder's latent of the
@@ -43,12 +45,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, frame_times, log,
+from benchmarks.common import (DEFAULT_PRESET, BenchmarkError, PresetModels, chosen_sections, log,
                                magnitude_convergence_db, markdown_table, open_preset, run_main)
 from export.knob_travel import CLIFF_RATIO, KnobProbe, cents_at, cliff_ratio, family_snapshots
 from synth.contract import BRIGHT_BAND_HZ, GM_GROUPS, encoder_feeds, gm_group
 from synth.preset import KnobMap, Preset
-from synth.stft import log_spectral_distance_db, magnitude_from_log
+from synth.refine import Refiner
+from synth.stft import frame_times, log_spectral_distance_db, magnitude_from_log
 from synth.tone import tone_ln
 
 if TYPE_CHECKING:
@@ -162,16 +165,20 @@ def knob_section(preset: Preset, probe: KnobProbe) -> list[list[object]]:
 
 # ---------------------------------------------------------------------------- reconstruction
 
-def note_scores(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int64],
-                time_on_max: float) -> list[tuple[float, float, float, float]]:
-    """Per note ``(SC, LSD, release SC, release LSD)`` over stored frames (release: after note-off)."""
+def note_scores(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int64], time_on_max: float,
+                reader: Refiner | None = None) -> list[tuple[float, float, float, float]]:
+    """Per note ``(SC, LSD, release SC, release LSD)`` over stored frames (release: after note-off), from
+    the encoder's point, or read by ``reader`` (``Refiner.read``: the note's pitch, velocity and hold known)."""
     params, stride = models.params, cache.frame_stride
     if len(idx) == 0:  # a split with no notes in this group (a small dataset)
         return []
     mu, _ = encode_batch(models, cache, idx)
     out = []
     for z, i in zip(mu, idx):
-        ref = magnitude_from_log(np.asarray(cache.logmag[i], np.float32), params)
+        log_mag = np.asarray(cache.logmag[i], np.float32)
+        if reader is not None:
+            z = reader.read(z, log_mag, float(cache.pitch[i]), float(cache.velocity[i]), float(cache.hold[i]))
+        ref = magnitude_from_log(log_mag, params)
         on, off = frame_times(params, len(ref), stride, time_on_max, float(cache.hold[i]))
         est = magnitude_from_log(decode_frames(models, z, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)
         rel = off >= 0
@@ -181,13 +188,17 @@ def note_scores(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int
 
 
 def recon_section(models: PresetModels, preset: Preset, data: Data, n: int) -> list[list[object]]:
-    rows = []
-    seen = note_scores(models, data.cache, subset(data.val, n), preset.time_on_max)
-    unseen = note_scores(models, data.cache, subset(data.unseen, n), preset.time_on_max)
-    for label, scores, col, goal in (("held-out notes, seen instruments", seen, 0, GOALS["sc_seen"]),
-                                     ("held-out GM programs (never trained)", unseen, 0, GOALS["sc_unseen"]),
-                                     ("release region, seen instruments", seen, 2, None),
-                                     ("release region, held-out programs", unseen, 2, None)):
+    rows, groups = [], []
+    seen_idx, unseen_idx = subset(data.val, n), subset(data.unseen, n)
+    reader = Refiner(preset)
+    for how, by in (("encoder", None), ("read", reader)):
+        seen = note_scores(models, data.cache, seen_idx, preset.time_on_max, by)
+        unseen = note_scores(models, data.cache, unseen_idx, preset.time_on_max, by)
+        groups += [(f"held-out notes, seen instruments: {how}", seen, 0, GOALS["sc_seen"]),
+                   (f"held-out GM programs (never trained): {how}", unseen, 0, GOALS["sc_unseen"]),
+                   (f"release region, seen instruments: {how}", seen, 2, None),
+                   (f"release region, held-out programs: {how}", unseen, 2, None)]
+    for label, scores, col, goal in groups:
         if not scores:
             rows.append([label, 0, "-", "-", "-", "-"])
             continue

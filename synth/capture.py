@@ -11,8 +11,9 @@
 4. normalises its peak to ``CAPTURE_PEAK_DBFS`` (the level of a training note at velocity 100:
    the recording's level is the microphone's, not the instrument's), and runs the preset's
    encoder on the frames training computes (``synth.stft.encoder_frames``): ``z`` is the
-   posterior mean ``mu``; then (unless ``refine=False``) ``synth.refine.Refiner`` moves ``z`` so the
-   decoder reproduces the note at its pitch and plays the other octaves as the training instruments
+   posterior mean ``mu``; then (unless ``refine=False``) ``synth.refine.Refiner`` reads the whole
+   note (``Refiner.read``: the latent whose decoder frames reproduce the note's, key held), and
+   moves that point so the decoder reproduces the note's first second at its pitch and plays the other octaves as the training instruments
    that sound most like it do (on GM programs the model never saw, the encoder's point alone plays
    the other keys worse: see README's capture figures), and fits the tone curve (``synth.tone``)
    that gives the decoded note the recorded one's band balance;
@@ -258,11 +259,13 @@ class Encoder:
 
 
 def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = None, where: str = "recording",
-            encoder: Encoder | None = None, refiner: Refiner | None = None, refine: bool = True) -> Capture:
+            encoder: Encoder | None = None, refiner: Refiner | None = None, refine: bool = True,
+            read: bool = True) -> Capture:
     """Capture the most prominent note of ``audio (n,)`` mono at ``rate`` Hz (see the module doc).
 
     ``pitch``: the note's MIDI pitch when known (skips detection and its checks). ``refine=False``
-    keeps the encoder's point (benchmarks and tests compare the two); ``encoder``/``refiner``: models
+    keeps the encoder's point, ``read=False`` refines it without reading the whole note first
+    (benchmarks and tests compare them); ``encoder``/``refiner``: models
     kept across captures (opened here otherwise)."""
     started = time.perf_counter()
     x = np.asarray(audio, np.float32)
@@ -284,12 +287,15 @@ def capture(preset: Preset, audio: NDArray, rate: int, pitch: float | None = Non
     if pitch is None:
         pitch = _check_one_pitched_note(note, rate, preset, where)
     note = note * np.float32(10 ** (CAPTURE_PEAK_DBFS / 20) / float(np.abs(note).max()))
-    z = (encoder or Encoder(preset))(encoder_frames(note, params, preset.encoder_frame_stride), float(pitch))
+    frames = encoder_frames(note, params, preset.encoder_frame_stride)
+    z = (encoder or Encoder(preset))(frames, float(pitch))
     if not np.isfinite(z).all():
         raise CaptureError(f"{where}: the encoder returned NaN for this recording")
     track = tone_db = None
     if refine:
         refiner = refiner or Refiner(preset)
+        if read:
+            z = refiner.read(z, frames, float(pitch))
         z, track = refiner(z, note, float(pitch)), refiner.track
         tone_db = refiner.tone_for(z)
     distance, nearest = (None, -1) if preset.latent_map is None else preset.latent_map.distance(z)

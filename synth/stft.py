@@ -56,6 +56,21 @@ def encoder_frames(audio: NDArray, params: SpectrogramParams, frame_stride: int)
     return log_magnitude(x, params)[::frame_stride]
 
 
+def frame_times(params: SpectrogramParams, n_frames: int, frame_stride: int, time_on_max: float,
+                hold_seconds: float | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """The decoder's times of frames ``0, s, 2s, ...`` of a note (``encoder_frames``' frames for ``s =
+    frame_stride``) whose key goes up after ``hold_seconds`` (default ``params.hold_seconds``; ``inf``:
+    held) -> ``time_on, time_off (n_frames,)``.
+
+    As training's ``training.model.frame_times``: time_on is the frame time clamped to time_on_max
+    (what the engine feeds a held note), time_off = t - hold once the key is up, else -1 (held).
+    """
+    hold = params.hold_seconds if hold_seconds is None else hold_seconds
+    t = np.arange(n_frames, dtype=np.float64) * frame_stride * params.hop / params.sample_rate
+    time_off = np.where(t >= hold, t - hold, -1.0)
+    return np.minimum(t, time_on_max).astype(np.float32), time_off.astype(np.float32)
+
+
 def istft(spec: NDArray[np.complex128], params: SpectrogramParams, length: int | None = None) -> NDArray[np.float64]:
     """Inverse of :func:`stft` (windowed overlap-add, least-squares) -> mono audio."""
     n, h = params.n_fft, params.hop

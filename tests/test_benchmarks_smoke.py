@@ -33,7 +33,9 @@ def test_frame_times_match_training_contract() -> None:
     import torch
     from training.model import frame_times as torch_frame_times
 
-    on, off = common.frame_times(P, (P.frames_per_note + 1) // 2, 2, 2.9)  # the stored frames
+    from synth.stft import frame_times
+
+    on, off = frame_times(P, (P.frames_per_note + 1) // 2, 2, 2.9)  # the stored frames
     t_on, t_off = torch_frame_times(P, torch.arange(len(on)), 2, 2.9)
     np.testing.assert_allclose(on, t_on.numpy(), atol=1e-6)
     np.testing.assert_allclose(off, t_off.numpy(), atol=1e-6)

@@ -373,3 +373,39 @@ def test_valley_weight_counts_partials_more_than_the_valleys_between_them(preset
     plain = capture(preset, x, SR, refine=False)
     weighted = capture(preset, x, SR, refiner=Refiner(preset, ValleyWeight(5, 40.0, 0.1)))
     assert np.isfinite(weighted.z).all() and np.linalg.norm(weighted.z - plain.z) < 5.0
+
+
+def test_real_read_brings_the_decoder_to_a_whole_note() -> None:
+    """The shipped preset: frames the decoder itself draws from a snapshot (its pitch, velocity and hold
+    known, as the feature cache stores a training note) are read from the latent mean, far off: the read
+    point reproduces them much more closely than its start, and from the true point it stays there
+    (it keeps the best point it has seen)."""
+    from synth.contract import DECODER_INPUTS, DECODER_OUTPUT
+    from synth.model_file import cpu_session, read_model
+    from synth.stft import frame_times, magnitude_from_log
+
+    real = load_preset(REPO / "presets" / "default")
+    decoder = cpu_session(read_model(real.decoder_path))  # the full decoder: not the parts the reader decodes
+    frames_n = -(-real.params.frames_per_note // real.encoder_frame_stride)
+    pitch, velocity, hold = 55.0, 90.0, 0.3
+    on, off = frame_times(real.params, frames_n, real.encoder_frame_stride, real.time_on_max, hold)
+
+    def frames_of(z: np.ndarray) -> np.ndarray:
+        feeds = dict(zip(DECODER_INPUTS, (np.repeat(np.asarray(z, np.float32)[None], frames_n, 0),
+                                          np.full(frames_n, pitch, np.float32), np.full(frames_n, velocity, np.float32),
+                                          on, off)))
+        return decoder.run([DECODER_OUTPUT], feeds)[0]
+
+    def sc_db(z: np.ndarray) -> float:
+        ref, est = magnitude_from_log(note, real.params), magnitude_from_log(frames_of(z), real.params)
+        return 20 * np.log10(max(float(np.linalg.norm(ref - est)), 1e-30) / np.linalg.norm(ref))
+
+    reader = Refiner(real)
+    for program in (19, 56):  # organ, brass
+        z_true = real.snapshot_for_program(program).z_at(pitch)
+        note = frames_of(z_true)
+        start = real.latent_mean.astype(np.float32)
+        read = reader.read(start, note, pitch, velocity, hold)
+        assert sc_db(read) < sc_db(start) - 4.0, (program, sc_db(start), sc_db(read))
+        again = reader.read(z_true, note, pitch, velocity, hold)
+        assert sc_db(again) < -20.0, (program, sc_db(again))
