@@ -135,6 +135,9 @@ class LiveSynth:
         self.stats = LiveStats()
         self.learn = learn
         self.watch = watch
+        # freewheel is the server's, with or without render ahead: events and the loudness follower
+        # run in audio time through an export either way
+        self.clock.freewheeling = None if watch is None else watch.is_freewheeling
         self.fault: BaseException | None = None  # the first exception the callback caught
         # Several rtmidi inputs (virtual + hardware) call on_midi from their own threads,
         # but the engine queue has a single producer: serialise them. The audio thread
@@ -156,12 +159,14 @@ class LiveSynth:
                            freewheeling: Callable[[], bool] | None = None) -> RenderAhead:
         """Render on a worker thread ``blocks`` blocks of ``block`` frames ahead of the callback
         (``synth.render_ahead``), before the stream starts. Events are scheduled that much
-        later, and the engine reports that delay as its "render ahead" stage."""
+        later, and the engine reports that delay as its "render ahead" stage. ``freewheeling``:
+        whether the server runs without a deadline (default: the synth's JACK watch says)."""
         period_s = block / self.sample_rate
-        ahead = RenderAhead(self._render, block, 2, blocks, freewheeling=freewheeling,
+        if freewheeling is not None:
+            self.clock.freewheeling = freewheeling
+        ahead = RenderAhead(self._render, block, 2, blocks, freewheeling=self.clock.freewheeling,
                             late_wait_s=LATE_WAIT_PERIODS * period_s, block_s=period_s)
         self.clock.lead = ahead.delay_samples
-        self.clock.freewheeling = freewheeling
         set_stage = getattr(self.engine, "set_render_ahead", None)
         if set_stage is not None:
             set_stage(ahead.delay_samples)
@@ -824,7 +829,7 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
     ahead = render_ahead_blocks(args, audio)
     if ahead:
-        synth.start_render_ahead(engine.max_block, ahead, None if watch is None else watch.is_freewheeling)
+        synth.start_render_ahead(engine.max_block, ahead)  # freewheel from the synth's watch
     follower = LevelFollower(engine)  # knobs move the timbre, not the volume (synth.level_follow)
     stream = _open_stream(synth, audio, on_finished)
     stopping = False

@@ -106,3 +106,29 @@ def test_in_freewheel_the_renderer_looks_in_audio_time(preset: Preset) -> None:
         assert synth.fault is None
         assert (synth.follower.updates >= 1) == freewheel
         assert (engine._follow_serial == engine.timbre_serial) == freewheel
+
+
+def test_freewheel_is_the_watchs_without_render_ahead_too(preset: Preset) -> None:
+    """With ``--render-ahead 0`` (the callback renders) an export under JACK still runs the follower and the
+    events in audio time: the synth reads freewheel off its JACK watch, not off the render-ahead worker."""
+    from synth.live import LiveSynth
+
+    class Watch:
+        freewheel = True
+
+        def is_freewheeling(self) -> bool:
+            return self.freewheel
+
+    watch = Watch()
+    engine = Engine(preset, device="cpu", knob_pickup=False)
+    engine.prepare(RATE, BLOCK, warm=False)
+    synth = LiveSynth(engine, RATE, watch=watch)
+    assert synth.ahead is None and synth.freewheeling
+    synth.follower = LevelFollower(engine)
+    engine.push(0, CC, KNOB_CCS[0], 0)
+    out = np.zeros((BLOCK, 2), np.float32)
+    for _ in range(int(0.1 * RATE) // BLOCK):
+        synth._render(out)
+    assert synth.fault is None and synth.follower.updates >= 1
+    watch.freewheel = False
+    assert not synth.freewheeling
