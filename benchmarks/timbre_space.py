@@ -177,7 +177,8 @@ def note_scores(models: PresetModels, cache: "FeatureCache", idx: NDArray[np.int
     for z, i in zip(mu, idx):
         log_mag = np.asarray(cache.logmag[i], np.float32)
         if reader is not None:
-            z = reader.read(z, log_mag, float(cache.pitch[i]), float(cache.velocity[i]), float(cache.hold[i]))
+            z = reader.read(z, log_mag, float(cache.pitch[i]), float(cache.velocity[i]), float(cache.hold[i]),
+                            level_known=True)
         ref = magnitude_from_log(log_mag, params)
         on, off = frame_times(params, len(ref), stride, time_on_max, float(cache.hold[i]))
         est = magnitude_from_log(decode_frames(models, z, float(cache.pitch[i]), float(cache.velocity[i]), on, off), params)

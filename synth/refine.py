@@ -323,12 +323,13 @@ class Refiner:
         return (p.latent_mean + best_u * p.latent_std).astype(np.float32)
 
     def read(self, z0: NDArray[np.float32], frames: NDArray[np.float32], pitch: float, velocity: float = VELOCITY,
-             hold_seconds: float = math.inf) -> NDArray[np.float32]:
+             hold_seconds: float = math.inf, level_known: bool = False) -> NDArray[np.float32]:
         """``z0 (L,)`` (the encoder's point) moved so the decoder reproduces a whole note (see the module
         doc): ``frames (T, F)`` its log-magnitudes as the encoder reads them (``synth.stft.encoder_frames``),
         played at MIDI ``pitch`` and ``velocity``, its key up after ``hold_seconds`` (``inf``: held
         throughout, as a recording's key is taken to be) -> ``(L,)``, never further from the note than
-        ``z0``."""
+        ``z0``. A recording's level is its microphone's: each candidate gets the one gain that matches
+        its energy to the note's, unless ``level_known`` (a training note at its velocity's level)."""
         p = self.preset
         params = p.params
         frames = np.asarray(frames, np.float32)
@@ -346,8 +347,13 @@ class Refiner:
         target_mag = np.maximum(np.exp(target.astype(np.float64)) - params.log_floor, 0.0)
         target_norm = max(float(np.linalg.norm(target_mag)), 1e-12)
 
+        target_energy = 0.5 * float(_logsumexp(2.0 * target.astype(np.float64).reshape(1, -1))[0])
+
         def loss(u: NDArray[np.float64]) -> NDArray[np.float64]:
             out = self._decode(p.latent_mean + u * p.latent_std, pitches, time_on, None, velocities, time_off)
+            if not level_known:  # as _Term.loss: one log-gain per candidate
+                gain = target_energy - 0.5 * _logsumexp(2.0 * out.reshape(len(u), -1).astype(np.float64))
+                out = out + gain[:, None, None].astype(np.float32)
             l1 = np.mean(np.abs(np.maximum(out, clip) - target_clipped), axis=(1, 2), dtype=np.float64)
             mag = np.maximum(np.exp(out.astype(np.float64)) - params.log_floor, 0.0)
             sc = np.linalg.norm((mag - target_mag).reshape(len(u), -1), axis=1) / target_norm
