@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--polyphony", type=int, default=32, help="maximum sounding voices (default 32)")
     ap.add_argument("--bend-range", type=float, default=2.0, help="pitch-bend range in semitones (default 2)")
     ap.add_argument("--channel", type=int, default=None, help="MIDI channel 1..16 to listen to (default all)")
+    ap.add_argument("--no-level-follow", action="store_true",
+                    help="let the knobs change the loudness as the decoder draws it (default: the level stays where "
+                         "the last timbre change put it, within 12 dB, so the knobs move the timbre, not the volume)")
     ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
     render = ap.add_argument_group("offline rendering")
     render.add_argument("--render", metavar="IN.mid", default=None, help="render this MIDI file instead of playing live")

@@ -138,7 +138,8 @@ def run_render(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() and seconds > PROGRESS_AFTER_S and not args.quiet
     out_path = Path(args.out)
     with _open_output(out_path, rate, "FLOAT" if args.float else "PCM_24") as writer:
-        n = render(engine, events, writer, args.render_block, progress, LevelFollower(engine))
+        follower = None if getattr(args, "no_level_follow", False) else LevelFollower(engine)
+        n = render(engine, events, writer, args.render_block, progress, follower)
     if not args.quiet:
         print(f"wrote {out_path} ({n / rate:.2f} s at {rate} Hz, decoder on {engine.providers[0]})", file=sys.stderr)
     if engine.stats.nan_voices:

@@ -830,14 +830,16 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     ahead = render_ahead_blocks(args, audio)
     if ahead:
         synth.start_render_ahead(engine.max_block, ahead)  # freewheel from the synth's watch
-    follower = LevelFollower(engine)  # knobs move the timbre, not the volume (synth.level_follow)
+    # knobs move the timbre, not the volume (synth.level_follow), unless the player wants the decoder's level
+    follower = None if getattr(args, "no_level_follow", False) else LevelFollower(engine)
     stream = _open_stream(synth, audio, on_finished)
     stopping = False
     surface = None
     try:
         surface = start_surface(args, synth, preset, path)  # --ui: web page + OSC on their own thread
         _start_stream(stream)
-        synth.start_follower(follower)
+        if follower is not None:
+            synth.start_follower(follower)
         midi.watch()
         if audio.under_jack and getattr(args, "no_connect", False):
             jack_setup.disconnect_client_outputs(jack_setup.AUDIO_CLIENT_NAME)
@@ -849,7 +851,8 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     except KeyboardInterrupt:
         stopping = True
     finally:
-        follower.stop()
+        if follower is not None:
+            follower.stop()
         if surface is not None:
             surface.stop()
         if not finished[0]:

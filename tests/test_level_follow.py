@@ -132,3 +132,37 @@ def test_freewheel_is_the_watchs_without_render_ahead_too(preset: Preset) -> Non
     assert synth.fault is None and synth.follower.updates >= 1
     watch.freewheel = False
     assert not synth.freewheeling
+
+
+def test_no_level_follow_lets_the_knobs_change_the_level(preset: Preset, tmp_path: Path) -> None:
+    """``run_synth.py --render`` (a real subprocess): a knob that changes the fake decoder's loudness moves a
+    note's peak further from the unmoved one's with ``--no-level-follow`` than without it."""
+    import subprocess
+    import sys
+
+    import mido
+    import soundfile as sf
+
+    knob = int(np.argmax([abs(note_peak_db(preset, k, 0, follow=False) - note_peak_db(preset, None, 0, follow=False))
+                          for k in range(3)]))
+
+    def peak_db(moved: bool, *flags: str) -> float:
+        mid = mido.MidiFile(ticks_per_beat=480)  # 120 bpm: 960 ticks a second
+        track = mido.MidiTrack()
+        mid.tracks.append(track)
+        track.append(mido.Message("program_change", program=PROGRAMS[1], time=0))
+        if moved:
+            track.append(mido.Message("control_change", control=KNOB_CCS[knob], value=0, time=5))
+        track.append(mido.Message("note_on", note=60, velocity=100, time=288))
+        track.append(mido.Message("note_off", note=60, velocity=0, time=480))
+        path, out = tmp_path / "knob.mid", tmp_path / f"out{moved}{len(flags)}.wav"
+        mid.save(str(path))
+        done = subprocess.run([sys.executable, "run_synth.py", "--preset", str(preset.root), "--render", str(path),
+                               "--out", str(out), "--float", "--quiet", *flags],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert done.returncode == 0, done.stderr
+        return 20 * np.log10(float(np.abs(sf.read(out)[0]).max()))
+
+    base = peak_db(False)
+    followed, free = abs(peak_db(True) - base), abs(peak_db(True, "--no-level-follow") - base)
+    assert free > followed + 1.0, (free, followed)
