@@ -266,7 +266,7 @@ def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALL
         snap = preset.snapshot_for_program(program)
         if snap is None:
             raise BenchmarkError(f"{preset.root}: no snapshots, nothing to capture")
-        note = engine_note(preset, snap.z, CAPTURE_KEY, SELF_HOLD, seconds, snap.tone_db)
+        note = engine_note(preset, snap.z_at(CAPTURE_KEY), CAPTURE_KEY, SELF_HOLD, seconds, snap.tone_db)
         ref = steady_mag(note, preset, SELF_HOLD)
         told = ""
         try:
@@ -280,8 +280,8 @@ def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALL
             return level_matched_lsd(ref, steady_mag(engine_note(preset, z, CAPTURE_KEY, SELF_HOLD, seconds, tone_db),
                                                      preset, SELF_HOLD))
 
-        d = lsd(cap.z, cap.tone_db)
-        others = sorted((lsd(np.asarray(s.z, np.float32), s.tone_db), s.name) for s in preset.snapshots if s is not snap)
+        d = lsd(cap.z_at(CAPTURE_KEY), cap.tone_db)  # as the captured timbre plays that key, key tracking included
+        others = sorted((lsd(s.z_at(CAPTURE_KEY), s.tone_db), s.name) for s in preset.snapshots if s is not snap)
         closer = sum(o < d for o, _ in others)
         closest += closer == 0
         mine.append(d)
@@ -307,7 +307,7 @@ def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> tuple[fl
             "started = time.perf_counter()\n"
             "cap = capture(preset, *read_recording(sys.argv[2]), refine=sys.argv[3] == 'refine')\n"
             "captured = time.perf_counter()\n"
-            "measure_key_level(preset, cap.z, cap.track, cap.tone_db)\n"
+            "measure_key_level(preset, cap.z, cap.track, cap.tone_db, cap.pitch)\n"
             "print(captured - started, time.perf_counter() - captured)\n")
     done = subprocess.run([sys.executable, "-c", code, str(preset.root), str(path), "refine" if refine else "plain"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
@@ -336,7 +336,7 @@ def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
                 audio, rate = read_recording(path)
                 cap = capture(preset, audio, rate, encoder=encoder, refiner=refiner, refine=refine)
                 captured = time.perf_counter()
-                measure_key_level(preset, cap.z, cap.track, cap.tone_db)
+                measure_key_level(preset, cap.z, cap.track, cap.tone_db, cap.pitch)
                 later.append(captured - started)
                 later_level.append(time.perf_counter() - captured)
             mid, mid_level = float(np.median(later)), float(np.median(later_level))

@@ -11,10 +11,11 @@ engine exactly as ``run_synth.py --render`` would (default master gain, the pres
 gain, the snapshot's level and its level per key). Goal: the single note peaks between -12 and -6 dBFS; chords (8 notes at velocity 127, on
 the loudest programs) never pass 0 dBFS.
 
-The ``captures`` section (``--skip captures`` leaves it out) plays the same seven keys with a
+The ``captures`` section (``--skip captures`` leaves it out) plays D#2..D#5 by half octaves with a
 capture of each held-out GM program's FluidR3 C4 as ``--timbre PATH.wav`` plays it: its latent, the
-key tracking it borrowed, its tone curve and the level per key measured at capture
-(``synth.loudness.measure_key_level``, at C2..C6 by octaves: none of these seven keys either),
+key tracking it borrowed and its own key's reading, its tone curve and the level per key measured at
+capture (``synth.loudness.measure_key_level``, at C2..C6 by octaves and F#3, F#4 around its own key:
+these seven keys lie halfway between, where interpolating the level misses most),
 against the same band; and, for comparison, the same captures without that level (as every
 capture played before it was measured). The ``random`` section plays the random button's timbres
 (seeds 0..9) the same way, with the level per key the synth gives a draw (drawn while the synth
@@ -42,6 +43,7 @@ NOTE_RANGE_DBFS = (-12.0, -6.0)
 HOLD_S, TAIL_S = 1.0, 0.6
 CHORD = (48, 52, 55, 60, 64, 67, 72, 76)
 KEYS = (42, 48, 54, 60, 66, 72, 78)  # F#2 .. F#5 by half octaves: even keys, never measured by export
+CAPTURE_KEYS = (39, 45, 51, 57, 63, 69, 75)  # D#2 .. D#5: halfway between the keys a C4 capture's level is measured at
 
 
 def render_peak(preset: Preset, program: int | None, keys: tuple[int, ...], velocity: int,
@@ -64,7 +66,7 @@ def render_peak(preset: Preset, program: int | None, keys: tuple[int, ...], velo
 
 
 def capture_rows(preset: Preset, programs: list[int] | None = None) -> tuple[list[list[float]], list[list[float]]]:
-    """Per program (default: the preset's held-out ones), ``[program, peak at each of KEYS]`` (v100,
+    """Per program (default: the preset's held-out ones), ``[program, peak at each of CAPTURE_KEYS]`` (v100,
     dBFS) of a capture of its FluidR3 C4: with its measured level per key, and without it."""
     from benchmarks.capture_fidelity import CAPTURE_KEY, FluidNotes, holdout_programs
     from synth.capture import Encoder, capture
@@ -78,9 +80,10 @@ def capture_rows(preset: Preset, programs: list[int] | None = None) -> tuple[lis
     for program in holdout_programs(preset) if programs is None else programs:
         cap = capture(preset, fluid.note(program, CAPTURE_KEY), rate, encoder=encoder, refiner=refiner)
         timbre = (cap.z, TimbreInfo(CAPTURE, f"GM {program}"), cap.track, cap.tone_db)
-        gains = measure_key_level(preset, cap.z, cap.track, cap.tone_db).gains()
-        levelled.append([program, *[dbfs(render_peak(preset, None, (key,), 100, (*timbre, gains))) for key in KEYS]])
-        plain.append([program, *[dbfs(render_peak(preset, None, (key,), 100, timbre)) for key in KEYS]])
+        gains = measure_key_level(preset, cap.z, cap.track, cap.tone_db, cap.pitch).gains()
+        levelled.append([program, *[dbfs(render_peak(preset, None, (key,), 100, (*timbre, gains)))
+                                    for key in CAPTURE_KEYS]])
+        plain.append([program, *[dbfs(render_peak(preset, None, (key,), 100, timbre)) for key in CAPTURE_KEYS]])
     return levelled, plain
 
 
@@ -149,13 +152,13 @@ def knob_table(preset: Preset, programs: range = range(0, 112, 8)) -> str:
     return markdown_table(["knob", "|change| dB with the follower: median / p90 / max", "without it"], rows)
 
 
-def band_table(rows: list[list[float]], title: str, label: str) -> str:
-    """``rows`` of ``[name, peak at each of KEYS]`` as a table with the share inside NOTE_RANGE_DBFS, and a summary."""
+def band_table(rows: list[list[float]], title: str, label: str, keys: tuple[int, ...] = KEYS) -> str:
+    """``rows`` of ``[name, peak at each of keys]`` as a table with the share inside NOTE_RANGE_DBFS, and a summary."""
     lo, hi = NOTE_RANGE_DBFS
     peaks = np.array([r[1:] for r in rows], np.float64)
     inside = (peaks >= lo) & (peaks <= hi)
-    table = markdown_table([label, *[f"key {k}" for k in KEYS], "inside"],
-                           [[int(r[0]), *[f"{v:.1f}" for v in r[1:]], f"{int(ok.sum())}/{len(KEYS)}"]
+    table = markdown_table([label, *[f"key {k}" for k in keys], "inside"],
+                           [[int(r[0]), *[f"{v:.1f}" for v in r[1:]], f"{int(ok.sum())}/{len(keys)}"]
                             for r, ok in zip(rows, inside)])
     return (f"### {title} (dBFS; the snapshots' band {lo:g}..{hi:g})\n\n{table}\n\n{int(inside.sum())}/{inside.size} "
             f"notes inside {lo:g}..{hi:g}; median {np.median(peaks):.1f}, min {peaks.min():.1f}, max {peaks.max():.1f} dBFS")
@@ -203,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if "captures" not in skipped:
             levelled, plain = capture_rows(preset)
             print("\n" + band_table(levelled, "v100 notes of a C4 capture of each held-out program, with the level per "
-                                   "key measured at capture", "program"))
+                                   "key measured at capture", "program", CAPTURE_KEYS))
             print("\n" + band_table(plain, "the same captures without it (level 1.0, as before captures were "
-                                   "measured)", "program"))
+                                   "measured)", "program", CAPTURE_KEYS))
         if "random" not in skipped:
             levelled, plain = random_rows(preset)
             print("\n" + band_table(levelled, "v100 notes of the random timbres random:0 .. random:9, with the level "

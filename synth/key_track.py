@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from synth.contract import SNAPSHOT_TRACK_KEYS
+
 MAX_TRACK_KEYS = 32  # a preset asking for more is hostile or broken, not finer
 
 
@@ -56,6 +58,29 @@ def key_gain_table(keys: NDArray | tuple[float, ...], db: NDArray | list[float])
     (interpolated in dB, held beyond the first and last)."""
     level_db = track_weights(keys, np.arange(128)) @ np.asarray(db, np.float64)
     return (10.0 ** (level_db / 20.0)).astype(np.float32)
+
+
+OWN_KEY_SPAN = 12
+"""Semitones over which a capture's own key fades from the note's own reading into the keyboard fit
+(``synth.capture``): its offset table carries the difference there, fading linearly to nothing an
+octave either side (measured: ``synth.capture.capture``, README's capture figures)."""
+
+
+def with_own_key(track: NDArray | None, size: int, key: float, offset: NDArray) -> NDArray[np.float32]:
+    """``(128, size)``: the offset table ``track`` (None: no tracking) plus ``offset (size,)`` at the
+    row MIDI ``key`` plays, fading linearly to nothing ``OWN_KEY_SPAN`` keys away on either side."""
+    base = np.zeros((128, size), np.float64) if track is None else np.asarray(track, np.float64)
+    fade = np.clip(1.0 - np.abs(np.arange(128) - key_row(key)) / OWN_KEY_SPAN, 0.0, 1.0)
+    return (base + fade[:, None] * np.asarray(offset, np.float64)[None]).astype(np.float32)
+
+
+def own_key_track_keys(key: float) -> tuple[int, ...]:
+    """The keys a capture's offset table is kept at (the library): the training track keys and, for
+    :func:`with_own_key`'s fade, its own key's row, the rows an octave either side and the keyboard's
+    ends (where a fade may be cut off). Linear interpolation between them gives the table back exactly."""
+    row = key_row(key)
+    own = {k for k in (0, row - OWN_KEY_SPAN, row, row + OWN_KEY_SPAN, 127) if 0 <= k <= 127}
+    return tuple(sorted(set(SNAPSHOT_TRACK_KEYS) | own))
 
 
 def valid_track_keys(keys: object) -> bool:

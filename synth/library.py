@@ -12,7 +12,7 @@ One TOML file, ``library.toml``, in ``platformdirs.user_data_dir("vaesynth")`` o
     pitch = 60.0             # the recorded note's pitch
     source = "bottle.wav"
     track_keys = [21, ...]   # optional: the capture's key tracking (synth.key_track), borrowed from
-    track_z = [[...], ...]   # the instruments it sounds like: its latent at each track key
+    track_z = [[...], ...]   # the instruments it sounds like, plus its own key's reading: its latent at each key
     tone_db = [...]          # optional: its tone curve (synth.tone), one gain per TONE_HZ point
     key_level_keys = [36, ...]  # optional: its level per key (synth.loudness), measured at capture:
     key_level_db = [...]        # dB at each key, so a capture plays as loud as the snapshots
@@ -34,9 +34,8 @@ import numpy as np
 import tomli_w
 from numpy.typing import NDArray
 
-from synth.contract import SNAPSHOT_TRACK_KEYS
 from synth.errors import VaesynthError
-from synth.key_track import offset_table, valid_track_keys
+from synth.key_track import offset_table, own_key_track_keys, valid_track_keys
 from synth.loudness import KEY_LEVEL_RULE, KeyLevel, valid_key_level
 from synth.preset import Preset
 from synth.tone import TONE_RULE, valid_tone
@@ -170,7 +169,7 @@ class Library:
               track: NDArray[np.floating] | None = None, tone_db: NDArray[np.floating] | None = None,
               key_level: KeyLevel | None = None) -> UserSnapshot:
         """Add (or replace, keeping its program) ``name`` for ``preset`` and write the library atomically.
-        ``track (128, L)``: its key tracking, kept as its latent at ``SNAPSHOT_TRACK_KEYS``; ``tone_db (P,)``:
+        ``track (128, L)``: its key tracking, kept as its latent at ``own_key_track_keys(pitch)``; ``tone_db (P,)``:
         its tone curve (synth.tone); ``key_level``: its level per key (synth.loudness)."""
         name = check_name(name)
         z = np.asarray(z, np.float64)
@@ -192,7 +191,7 @@ class Library:
         keys: tuple[int, ...] = ()
         rows: tuple[tuple[float, ...], ...] = ()
         if track is not None:
-            keys = SNAPSHOT_TRACK_KEYS
+            keys = own_key_track_keys(pitch)  # exact for a capture's table, its own key's fade included
             rows = tuple(tuple(float(v) for v in z + np.asarray(track, np.float64)[k]) for k in keys)
         snap = UserSnapshot(name, preset.name, preset_fingerprint(preset), program, tuple(float(v) for v in z),
                             float(pitch), source, keys, rows,

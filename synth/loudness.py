@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from synth.contract import DECODER_INPUTS, DECODER_OUTPUT, HELD_TIME_OFF, MAX_KEY_LEVEL_DB
 from synth.events import CC_ALL_SOUND_OFF
-from synth.key_track import key_gain_table, latent_for_key, valid_track_keys
+from synth.key_track import OWN_KEY_SPAN, key_gain_table, key_row, latent_for_key, valid_track_keys
 from synth.model_file import cpu_session, read_model
 from synth.tone import tone_ln
 
@@ -178,15 +178,20 @@ def measured_peaks(engine: Any, keys: Sequence[int], velocity: int = 100) -> NDA
 
 
 def measure_key_level(preset: Any, z: NDArray, track: NDArray | None = None,
-                      tone_db: NDArray | None = None) -> KeyLevel:
+                      tone_db: NDArray | None = None, own_key: float | None = None) -> KeyLevel:
     """The level per key that brings a timbre's v100 notes into KEY_LEVEL_BAND_DBFS, as export brings
     the snapshots': ``z (L,)`` with its key tracking ``track (128, L)`` and tone curve ``tone_db (P,)``
     (a capture's), played by the engine at CAPTURE_LEVEL_KEYS inside the preset's trained keys, at
-    its [mix] gain and master gain 1."""
+    its [mix] gain and master gain 1. ``own_key``: a capture's key, whose fade into its keyboard fit
+    (``synth.key_track.with_own_key``) is measured halfway too, where the latent bends most."""
     from synth.engine import Engine
     from synth.timbre import LATENT, TimbreInfo
 
-    keys = trained_keys(preset, CAPTURE_LEVEL_KEYS)
+    keys = CAPTURE_LEVEL_KEYS
+    if own_key is not None:
+        row = key_row(own_key)
+        keys = tuple(sorted(set(keys) | {row - OWN_KEY_SPAN // 2, row + OWN_KEY_SPAN // 2}))
+    keys = trained_keys(preset, keys)
     engine = Engine(preset, polyphony=4, device="cpu", threads=1, master_gain=MEASURE_HEADROOM, knob_pickup=False)
     engine.set_timbre_now(engine.store_timbre(z, TimbreInfo(LATENT, "measured"), track, tone_db))
     engine.prepare(MIX_RENDER_RATE, 1024, warm=False)

@@ -78,7 +78,7 @@ def _capture(preset: Preset, path: str, args: argparse.Namespace) -> tuple[Captu
     per key (synth.loudness: the capture plays as loud as the snapshots)."""
     cap = capture_file(preset, path, args.pitch)
     z = pull_toward_data(preset, cap.z, args.pull) if args.pull else cap.z
-    return cap, z, measure_key_level(preset, z, cap.track, cap.tone_db)
+    return cap, z, measure_key_level(preset, z, cap.track, cap.tone_db, cap.pitch)
 
 
 def run_capture(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from synth.capture import (
     read_recording,
 )
 from synth.engine import Engine
+from synth.key_track import OWN_KEY_SPAN
 from synth.preset import Preset, load_preset
 from synth.refine import Refiner
 from tests.fake_preset import capture_subspace, make_fake_preset
@@ -327,8 +328,9 @@ def test_neighbours_are_judged_by_their_notes_at_the_captured_pitch(preset: Pres
 
 
 def test_capture_borrows_the_key_tracking_of_what_it_sounds_like(tmp_path: Path) -> None:
-    """On a key-tracked preset a capture gets the tracking of the instruments it sounds like (weighted),
-    zero at its own key; the engine then plays it key by key, and the library keeps it."""
+    """On a key-tracked preset a capture gets the tracking of the instruments it sounds like (weighted), and
+    at its own key (an octave either side) the way to the note's own reading; the engine then plays it key
+    by key, and the library keeps it exactly."""
     from synth.engine import Engine
     from synth.library import Library
     from synth.timbre import TimbreInfo
@@ -336,10 +338,11 @@ def test_capture_borrows_the_key_tracking_of_what_it_sounds_like(tmp_path: Path)
     tracked = load_preset(make_fake_preset(tmp_path / "tracked", key_track=True))
     cap = capture(tracked, engine_note(tracked, program=5, hold_s=1.0, seconds=1.2), SR)
     assert cap.track is not None and cap.track.shape == (128, tracked.latent_size)
-    assert np.abs(cap.track[60]).max() < 1e-6  # captured at C4: its own key adds nothing
-    # a weighted mean of the snapshots' tracking, each taken relative to the captured key
+    # an octave and more away: a weighted mean of the snapshots' tracking, each relative to the captured key
     relative = np.stack([s.track - s.track[60] for s in tracked.snapshots])
-    assert np.all(cap.track >= relative.min(axis=0) - 1e-5) and np.all(cap.track <= relative.max(axis=0) + 1e-5)
+    far = np.abs(np.arange(128) - 60) >= OWN_KEY_SPAN
+    assert np.all(cap.track[far] >= relative.min(axis=0)[far] - 1e-5)
+    assert np.all(cap.track[far] <= relative.max(axis=0)[far] + 1e-5)
     assert np.abs(cap.track[36]).max() > 0.05
     eng = Engine(tracked, device="cpu")
     eng.prepare(SR, 1024, warm=False)
@@ -351,9 +354,10 @@ def test_capture_borrows_the_key_tracking_of_what_it_sounds_like(tmp_path: Path)
     lib.store(tracked, "mine", cap.z, cap.pitch, track=cap.track)
     kept = Library.open(tmp_path / "lib").find(tracked, "mine")
     assert kept is not None and kept.track() is not None
-    np.testing.assert_allclose(kept.track()[36], cap.track[36], atol=1e-5)  # exact at the track keys
-    # an untracked preset's capture has none
-    assert capture(load_preset(make_fake_preset(tmp_path / "plain")), engine_note(tracked, program=5), SR).track is None
+    np.testing.assert_allclose(kept.track(), cap.track, atol=1e-5)  # every key, its own key's fade included
+    # an untracked preset's capture tracks its own key only
+    plain = capture(load_preset(make_fake_preset(tmp_path / "plain")), engine_note(tracked, program=5), SR)
+    assert plain.track is not None and not np.any(plain.track[far]) and np.any(plain.track[60])
 
 
 def test_valley_weight_counts_partials_more_than_the_valleys_between_them(preset: Preset) -> None:
@@ -416,3 +420,22 @@ def test_real_read_brings_the_decoder_to_a_whole_note() -> None:
         hot = np.log(magnitude_from_log(note, real.params) * 10 ** (12 / 20) + real.params.log_floor)
         free = reader.read(start, hot.astype(np.float32), pitch, velocity, hold)
         assert sc_db(free, True) < sc_db(start, True) - 4.0, (program, sc_db(start, True), sc_db(free, True))
+
+
+def test_the_captured_key_plays_the_notes_own_reading(preset: Preset) -> None:
+    """A capture's own key plays ``Refiner.read``'s point (the reading of the whole note), the keys an
+    octave and more away the keyboard fit's, and the tone curve is fitted to the reading."""
+
+    class Reading(Refiner):
+        def read(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - records what capture read
+            self.reading = super().read(*args, **kwargs)
+            return self.reading
+
+    refiner = Reading(preset)
+    cap = capture(preset, tone(60, 1.5), SR, refiner=refiner)
+    reading = refiner.reading
+    np.testing.assert_allclose(cap.z_at(cap.pitch), reading, atol=1e-5)
+    assert not np.allclose(cap.z, reading, atol=1e-3)  # the keyboard fit moved on from it
+    np.testing.assert_allclose(cap.z_at(cap.pitch + OWN_KEY_SPAN), cap.z, atol=1e-6)
+    np.testing.assert_allclose(cap.z_at(cap.pitch - OWN_KEY_SPAN // 2), 0.5 * (cap.z + reading), atol=1e-5)
+    np.testing.assert_allclose(cap.tone_db, refiner.tone_for(reading), atol=1e-6)  # the note term is still set

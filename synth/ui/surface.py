@@ -178,7 +178,7 @@ class ControlSurface:
 
         with self._capture_lock:
             cap = capture_file(self.preset, path)
-            level = measure_key_level(self.preset, cap.z, cap.track, cap.tone_db)
+            level = measure_key_level(self.preset, cap.z, cap.track, cap.tone_db, cap.pitch)
             library = Library.open(self.library_dir)
             snap = library.store(self.preset, name, cap.z, cap.pitch, source=source, track=cap.track, tone_db=cap.tone_db,
                                  key_level=level)
