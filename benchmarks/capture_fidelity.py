@@ -295,10 +295,10 @@ def self_capture_table(preset: Preset, valley_weight: ValleyWeight | None = VALL
             f"{pitch_given} note(s) refused without their pitch (the message asks for it)")
 
 
-def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> tuple[float, float]:
+def _first_capture_seconds(preset: Preset, path: Path, refine: bool, python: str) -> tuple[float, float]:
     """Seconds from reading ``path`` to its latent, then to its level per key (``synth.loudness``), in a
-    fresh process, as ``run_synth.py --capture`` meets them: model sessions started, nothing (numba's
-    first call included) warmed by an engine."""
+    fresh process of interpreter ``python``, as ``run_synth.py --capture`` meets them: model sessions
+    started, nothing (numba's first call included) warmed by an engine."""
     code = ("import sys, time\n"
             "from synth.capture import capture, read_recording\n"
             "from synth.loudness import measure_key_level\n"
@@ -309,7 +309,7 @@ def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> tuple[fl
             "captured = time.perf_counter()\n"
             "measure_key_level(preset, cap.z, cap.track, cap.tone_db, cap.pitch)\n"
             "print(captured - started, time.perf_counter() - captured)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(preset.root), str(path), "refine" if refine else "plain"],
+    done = subprocess.run([python, "-c", code, str(preset.root), str(path), "refine" if refine else "plain"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
     if done.returncode != 0:
         raise BenchmarkError(f"first capture in a fresh process failed: {done.stderr.strip()[-300:]}")
@@ -317,7 +317,7 @@ def _first_capture_seconds(preset: Preset, path: Path, refine: bool) -> tuple[fl
     return first, level
 
 
-def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
+def speed_table(preset: Preset, program: int, repeats: int = 5, python: str = sys.executable) -> str:
     """A 4 s WAV to its latent, then its level per key (the engine plays five notes of it): the first
     capture of a fresh process (model sessions started, as ``--capture`` meets it), and the median of
     later ones in one process (sessions kept, as a running synth would; this one has run the engine,
@@ -328,7 +328,7 @@ def speed_table(preset: Preset, program: int, repeats: int = 5) -> str:
         path = Path(tmp) / "take.wav"
         sf.write(path, fluid.note(program, CAPTURE_KEY)[: 4 * preset.params.sample_rate], preset.params.sample_rate)
         for label, refine in (("", True), (", encoder alone", False)):
-            first, first_level = _first_capture_seconds(preset, path, refine)
+            first, first_level = _first_capture_seconds(preset, path, refine, python)
             encoder, refiner = Encoder(preset), Refiner(preset)
             later, later_level = [], []
             for _ in range(repeats):
@@ -393,6 +393,9 @@ def main() -> int:
     ap.add_argument("--valley-weight", default=None, metavar="RADIUS,DB,FLOOR|off",
                     help="how capture's note term weighs the valleys between partials (synth.refine.ValleyWeight); "
                          "default: as users get it (synth.refine.VALLEY_WEIGHT); off: every bin alike")
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter of the speed table's fresh process (default this one); a venv made by the "
+                         "README's Play command (pip install -e ., no scipy) times a capture as a fresh install meets it")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: fidelity,whole,self,speed,change")
     args = ap.parse_args()
     preset = load_preset(args.preset)
@@ -415,7 +418,7 @@ def main() -> int:
     if "self" not in skip:
         print(self_capture_table(preset, valley), "\n", flush=True)
     if "speed" not in skip:
-        print(speed_table(preset, programs[0]), "\n", flush=True)
+        print(speed_table(preset, programs[0], python=args.python), "\n", flush=True)
     if "change" not in skip:
         print(change_table(preset), flush=True)
     return 0

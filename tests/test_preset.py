@@ -271,3 +271,31 @@ def test_knob_travel_is_optional_and_sets_each_knobs_reach(preset_dir: Path) -> 
         knobs.control(knob, 127, z)  # every knob at its top end
     reach = (z.astype(np.float64) - preset.knobs.center) @ preset.knobs.directions.T
     np.testing.assert_allclose(reach, np.array(travel) * preset.knobs.scale, rtol=1e-5)
+
+
+def test_the_engine_runs_without_torch_and_scipy() -> None:
+    """In a fresh interpreter where scipy cannot be imported (``pip install -e .`` does not install it; numba
+    takes it when present, and it costs a fresh capture 0.2 s), every module of ``synth`` (the UI's too) and
+    ``run_synth`` import, the shipped preset plays a note through the engine's compiled kernels, and torch
+    is never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "sys.modules['scipy'] = None  # import scipy raises ImportError, as where it is not installed\n"
+            "import pkgutil, importlib, numpy as np, synth, synth.ui, run_synth\n"
+            "for pkg in (synth, synth.ui):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        importlib.import_module(m.name)\n"
+            "from synth.engine import Engine\n"
+            "from synth.preset import load_preset\n"
+            "eng = Engine(load_preset('presets/default'), device='cpu')\n"
+            "eng.prepare(48000, 256, warm=False)\n"
+            "eng.push(0, 0x90, 60, 100)\n"
+            "out = np.zeros((9600, 2), np.float32)\n"
+            "eng.process(out)\n"
+            "print(bool(np.isfinite(out).all() and np.abs(out).max() > 1e-3), 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"], done.stdout
