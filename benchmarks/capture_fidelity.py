@@ -26,9 +26,10 @@ Prints markdown tables:
   the same distance, against every other snapshot's C4: on how many programs is the capture the
   closest? (A capture should find its way back to a sound the synth itself made.)
 - **capture speed**: reading a 4 s recording (WAV) through to its latent, then its level per key
-  (``synth.loudness``: five notes played by the engine), the first capture of a process (model
-  sessions started) and the median of later ones, as a user gets it and the encoder alone.
-  Goal: <= 1 s.
+  (``synth.loudness``: seven notes played by the engine), the first capture of a process (model
+  sessions started) and the median of later ones, as a user gets it and the encoder alone
+  (``--python``: the fresh process's interpreter, e.g. a venv made by the README's Play command,
+  which has no scipy). Goal: <= 1 s.
 - **change-to-sound**: the engine's response to the morph wheel (CC 1, 0 -> 127 between two
   snapshots) and to the random button (CC 80) under a held chord, measured offline exactly as
   ``benchmarks.live_latency`` measures knob-to-sound: the first output sample that differs (by
@@ -318,7 +319,7 @@ def _first_capture_seconds(preset: Preset, path: Path, refine: bool, python: str
 
 
 def speed_table(preset: Preset, program: int, repeats: int = 5, python: str = sys.executable) -> str:
-    """A 4 s WAV to its latent, then its level per key (the engine plays five notes of it): the first
+    """A 4 s WAV to its latent, then its level per key (the engine plays seven notes of it): the first
     capture of a fresh process (model sessions started, as ``--capture`` meets it), and the median of
     later ones in one process (sessions kept, as a running synth would; this one has run the engine,
     as a synth has)."""
