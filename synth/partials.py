@@ -78,6 +78,16 @@ def place_partials(amp: NDArray, inharm: NDArray, noise: NDArray, pitch: NDArray
             row[i] = np.log(row[i] + noise[b, i] + np.float32(log_floor))
 
 
+def load_compiled(n_bins: int) -> None:
+    """Load :func:`place_partials`' compiled code now (numba's cache; a first run compiles it). A process
+    about to run the engine anyway (a capture measuring its level) pays numba's first load once, here,
+    and capture's refinement then places its partials in numba, not numpy: a fresh ``--capture`` of a
+    4 s recording measured 0.89-0.92 s instead of 1.15-1.17 s, level included."""
+    out = np.zeros((1, n_bins), np.float32)
+    place_partials(np.zeros((1, 1), np.float32), np.zeros(1, np.float32), np.zeros((1, n_bins), np.float32),
+                   np.full(1, 69.0, np.float32), 1, 0.0, 1.0, 1.0, out)
+
+
 def place_partials_batch(amp: NDArray, inharm: NDArray, noise: NDArray, pitch: NDArray, bins_per_hz: float,
                          nyquist_hz: float, log_floor: float) -> NDArray[np.float32]:
     """:func:`place_partials` of a whole batch in numpy -> ``(B, F)`` float32, equal to float32 rounding.

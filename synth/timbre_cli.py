@@ -18,6 +18,7 @@ from synth.capture import Capture, capture_file, is_audio_path, pull_toward_data
 from synth.errors import VaesynthError
 from synth.library import Library, LibraryError, preset_fingerprint
 from synth.loudness import KeyLevel, LevelEstimate, measure_key_level
+from synth.partials import load_compiled
 from synth.preset import Preset
 from synth.timbre import CAPTURE, CC_BANK_SELECT, CC_MORPH, CC_RANDOM, RANDOM, SNAPSHOT, USER, TimbreInfo
 
@@ -76,6 +77,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 def _capture(preset: Preset, path: str, args: argparse.Namespace) -> tuple[Capture, Any, KeyLevel]:
     """The capture of ``path``, its latent (pulled toward the data when asked) and that latent's level
     per key (synth.loudness: the capture plays as loud as the snapshots)."""
+    load_compiled(preset.params.n_bins)  # the level's engine loads numba anyway: the refinement then uses it
     cap = capture_file(preset, path, args.pitch)
     z = pull_toward_data(preset, cap.z, args.pull) if args.pull else cap.z
     return cap, z, measure_key_level(preset, z, cap.track, cap.tone_db, cap.pitch)
