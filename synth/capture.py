@@ -104,7 +104,8 @@ class Capture:
         text += f"; {self.distance:.1f} posterior std from the nearest training note ({where}"
         m = preset.latent_map
         if m is not None and 0 <= self.nearest < m.size:
-            text += f", a {m.families[m.family[self.nearest]]} note"
+            family = m.families[m.family[self.nearest]]
+            text += f", {'an' if family[:1].lower() in 'aeiou' else 'a'} {family} note"
         text += ")"
         if self.distance > FAR_DISTANCE:
             text += "; --pull 0.5 moves it halfway toward that note"

@@ -439,3 +439,19 @@ def test_the_captured_key_plays_the_notes_own_reading(preset: Preset) -> None:
     np.testing.assert_allclose(cap.z_at(cap.pitch + OWN_KEY_SPAN), cap.z, atol=1e-6)
     np.testing.assert_allclose(cap.z_at(cap.pitch - OWN_KEY_SPAN // 2), 0.5 * (cap.z + reading), atol=1e-5)
     np.testing.assert_allclose(cap.tone_db, refiner.tone_for(reading), atol=1e-6)  # the note term is still set
+
+
+def test_describe_names_the_nearest_family_with_its_article() -> None:
+    from synth.capture import Capture
+
+    real = load_preset(REPO / "presets" / "default")
+    m = real.latent_map
+    assert m is not None
+    seen = {}
+    for i in range(m.size):
+        family = m.families[m.family[i]]
+        seen.setdefault(family[:1].lower() in "aeiou", (i, family))
+    for vowel, (i, family) in seen.items():
+        text = Capture(m.mu[i].astype(np.float32), 60.0, 0.0, 2.0, i, 0.1, None, None).describe(real)
+        assert f", {'an' if vowel else 'a'} {family} note" in text, text
+    assert True in seen and False in seen  # organ / brass: both articles are checked
