@@ -54,7 +54,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from benchmarks.common import DEFAULT_PRESET, SOUNDFONT, BenchmarkError, log, markdown_table, run_main
+from benchmarks.common import (DEFAULT_PRESET, SOUNDFONT, BenchmarkError, log, magnitude_convergence_db, markdown_table,
+                               run_main)
 from synth.capture import CaptureError, Encoder, capture, read_recording
 from synth.contract import gm_group
 from synth.engine import Engine
@@ -220,8 +221,7 @@ def whole_note_scores(real: np.ndarray, played: np.ndarray, preset: Preset) -> t
     t = min(len(a), len(b))
     a, b = a[:t], b[:t]
     b = b * np.sqrt(float((a ** 2).sum()) / max(float((b ** 2).sum()), 1e-30))
-    sc = 20 * np.log10(max(float(np.linalg.norm(a - b)), 1e-30) / max(float(np.linalg.norm(a)), 1e-30))
-    return float(sc), log_spectral_distance_db(a, b)
+    return magnitude_convergence_db(a, b), log_spectral_distance_db(a, b)
 
 
 def whole_note_table(preset: Preset, programs: list[int], hold: float, soundfont: str = SOUNDFONT,

@@ -155,15 +155,12 @@ class LiveSynth:
         self.follower: LevelFollower | None = None
         self._follow_next = 0  # engine sample time of the renderer's next look in freewheel
 
-    def start_render_ahead(self, block: int, blocks: float = DEFAULT_AHEAD,
-                           freewheeling: Callable[[], bool] | None = None) -> RenderAhead:
+    def start_render_ahead(self, block: int, blocks: float = DEFAULT_AHEAD) -> RenderAhead:
         """Render on a worker thread ``blocks`` blocks of ``block`` frames ahead of the callback
         (``synth.render_ahead``), before the stream starts. Events are scheduled that much
-        later, and the engine reports that delay as its "render ahead" stage. ``freewheeling``:
-        whether the server runs without a deadline (default: the synth's JACK watch says)."""
+        later, and the engine reports that delay as its "render ahead" stage. In JACK freewheel
+        (the synth's watch says) the callback waits for the worker."""
         period_s = block / self.sample_rate
-        if freewheeling is not None:
-            self.clock.freewheeling = freewheeling
         ahead = RenderAhead(self._render, block, 2, blocks, freewheeling=self.clock.freewheeling,
                             late_wait_s=LATE_WAIT_PERIODS * period_s, block_s=period_s)
         self.clock.lead = ahead.delay_samples
@@ -829,7 +826,7 @@ def _play(args: argparse.Namespace, audio: AudioConfig, saved: LiveState | None,
     midi.open(synth.on_midi, getattr(args, "midi_in", None), follow_sources=not getattr(args, "no_connect", False))
     ahead = render_ahead_blocks(args, audio)
     if ahead:
-        synth.start_render_ahead(engine.max_block, ahead)  # freewheel from the synth's watch
+        synth.start_render_ahead(engine.max_block, ahead)
     # knobs move the timbre, not the volume (synth.level_follow), unless the player wants the decoder's level
     follower = None if getattr(args, "no_level_follow", False) else LevelFollower(engine)
     stream = _open_stream(synth, audio, on_finished)

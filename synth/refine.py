@@ -152,11 +152,15 @@ class _Term:
         part.energy = 0.5 * float(_logsumexp(2.0 * part.target.astype(np.float64).reshape(1, -1))[0])
         return part
 
-    def loss(self, out: NDArray[np.float32]) -> NDArray[np.float64]:
-        """Mean L1 of each candidate's frames ``out (C, T, F)`` -> ``(C,)``, after one log-gain each that
-        matches the candidate's energy to the target's."""
+    def matched(self, out: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Each candidate's frames ``out (C, T, F)`` moved by the one log-gain that matches its energy to
+        the target's (the level is the microphone's, not the timbre's)."""
         gain = self.energy - 0.5 * _logsumexp(2.0 * out.reshape(out.shape[0], -1).astype(np.float64))
-        aligned = np.maximum(out + gain[:, None, None].astype(np.float32), np.float32(self.clip))
+        return out + gain[:, None, None].astype(np.float32)
+
+    def loss(self, out: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Mean L1 of each candidate's frames ``out (C, T, F)`` -> ``(C,)``, after :meth:`matched`."""
+        aligned = np.maximum(self.matched(out), np.float32(self.clip))
         if self.bin_weight is None:
             return np.mean(np.abs(aligned - self.target), axis=(1, 2), dtype=np.float64)
         return (np.sum(np.abs(aligned - self.target) * self.bin_weight, axis=(1, 2), dtype=np.float64)
@@ -339,22 +343,17 @@ class Refiner:
             return z0
         pick = np.unique(np.linspace(sounding[0], sounding[-1], READ_FRAMES).astype(np.int64))
         time_on, time_off = frame_times(params, len(frames), p.encoder_frame_stride, p.time_on_max, hold_seconds)
-        time_on, time_off = time_on[pick], time_off[pick]
-        pitches, velocities = np.full(len(pick), pitch, np.float32), np.full(len(pick), velocity, np.float32)
-        target = frames[pick]
-        clip = np.float32(float(target.max()) - _ln_db(RANGE_DB))
-        target_clipped = np.maximum(target, clip)
-        target_mag = np.maximum(np.exp(target.astype(np.float64)) - params.log_floor, 0.0)
+        term = _Term(frames[pick], np.full(len(pick), pitch), time_on[pick], 1.0)
+        time_off, velocities = time_off[pick], np.full(len(pick), velocity, np.float32)
+        target_mag = np.maximum(np.exp(frames[pick].astype(np.float64)) - params.log_floor, 0.0)
         target_norm = max(float(np.linalg.norm(target_mag)), 1e-12)
 
-        target_energy = 0.5 * float(_logsumexp(2.0 * target.astype(np.float64).reshape(1, -1))[0])
-
         def loss(u: NDArray[np.float64]) -> NDArray[np.float64]:
-            out = self._decode(p.latent_mean + u * p.latent_std, pitches, time_on, None, velocities, time_off)
-            if not level_known:  # as _Term.loss: one log-gain per candidate
-                gain = target_energy - 0.5 * _logsumexp(2.0 * out.reshape(len(u), -1).astype(np.float64))
-                out = out + gain[:, None, None].astype(np.float32)
-            l1 = np.mean(np.abs(np.maximum(out, clip) - target_clipped), axis=(1, 2), dtype=np.float64)
+            out = self._decode(p.latent_mean + u * p.latent_std, term.pitch, term.time_on, None, velocities,
+                               time_off)
+            if not level_known:
+                out = term.matched(out)
+            l1 = np.mean(np.abs(np.maximum(out, np.float32(term.clip)) - term.target), axis=(1, 2), dtype=np.float64)
             mag = np.maximum(np.exp(out.astype(np.float64)) - params.log_floor, 0.0)
             sc = np.linalg.norm((mag - target_mag).reshape(len(u), -1), axis=1) / target_norm
             return l1 + READ_SC_WEIGHT * sc + PRIOR * np.mean(u * u, axis=1)
